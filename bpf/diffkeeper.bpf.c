@@ -1,0 +1,967 @@
+// SPDX-License-Identifier: GPL-2.0
+/* DiffKeeper's kernel side: turns the file-changing syscalls of recorded cgroups into records on
+ * one ring buffer (wire format in events.h).
+ *
+ * Why these attach points: on the target kernels fentry/fexit/LSM are refused and kprobes may be
+ * absent, while BTF raw tracepoints on sys_enter/sys_exit always load. One program per direction
+ * dispatches on the syscall number, so adding a syscall is a case label, not a new attachment,
+ * and processes outside the filter cost one switch plus one hash lookup per relevant syscall.
+ *
+ * Bytes are read at syscall exit from the caller's buffer, sized by the return value, so what is
+ * recorded is what the kernel accepted. Anything that cannot be captured this way (writes above
+ * the cap, shared mmaps, splice/copy_file_range, io_uring, records lost to a full ring) marks the
+ * file dirty so user space reads it back ("resync"). */
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "events.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set by the loader before load. */
+const volatile __u64 max_write_capture = 1 << 20; /* bytes per syscall; above: resync instead */
+const volatile __u64 wakeup_bytes = 256 << 10;   /* wake the reader only past this much data */
+
+#define AT_FDCWD -100
+#define AT_REMOVEDIR 0x200
+#define O_ACCMODE 3
+#define O_CREAT 0100
+#define O_TRUNC 01000
+#define O_APPEND 02000
+#define S_IFMT 00170000
+#define S_IFREG 0100000
+#define FMODE_CREATED (1 << 20)
+#define MAP_SHARED 0x01
+#define PROT_WRITE 0x2
+#define RENAME_EXCHANGE (1 << 1)
+
+#define MAX_DEPTH 64     /* path components walked; deeper paths are marked cut */
+#define MAX_WALK 80      /* components + mount crossings */
+#define NAME_MASK 255
+#define PATH_MASK (DK_PATH_MAX - 1)
+#define MAX_IOV 1024
+
+/* x86_64 syscall numbers (the only architecture built for now). */
+enum {
+	NR_write = 1, NR_open = 2, NR_close = 3, NR_mmap = 9, NR_munmap = 11, NR_pwrite64 = 18,
+	NR_writev = 20, NR_msync = 26, NR_sendfile = 40, NR_truncate = 76, NR_ftruncate = 77,
+	NR_rename = 82, NR_mkdir = 83, NR_rmdir = 84, NR_creat = 85, NR_link = 86, NR_unlink = 87,
+	NR_symlink = 88, NR_chmod = 90, NR_fchmod = 91, NR_openat = 257, NR_mkdirat = 258,
+	NR_unlinkat = 263, NR_renameat = 264, NR_linkat = 265, NR_symlinkat = 266,
+	NR_fchmodat = 268, NR_splice = 275, NR_fallocate = 285, NR_pwritev = 296,
+	NR_renameat2 = 316, NR_copy_file_range = 326, NR_pwritev2 = 328, NR_io_uring_setup = 425,
+	NR_openat2 = 437, NR_fchmodat2 = 452,
+};
+
+struct file_key {
+	__u64 dev;
+	__u64 ino;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20); /* resized by the loader */
+} events SEC(".maps");
+
+/* cgroup v2 ids being recorded. A process is recorded when its cgroup, or an ancestor at one of
+ * the levels in filter_levels, is here: so a container's sub-cgroups are covered too. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} recorded_cgroups SEC(".maps");
+
+/* Bit L set: some recorded cgroup sits at hierarchy level L. Kept by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} filter_levels SEC(".maps");
+
+/* Inodes whose path user space already has: the dentry walk is paid once per inode. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct file_key);
+	__type(value, __u8);
+} known_inodes SEC(".maps");
+
+/* Files whose content must be read back by user space; value = enum dk_dirty_reason. User space
+ * deletes an entry once it has resynced the file. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct file_key);
+	__type(value, __u32);
+} dirty_files SEC(".maps");
+
+/* Processes holding shared writable file mappings: their munmap/msync trigger a resync. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u8);
+} mmap_writers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DK_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Room to build variable-length records; per CPU, since a program does not migrate. */
+struct scratch {
+	const unsigned char *names[MAX_DEPTH];
+	__u32 lens[MAX_DEPTH];
+	union {
+		struct dk_inode inode;
+		struct dk_str str;
+	} rec;
+	/* Sized past what the masks below let the verifier prove, not what is used. */
+	__u8 room[DK_PATH_MAX * 2 + NAME_MASK + 1];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_map SEC(".maps");
+
+/* Masks a record size so the verifier sees it bounded. A plain `&` would be dropped by clang
+ * when it can prove the value already fits, and the verifier cannot follow that proof. */
+static __always_inline __u32 bound_size(__u32 v)
+{
+	asm volatile("%0 &= 8191" : "+r"(v));
+	return v;
+}
+
+static __always_inline void count(__u32 which, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &which);
+	if (c)
+		*c += n;
+}
+
+static __always_inline bool in_filter(void)
+{
+	__u64 id = bpf_get_current_cgroup_id();
+	if (bpf_map_lookup_elem(&recorded_cgroups, &id))
+		return true;
+	__u32 zero = 0;
+	__u32 *levels = bpf_map_lookup_elem(&filter_levels, &zero);
+	if (!levels || !*levels)
+		return false;
+	__u32 mask = *levels;
+	for (int l = 0; l < 16; l++) {
+		if (!(mask & (1u << l)))
+			continue;
+		__u64 a = bpf_get_current_ancestor_cgroup_id(l);
+		if (!a)
+			break;
+		if (bpf_map_lookup_elem(&recorded_cgroups, &a))
+			return true;
+	}
+	return false;
+}
+
+static __always_inline __u64 wake_flags(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									      : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void fill_hdr(struct dk_hdr *h, __u16 kind, __u32 size, __u64 ts)
+{
+	__u64 pt = bpf_get_current_pid_tgid();
+	h->kind = kind;
+	h->flags = 0;
+	h->size = size;
+	h->ts = ts;
+	h->pid = pt >> 32;
+	h->tid = (__u32)pt;
+	h->cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+/* File descriptors are C ints: the upper half of the register is not sign-extended by callers,
+ * so AT_FDCWD can arrive as 0xffffff9c. Always narrow before use. */
+static __always_inline struct file *fd_file(int fd)
+{
+	if (fd < 0)
+		return NULL;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt)
+		return NULL;
+	if ((unsigned long)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+/* Regular files on real file systems only: pseudo file systems (proc, sysfs, cgroup, tracefs,
+ * bpffs, debugfs, securityfs) are interfaces, not state a person wants rewound. */
+static __always_inline bool recordable(struct inode *inode)
+{
+	if (!inode)
+		return false;
+	if ((BPF_CORE_READ(inode, i_mode) & S_IFMT) != S_IFREG)
+		return false;
+	switch (BPF_CORE_READ(inode, i_sb, s_magic)) {
+	case 0x9fa0:     /* proc */
+	case 0x62656572: /* sysfs */
+	case 0x63677270: /* cgroup2 */
+	case 0x27e0eb:   /* cgroup */
+	case 0x74726163: /* tracefs */
+	case 0x64626720: /* debugfs */
+	case 0xcafe4a11: /* bpffs */
+	case 0x73636673: /* securityfs */
+		return false;
+	}
+	return true;
+}
+
+static __always_inline struct file_key inode_key(struct inode *inode)
+{
+	struct file_key k = {
+		.dev = BPF_CORE_READ(inode, i_sb, s_dev),
+		.ino = BPF_CORE_READ(inode, i_ino),
+	};
+	return k;
+}
+
+static __always_inline struct scratch *get_scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&scratch_map, &zero);
+}
+
+/* Where walk_path writes: the path of a DK_INODE or the data of a DK_STR being built. */
+enum walk_dest { WALK_TO_INODE, WALK_TO_STR };
+
+struct walk_ctx {
+	struct dentry *d;
+	struct vfsmount *vm;
+	struct mount *m;
+	struct dentry *root_d;
+	struct vfsmount *root_m;
+	__u32 n;
+	__u32 off;
+	__u32 dest;
+	__u16 cut;
+};
+
+/* One step up: either a name (collected) or a mount crossing. */
+static long walk_up(__u64 i, void *c)
+{
+	struct walk_ctx *w = c;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 1;
+	/* Locals, not w->...: BPF_CORE_READ on a member of our own struct would emit a CO-RE
+	 * relocation against a type the kernel does not have. */
+	struct dentry *d = w->d;
+	struct vfsmount *vm = w->vm;
+	struct mount *m = w->m;
+	if (d == w->root_d && vm == w->root_m)
+		return 1;
+	struct dentry *mnt_root = BPF_CORE_READ(vm, mnt_root);
+	struct dentry *parent = BPF_CORE_READ(d, d_parent);
+	if (d == mnt_root || d == parent) {
+		struct mount *mp = BPF_CORE_READ(m, mnt_parent);
+		if (mp == m)
+			return 1; /* the global root: the task's root is outside our reach */
+		w->d = BPF_CORE_READ(m, mnt_mountpoint);
+		w->m = mp;
+		w->vm = (void *)mp + bpf_core_field_offset(struct mount, mnt);
+		return 0;
+	}
+	if (w->n >= MAX_DEPTH) {
+		w->cut = 1;
+		return 1;
+	}
+	s->names[w->n & (MAX_DEPTH - 1)] = BPF_CORE_READ(d, d_name.name);
+	s->lens[w->n & (MAX_DEPTH - 1)] = BPF_CORE_READ(d, d_name.len);
+	w->n++;
+	w->d = parent;
+	return 0;
+}
+
+static long walk_copy(__u64 k, void *c)
+{
+	struct walk_ctx *w = c;
+	struct scratch *s = get_scratch();
+	if (!s || k >= w->n)
+		return 1;
+	__u8 *out = w->dest == WALK_TO_INODE ? s->rec.inode.path : s->rec.str.data;
+	__u32 idx = (w->n - 1 - k) & (MAX_DEPTH - 1);
+	__u32 len = s->lens[idx] & NAME_MASK;
+	if (w->off + 1 + len > DK_PATH_MAX) {
+		w->cut = 1;
+		return 1;
+	}
+	out[w->off & PATH_MASK] = '/';
+	w->off++;
+	bpf_probe_read_kernel(&out[w->off & PATH_MASK], len, s->names[idx]);
+	w->off += len;
+	return 0;
+}
+
+#define WALK_CUT (1u << 31)
+
+/* Writes the path of (dentry, vfsmnt) relative to the task's root (so a container's files are
+ * named as the container sees them) into the record being built. Returns the length, with
+ * WALK_CUT set when the path was too deep or too long.
+ * Global functions (here and below) are verified once, not once per caller: that keeps the
+ * whole object well inside the verifier's budget. They take kernel pointers as integers. */
+__noinline int walk_path(__u64 dentry, __u64 vfsmnt, __u32 dest)
+{
+	struct dentry *d = (void *)dentry;
+	struct vfsmount *vm = (void *)vfsmnt;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct walk_ctx w = {
+		.d = d,
+		.vm = vm,
+		.m = (void *)vm - bpf_core_field_offset(struct mount, mnt),
+		.root_d = BPF_CORE_READ(task, fs, root.dentry),
+		.root_m = BPF_CORE_READ(task, fs, root.mnt),
+		.dest = dest,
+	};
+	bpf_loop(MAX_WALK, walk_up, &w, 0);
+	bpf_loop(MAX_DEPTH, walk_copy, &w, 0);
+	__u32 cut = w.cut ? WALK_CUT : 0;
+	if (w.off == 0) {
+		struct scratch *s = get_scratch();
+		if (!s)
+			return 0;
+		__u8 *out = dest == WALK_TO_INODE ? s->rec.inode.path : s->rec.str.data;
+		out[0] = '/';
+		w.off = 1;
+	}
+	return (w.off > PATH_MASK ? PATH_MASK : w.off) | cut;
+}
+
+/* Sends the file's path unless user space already has it (or `flags` says this open created or
+ * truncated it, which user space must always see). Returns false if the record was lost. */
+__noinline int send_inode(__u64 file_ptr, __u32 flags, __u64 ts)
+{
+	struct file *file = (void *)file_ptr;
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	struct file_key key = inode_key(inode);
+	if (!flags && bpf_map_lookup_elem(&known_inodes, &key))
+		return true;
+	struct dentry *d = BPF_CORE_READ(file, f_path.dentry);
+	struct vfsmount *vm = BPF_CORE_READ(file, f_path.mnt);
+	__u32 walked = walk_path((__u64)d, (__u64)vm, WALK_TO_INODE);
+	__u32 len = walked & ~WALK_CUT;
+	count(DK_CNT_PATH_WALKS, 1);
+	if (walked & WALK_CUT)
+		flags |= DK_INODE_PATH_CUT;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return false;
+	if (!BPF_CORE_READ(d, d_hash.pprev))
+		flags |= DK_INODE_UNLINKED;
+
+	struct dk_inode *r = &s->rec.inode;
+	if (len > DK_PATH_MAX)
+		len = DK_PATH_MAX;
+	__u32 size = bound_size(sizeof(*r) + len);
+	fill_hdr(&r->h, DK_INODE, size, ts);
+	r->h.flags = flags;
+	r->dev = key.dev;
+	r->ino = key.ino;
+	r->size = BPF_CORE_READ(inode, i_size);
+	r->mode = BPF_CORE_READ(inode, i_mode);
+	r->path_len = size - sizeof(*r);
+	if (bpf_ringbuf_output(&events, r, size, wake_flags())) {
+		count(DK_CNT_LOST, 1);
+		return false;
+	}
+	__u8 one = 1;
+	bpf_map_update_elem(&known_inodes, &key, &one, BPF_ANY);
+	return true;
+}
+
+static __always_inline void send_fd_op(__u32 op, struct file_key key, __u64 arg, __u64 ts)
+{
+	struct dk_fd_op *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count(DK_CNT_LOST, 1);
+		if (key.ino) {
+			__u32 reason = DK_DIRTY_LOST;
+			bpf_map_update_elem(&dirty_files, &key, &reason, BPF_ANY);
+		}
+		return;
+	}
+	fill_hdr(&r->h, DK_FD_OP, sizeof(*r), ts);
+	r->op = op;
+	r->_pad = 0;
+	r->dev = key.dev;
+	r->ino = key.ino;
+	r->arg = arg;
+	bpf_ringbuf_submit(r, wake_flags());
+}
+
+static __always_inline void mark_dirty(struct file *file, __u32 reason, __u64 ts)
+{
+	struct file_key key = inode_key(BPF_CORE_READ(file, f_inode));
+	send_inode((__u64)file, 0, ts);
+	bpf_map_update_elem(&dirty_files, &key, &reason, BPF_ANY);
+	send_fd_op(DK_FD_DIRTY, key, reason, ts);
+}
+
+/* State of one syscall's payload walk: a plain write is a one-element vector. */
+struct payload {
+	struct file_key key;
+	__u64 ts;
+	__u64 offset;       /* file offset of the next byte */
+	__u64 remaining;    /* bytes of the return value not yet sent */
+	const struct iovec *iov;
+	__u64 iov_idx;
+	__u64 iov_cnt;
+	const __u8 *base;   /* current buffer */
+	__u64 base_left;    /* bytes left in it */
+	bool failed;
+};
+
+/* See bound_size: keeps the `len <= N` the verifier needs after clang folded it away. */
+#define CLAMP(v, N) asm volatile("if %0 <= " #N " goto +1; %0 = " #N : "+r"(v))
+
+#define SEND_CLASS(N)                                                                      \
+	if (len <= N) {                                                                    \
+		__u64 n = len;                                                             \
+		CLAMP(n, N);                                                               \
+		struct dk_write *w = bpf_ringbuf_reserve(&events, sizeof(*w) + N, 0);     \
+		if (!w)                                                                    \
+			return -1;                                                         \
+		if (bpf_probe_read_user(w->data, n, src)) {                                \
+			bpf_ringbuf_discard(w, BPF_RB_NO_WAKEUP);                          \
+			return -2;                                                         \
+		}                                                                          \
+		fill_hdr(&w->h, DK_WRITE, sizeof(*w) + N, p->ts);                          \
+		w->h.flags = last ? DK_WRITE_LAST : 0;                                     \
+		w->dev = p->key.dev;                                                       \
+		w->ino = p->key.ino;                                                       \
+		w->offset = p->offset;                                                     \
+		w->len = len;                                                              \
+		w->_pad = 0;                                                               \
+		bpf_ringbuf_submit(w, wake_flags());                                       \
+		return 0;                                                                  \
+	}
+
+/* Size classes keep small writes small in the ring without a copy through scratch memory. */
+__noinline int send_chunk(struct payload *p, __u64 src_ptr, __u32 len, __u32 last)
+{
+	const __u8 *src = (const void *)src_ptr;
+	if (!p)
+		return -1;
+	SEND_CLASS(64)
+	SEND_CLASS(256)
+	SEND_CLASS(1024)
+	if (len > DK_CHUNK)
+		len = DK_CHUNK;
+	SEND_CLASS(DK_CHUNK)
+	return -1;
+}
+
+static long payload_step(__u64 i, void *ctx)
+{
+	struct payload *p = ctx;
+	if (!p->remaining)
+		return 1;
+	if (!p->base_left) {
+		if (!p->iov || p->iov_idx >= p->iov_cnt || p->iov_idx >= MAX_IOV)
+			return 1;
+		struct iovec v = {};
+		if (bpf_probe_read_user(&v, sizeof(v), &p->iov[p->iov_idx])) {
+			p->failed = true;
+			return 1;
+		}
+		p->iov_idx++;
+		p->base = v.iov_base;
+		p->base_left = v.iov_len;
+		return 0;
+	}
+	__u64 n = p->base_left;
+	if (n > p->remaining)
+		n = p->remaining;
+	if (n > DK_CHUNK)
+		n = DK_CHUNK;
+	bool last = n == p->remaining;
+	if (send_chunk(p, (__u64)p->base, n, last)) {
+		p->failed = true;
+		return 1;
+	}
+	count(DK_CNT_CAPTURED, n);
+	p->base += n;
+	p->base_left -= n;
+	p->remaining -= n;
+	p->offset += n;
+	return 0;
+}
+
+/* Common tail of write, pwrite64, writev, pwritev, pwritev2. `pos` is the explicit offset, or
+ * -1 for "the file position". */
+__noinline int on_write(long fd, __u64 buf, __u64 iov_cnt, __s64 pos, long ret)
+{
+	bool vector = iov_cnt != 0;
+	if (ret <= 0)
+		return 0;
+	struct file *file = fd_file(fd);
+	if (!file)
+		return 0;
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	if (!recordable(inode))
+		return 0;
+	__u64 ts = bpf_ktime_get_ns();
+
+	struct payload p = {};
+	p.key = inode_key(inode);
+	p.ts = ts;
+	p.remaining = ret;
+	/* The position after the write, minus what was written, is where it went: this is right
+	 * for O_APPEND too, where the kernel moved the position to the end first. pwrite on an
+	 * O_APPEND file appends as well (a Linux quirk), so the size tells there. */
+	if (BPF_CORE_READ(file, f_flags) & O_APPEND)
+		p.offset = BPF_CORE_READ(inode, i_size) - ret;
+	else if (pos >= 0)
+		p.offset = pos;
+	else
+		p.offset = BPF_CORE_READ(file, f_pos) - ret;
+
+	if (!send_inode((__u64)file, 0, ts)) {
+		__u32 reason = DK_DIRTY_LOST;
+		bpf_map_update_elem(&dirty_files, &p.key, &reason, BPF_ANY);
+		return 0;
+	}
+	if ((__u64)ret > max_write_capture) {
+		mark_dirty(file, DK_DIRTY_CAP, ts);
+		return 0;
+	}
+	if (vector) {
+		p.iov = (const void *)buf;
+		p.iov_cnt = iov_cnt;
+	} else {
+		p.base = (const void *)buf;
+		p.base_left = ret;
+	}
+	if (!vector && ret <= DK_CHUNK) {
+		if (send_chunk(&p, (__u64)p.base, ret, true))
+			p.failed = true;
+		else
+			count(DK_CNT_CAPTURED, ret);
+	} else {
+		bpf_loop((ret / DK_CHUNK) + 2 * MAX_IOV + 2, payload_step, &p, 0);
+	}
+	if (p.failed) {
+		count(DK_CNT_LOST, 1);
+		__u32 reason = DK_DIRTY_LOST;
+		bpf_map_update_elem(&dirty_files, &p.key, &reason, BPF_ANY);
+		send_fd_op(DK_FD_DIRTY, p.key, reason, ts);
+	}
+	return 0;
+}
+
+static __always_inline void on_open(long ret, __u64 flags)
+{
+	if (ret < 0 || !(flags & (O_CREAT | O_TRUNC)))
+		return;
+	struct file *file = fd_file(ret);
+	if (!file || !recordable(BPF_CORE_READ(file, f_inode)))
+		return;
+	__u16 f = 0;
+	if (BPF_CORE_READ(file, f_mode) & FMODE_CREATED)
+		f = DK_INODE_CREATED;
+	else if ((flags & O_TRUNC) && (flags & O_ACCMODE))
+		f = DK_INODE_TRUNCATED;
+	if (!f)
+		return;
+	if (!send_inode((__u64)file, f, bpf_ktime_get_ns()))
+		count(DK_CNT_LOST_NS, 1);
+}
+
+static __always_inline void on_fd_dirty(long fd, __u32 reason)
+{
+	struct file *file = fd_file(fd);
+	if (file && recordable(BPF_CORE_READ(file, f_inode)))
+		mark_dirty(file, reason, bpf_ktime_get_ns());
+}
+
+/* ---- path-based syscalls: entered with strings, completed by the exit record ---- */
+
+__noinline int send_str(__u32 slot, __u32 len, __u32 cut, __u64 ts)
+{
+	struct scratch *s = get_scratch();
+	if (!s)
+		return false;
+	struct dk_str *r = &s->rec.str;
+	if (len > DK_PATH_MAX)
+		len = DK_PATH_MAX;
+	__u32 size = sizeof(*r) + len;
+	fill_hdr(&r->h, DK_STR, size, ts);
+	r->slot = slot;
+	r->truncated = cut;
+	r->len = len;
+	if (bpf_ringbuf_output(&events, r, bound_size(size), 0))
+		return false;
+	return true;
+}
+
+/* One path-based syscall's arguments: BPF calls take at most five arguments, so they travel
+ * together. Path b is optional; for symlink it is the raw target, which has no base. */
+struct ns_req {
+	__u64 ts;
+	__u64 arg;
+	__u32 op;
+	__u32 mode;
+	__u32 flags;
+	bool b_raw;
+	long dfd[2];
+	const char *path[2];
+};
+
+/* Sends the base directory (when the path is relative) and the name of path argument `which`. */
+__noinline int send_path_arg(struct ns_req *q, int which)
+{
+	struct scratch *s = get_scratch();
+	if (!s || !q)
+		return false;
+	which &= 1;
+	__u16 slot = which ? DK_SLOT_BASE_B : DK_SLOT_BASE_A;
+	const char *upath = q->path[which];
+	bool raw = which && q->b_raw;
+	long n = bpf_probe_read_user_str(s->rec.str.data, DK_PATH_MAX, upath);
+	if (n <= 0)
+		return false;
+	__u16 name_cut = n == DK_PATH_MAX;
+	if (!raw && s->rec.str.data[0] != '/') {
+		/* The base goes first. Moving the name past a walked base would need a
+		 * variable-offset copy the verifier dislikes, so send the base, then re-read. */
+		struct dentry *d;
+		struct vfsmount *vm;
+		long dfd = q->dfd[which];
+		if (dfd == AT_FDCWD) {
+			struct task_struct *task = bpf_get_current_task_btf();
+			d = BPF_CORE_READ(task, fs, pwd.dentry);
+			vm = BPF_CORE_READ(task, fs, pwd.mnt);
+		} else {
+			struct file *f = fd_file(dfd);
+			if (!f)
+				return false;
+			d = BPF_CORE_READ(f, f_path.dentry);
+			vm = BPF_CORE_READ(f, f_path.mnt);
+		}
+		__u32 walked = walk_path((__u64)d, (__u64)vm, WALK_TO_STR);
+		if (!send_str(slot, walked & ~WALK_CUT, (walked & WALK_CUT) != 0, q->ts))
+			return false;
+		n = bpf_probe_read_user_str(s->rec.str.data, DK_PATH_MAX, upath);
+		if (n <= 0)
+			return false;
+	}
+	return send_str(slot + 1, n - 1, name_cut, q->ts);
+}
+
+__noinline int send_ns(struct ns_req *q)
+{
+	if (!q)
+		return 0;
+	q->ts = bpf_ktime_get_ns();
+	struct dk_ns *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count(DK_CNT_LOST, 1);
+		count(DK_CNT_LOST_NS, 1);
+		return 0;
+	}
+	fill_hdr(&r->h, DK_NS_ENTER, sizeof(*r), q->ts);
+	r->op = q->op;
+	r->mode = q->mode;
+	r->arg = q->arg;
+	r->flags = q->flags;
+	r->_pad = 0;
+	bpf_ringbuf_submit(r, 0);
+
+	bool ok = send_path_arg(q, 0);
+	if (ok && q->path[1])
+		ok = send_path_arg(q, 1);
+	if (!ok) {
+		count(DK_CNT_LOST, 1);
+		count(DK_CNT_LOST_NS, 1);
+	}
+	return 0;
+}
+
+#define NS(OP, MODE, ARG, FLAGS, DFD_A, A, DFD_B, B, B_RAW)                                    \
+	do {                                                                                   \
+		struct ns_req q = {.arg = (ARG), .op = (OP), .mode = (MODE), .flags = (FLAGS),  \
+				   .b_raw = (B_RAW), .dfd = {(int)(DFD_A), (int)(DFD_B)},                  \
+				   .path = {(A), (B)}};                                         \
+		send_ns(&q);                                                                   \
+	} while (0)
+
+static __always_inline __u32 umask_mode(__u32 mode)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 um = BPF_CORE_READ(task, fs, umask);
+	return mode & 07777 & ~um;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(dk_sys_enter, struct pt_regs *regs, long id)
+{
+	switch (id) {
+	case NR_rename: case NR_renameat: case NR_renameat2: case NR_unlink: case NR_unlinkat:
+	case NR_rmdir: case NR_mkdir: case NR_mkdirat: case NR_symlink: case NR_symlinkat:
+	case NR_link: case NR_linkat: case NR_chmod: case NR_fchmodat: case NR_fchmodat2:
+	case NR_truncate: case NR_close:
+		break;
+	default:
+		return 0;
+	}
+	if (!in_filter())
+		return 0;
+
+	long di = BPF_CORE_READ(regs, di), si = BPF_CORE_READ(regs, si);
+	long dx = BPF_CORE_READ(regs, dx), r10 = BPF_CORE_READ(regs, r10);
+	long r8 = BPF_CORE_READ(regs, r8);
+	const char *s0 = (const char *)di, *s1 = (const char *)si, *s2 = (const char *)dx;
+	const char *s3 = (const char *)r10;
+
+	switch (id) {
+	case NR_rename:
+		NS(DK_NS_RENAME, 0, 0, 0, AT_FDCWD, s0, AT_FDCWD, s1, false);
+		break;
+	case NR_renameat:
+		NS(DK_NS_RENAME, 0, 0, 0, di, s1, dx, s3, false);
+		break;
+	case NR_renameat2:
+		NS(DK_NS_RENAME, 0, 0, r8, di, s1, dx, s3, false);
+		break;
+	case NR_unlink:
+		NS(DK_NS_UNLINK, 0, 0, 0, AT_FDCWD, s0, 0, NULL, false);
+		break;
+	case NR_unlinkat:
+		NS(dx & AT_REMOVEDIR ? DK_NS_RMDIR : DK_NS_UNLINK, 0, 0, 0, di, s1, 0, NULL,
+			false);
+		break;
+	case NR_rmdir:
+		NS(DK_NS_RMDIR, 0, 0, 0, AT_FDCWD, s0, 0, NULL, false);
+		break;
+	case NR_mkdir:
+		NS(DK_NS_MKDIR, umask_mode(si), 0, 0, AT_FDCWD, s0, 0, NULL, false);
+		break;
+	case NR_mkdirat:
+		NS(DK_NS_MKDIR, umask_mode(dx), 0, 0, di, s1, 0, NULL, false);
+		break;
+	case NR_symlink:
+		NS(DK_NS_SYMLINK, 0777, 0, 0, AT_FDCWD, s1, 0, s0, true);
+		break;
+	case NR_symlinkat:
+		NS(DK_NS_SYMLINK, 0777, 0, 0, si, s2, 0, s0, true);
+		break;
+	case NR_link:
+		NS(DK_NS_LINK, 0, 0, 0, AT_FDCWD, s0, AT_FDCWD, s1, false);
+		break;
+	case NR_linkat:
+		NS(DK_NS_LINK, 0, 0, r8, di, s1, dx, s3, false);
+		break;
+	case NR_chmod:
+		NS(DK_NS_CHMOD, si & 07777, 0, 0, AT_FDCWD, s0, 0, NULL, false);
+		break;
+	case NR_fchmodat:
+	case NR_fchmodat2:
+		NS(DK_NS_CHMOD, dx & 07777, 0, 0, di, s1, 0, NULL, false);
+		break;
+	case NR_truncate:
+		NS(DK_NS_TRUNCATE, 0, si, 0, AT_FDCWD, s0, 0, NULL, false);
+		break;
+	case NR_close: {
+		/* Only files already marked dirty matter at close: resync them while they are
+		 * quiescent. The file is still installed at entry. */
+		struct file *f = fd_file(di);
+		if (!f)
+			break;
+		struct file_key key = inode_key(BPF_CORE_READ(f, f_inode));
+		if (bpf_map_lookup_elem(&dirty_files, &key))
+			send_fd_op(DK_FD_CLOSE, key, 0, bpf_ktime_get_ns());
+		break;
+	}
+	}
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
+{
+	long id = BPF_CORE_READ(regs, orig_ax);
+	switch (id) {
+	case NR_write: case NR_pwrite64: case NR_writev: case NR_pwritev: case NR_pwritev2:
+	case NR_open: case NR_openat: case NR_openat2: case NR_creat: case NR_ftruncate:
+	case NR_fchmod: case NR_fallocate: case NR_copy_file_range: case NR_sendfile:
+	case NR_splice: case NR_mmap: case NR_munmap: case NR_msync: case NR_io_uring_setup:
+	case NR_rename: case NR_renameat: case NR_renameat2: case NR_unlink: case NR_unlinkat:
+	case NR_rmdir: case NR_mkdir: case NR_mkdirat: case NR_symlink: case NR_symlinkat:
+	case NR_link: case NR_linkat: case NR_chmod: case NR_fchmodat: case NR_fchmodat2:
+	case NR_truncate:
+		break;
+	default:
+		return 0;
+	}
+	if (!in_filter())
+		return 0;
+
+	/* On x86_64 the argument registers in pt_regs are intact at exit (the handler reads them,
+	 * only ax is replaced by the result), which spares an enter->exit map round trip on the
+	 * hot write path. */
+	long di = BPF_CORE_READ(regs, di), si = BPF_CORE_READ(regs, si);
+	long dx = BPF_CORE_READ(regs, dx), r10 = BPF_CORE_READ(regs, r10);
+	long r8 = BPF_CORE_READ(regs, r8);
+
+	switch (id) {
+	case NR_write: case NR_pwrite64: case NR_writev: case NR_pwritev: case NR_pwritev2: {
+		bool vec = id == NR_writev || id == NR_pwritev || id == NR_pwritev2;
+		__s64 pos = id == NR_write || id == NR_writev ? -1 : r10;
+		/* A zero-length vector writes nothing: ret <= 0 returns before it matters. */
+		on_write(di, si, vec ? (dx ? dx : 1) : 0, pos, ret);
+		return 0;
+	}
+	case NR_open:
+		on_open(ret, si);
+		return 0;
+	case NR_openat:
+		on_open(ret, dx);
+		return 0;
+	case NR_creat:
+		on_open(ret, O_CREAT | O_TRUNC | 1);
+		return 0;
+	case NR_openat2: {
+		__u64 flags = 0;
+		bpf_probe_read_user(&flags, sizeof(flags), (const void *)dx);
+		on_open(ret, flags);
+		return 0;
+	}
+	case NR_ftruncate:
+	case NR_fchmod: {
+		if (ret != 0)
+			return 0;
+		struct file *file = fd_file(di);
+		if (!file)
+			return 0;
+		struct inode *inode = BPF_CORE_READ(file, f_inode);
+		if (!recordable(inode))
+			return 0;
+		__u64 ts = bpf_ktime_get_ns();
+		send_inode((__u64)file, 0, ts);
+		if (id == NR_ftruncate)
+			send_fd_op(DK_FD_TRUNCATE, inode_key(inode), si, ts);
+		else
+			send_fd_op(DK_FD_CHMOD, inode_key(inode), BPF_CORE_READ(inode, i_mode), ts);
+		return 0;
+	}
+	case NR_fallocate:
+		if (ret == 0)
+			on_fd_dirty(di, DK_DIRTY_SPLICE);
+		return 0;
+	case NR_copy_file_range:
+	case NR_splice:
+		if (ret > 0)
+			on_fd_dirty(dx, DK_DIRTY_SPLICE);
+		return 0;
+	case NR_sendfile:
+		if (ret > 0)
+			on_fd_dirty(di, DK_DIRTY_SPLICE);
+		return 0;
+	case NR_mmap:
+		if (ret < 0 && ret > -4096)
+			return 0;
+		if ((r10 & MAP_SHARED) && (dx & PROT_WRITE)) {
+			struct file *file = fd_file(r8);
+			if (file && recordable(BPF_CORE_READ(file, f_inode))) {
+				__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+				__u8 one = 1;
+				bpf_map_update_elem(&mmap_writers, &tgid, &one, BPF_ANY);
+				mark_dirty(file, DK_DIRTY_MMAP, bpf_ktime_get_ns());
+			}
+		}
+		return 0;
+	case NR_munmap:
+	case NR_msync: {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		if (ret == 0 && bpf_map_lookup_elem(&mmap_writers, &tgid)) {
+			struct file_key none = {};
+			send_fd_op(DK_FD_SYNC, none, 0, bpf_ktime_get_ns());
+		}
+		return 0;
+	}
+	case NR_io_uring_setup:
+		if (ret >= 0) {
+			struct file_key none = {};
+			send_fd_op(DK_FD_DIRTY, none, DK_DIRTY_IO_URING, bpf_ktime_get_ns());
+		}
+		return 0;
+	}
+
+	/* A path-based syscall: its enter record and strings are in the ring; send the result. */
+	struct dk_ret *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count(DK_CNT_LOST, 1);
+		count(DK_CNT_LOST_NS, 1);
+		return 0;
+	}
+	fill_hdr(&r->h, DK_NS_EXIT, sizeof(*r), bpf_ktime_get_ns());
+	r->ret = ret;
+	bpf_ringbuf_submit(r, wake_flags());
+	return 0;
+}
+
+static __always_inline void send_proc(__u32 op, __u32 pid, __u64 arg)
+{
+	struct dk_proc *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count(DK_CNT_LOST, 1);
+		return;
+	}
+	fill_hdr(&r->h, DK_PROC, sizeof(*r), bpf_ktime_get_ns());
+	r->h.pid = pid;
+	r->op = op;
+	r->_pad = 0;
+	r->arg = arg;
+	bpf_ringbuf_submit(r, wake_flags());
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(dk_fork, struct task_struct *parent, struct task_struct *child)
+{
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid) || !in_filter())
+		return 0;
+	send_proc(DK_PROC_FORK, BPF_CORE_READ(child, tgid), BPF_CORE_READ(parent, tgid));
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(dk_exec, struct task_struct *p)
+{
+	if (!in_filter())
+		return 0;
+	send_proc(DK_PROC_EXEC, BPF_CORE_READ(p, tgid), 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(dk_exit, struct task_struct *p)
+{
+	if (BPF_CORE_READ(p, pid) != BPF_CORE_READ(p, tgid) || !in_filter())
+		return 0;
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+	bpf_map_delete_elem(&mmap_writers, &tgid);
+	send_proc(DK_PROC_EXIT, tgid, BPF_CORE_READ(p, exit_code));
+	return 0;
+}

@@ -1,0 +1,13 @@
+//! eBPF capture of file changes: loads the kernel programs of bpf/ and decodes their records.
+//!
+//! The kernel side (C, bpf/diffkeeper.bpf.c) watches the file-changing syscalls of the cgroups
+//! put in its filter and streams what they changed, with the bytes written, over one ring
+//! buffer. This crate turns those records into [`Event`]s; it knows nothing of stores.
+
+mod event;
+mod probe;
+mod wire;
+
+pub use event::{Assembler, Change, DirtyReason, Event, FileKey, Origin};
+pub use probe::{CaptureError, Counters, Probe, ProbeConfig};
+pub use wire::WireError;

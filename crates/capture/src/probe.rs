@@ -1,0 +1,319 @@
+//! Loading, attaching and reading the kernel programs.
+
+use crate::event::{Assembler, DirtyReason, Event, FileKey};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/diffkeeper.bpf.o"));
+
+/// (program, BTF tracepoint it attaches to)
+const PROGRAMS: [(&str, &str); 5] = [
+    ("dk_sys_enter", "sys_enter"),
+    ("dk_sys_exit", "sys_exit"),
+    ("dk_fork", "sched_process_fork"),
+    ("dk_exec", "sched_process_exec"),
+    ("dk_exit", "sched_process_exit"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(
+        "capturing file changes needs root (or CAP_BPF + CAP_PERFMON): run diffkeeper with sudo"
+    )]
+    NotPrivileged,
+    #[error(
+        "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): DiffKeeper needs a kernel \
+         built with CONFIG_DEBUG_INFO_BTF=y (the default of most distributions since 5.x)"
+    )]
+    NoBtf,
+    #[error("cannot load the eBPF programs: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error(
+        "the kernel refused eBPF program {program} ({source}); it needs BTF tracepoints \
+         (tp_btf, Linux >= 5.5) and bpf_loop (Linux >= 5.17)"
+    )]
+    Program {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("waiting for capture records: {0}")]
+    Poll(#[source] std::io::Error),
+}
+
+/// Tunables of the kernel side.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+    /// Writes larger than this are not copied; the file is read back instead.
+    pub max_write_capture: u64,
+    /// The reader is woken only when this much data waits (it also polls on a short timer):
+    /// a wakeup per record was measured to double the cost of small writes.
+    pub wakeup_bytes: u64,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            ring_bytes: 64 << 20,
+            max_write_capture: 1 << 20,
+            wakeup_bytes: 256 << 10,
+        }
+    }
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Records that did not fit in the ring buffer.
+    pub lost: u64,
+    /// Of those, path-based changes (rename, unlink, ...): the namespace needs a rescan.
+    pub lost_namespace: u64,
+    /// Payload bytes captured.
+    pub captured_bytes: u64,
+    /// Dentry walks done to name files (one per inode, then cached).
+    pub path_walks: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KernelKey {
+    dev: u64,
+    ino: u64,
+}
+
+// SAFETY: plain integers, no padding.
+unsafe impl aya::Pod for KernelKey {}
+
+impl From<FileKey> for KernelKey {
+    fn from(k: FileKey) -> Self {
+        KernelKey {
+            dev: k.kernel_dev(),
+            ino: k.ino,
+        }
+    }
+}
+
+/// The loaded, attached kernel programs and the reading end of their ring buffer.
+pub struct Probe {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    assembler: Assembler,
+    levels: std::collections::HashMap<u64, u32>,
+}
+
+impl Probe {
+    /// Loads and attaches the programs. Nothing is recorded until [`Probe::record_cgroup`].
+    pub fn load(cfg: &ProbeConfig) -> Result<Probe, CaptureError> {
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(CaptureError::NotPrivileged);
+        }
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(CaptureError::NoBtf);
+        }
+        let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("max_write_capture", &cfg.max_write_capture, true)
+            .override_global("wakeup_bytes", &cfg.wakeup_bytes, true)
+            .map_max_entries("events", cfg.ring_bytes)
+            .load(OBJECT)
+            .map_err(CaptureError::Load)?;
+        for (program, tracepoint) in PROGRAMS {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .expect("program is in the object")
+                .try_into()
+                .expect("program is tp_btf");
+            prog.load(tracepoint, &btf)
+                .and_then(|()| prog.attach().map(drop))
+                .map_err(|source| CaptureError::Program { program, source })?;
+        }
+        let ring =
+            RingBuf::try_from(ebpf.take_map("events").expect("events map")).map_err(|source| {
+                CaptureError::Map {
+                    map: "events",
+                    source,
+                }
+            })?;
+        tracing::debug!(ring_bytes = cfg.ring_bytes, "eBPF programs attached");
+        Ok(Probe {
+            ebpf,
+            ring,
+            assembler: Assembler::default(),
+            levels: Default::default(),
+        })
+    }
+
+    /// Records the processes of cgroup v2 `id` (and of its descendants). `level` is the cgroup's
+    /// depth below the cgroup2 root (the root is 0).
+    pub fn record_cgroup(&mut self, id: u64, level: u32) -> Result<(), CaptureError> {
+        let map_err = |source| CaptureError::Map {
+            map: "recorded_cgroups",
+            source,
+        };
+        let mut cgroups: HashMap<_, u64, u8> =
+            HashMap::try_from(self.ebpf.map_mut("recorded_cgroups").unwrap()).map_err(map_err)?;
+        cgroups.insert(id, 1, 0).map_err(map_err)?;
+        self.levels.insert(id, level);
+        self.write_levels()
+    }
+
+    /// Stops recording cgroup `id`.
+    pub fn forget_cgroup(&mut self, id: u64) -> Result<(), CaptureError> {
+        let map_err = |source| CaptureError::Map {
+            map: "recorded_cgroups",
+            source,
+        };
+        let mut cgroups: HashMap<_, u64, u8> =
+            HashMap::try_from(self.ebpf.map_mut("recorded_cgroups").unwrap()).map_err(map_err)?;
+        match cgroups.remove(&id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(e)),
+        }
+        self.levels.remove(&id);
+        self.write_levels()
+    }
+
+    fn write_levels(&mut self) -> Result<(), CaptureError> {
+        let mask = self
+            .levels
+            .values()
+            .filter(|l| **l < 16)
+            .fold(0u32, |m, l| m | (1 << l));
+        let map_err = |source| CaptureError::Map {
+            map: "filter_levels",
+            source,
+        };
+        let mut levels: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut("filter_levels").unwrap()).map_err(map_err)?;
+        levels.set(0, mask, 0).map_err(map_err)
+    }
+
+    /// Waits up to `timeout` for records (the kernel wakes us only past a threshold, so callers
+    /// poll on a short timer anyway). Returns whether the ring signalled data.
+    pub fn wait(&self, timeout: Duration) -> Result<bool, CaptureError> {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(CaptureError::Poll(err));
+        }
+        Ok(n > 0)
+    }
+
+    /// Decodes every record waiting in the ring, in order, handing completed events to `sink`.
+    /// Returns the number of records consumed.
+    pub fn drain(&mut self, mut sink: impl FnMut(Event)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            n += 1;
+            if let Some(ev) = self.assembler.push(&item) {
+                sink(ev);
+            }
+        }
+        n
+    }
+
+    /// Records that could not be decoded (wire version skew).
+    pub fn malformed(&self) -> u64 {
+        self.assembler.malformed
+    }
+
+    pub fn counters(&self) -> Result<Counters, CaptureError> {
+        let map_err = |source| CaptureError::Map {
+            map: "counters",
+            source,
+        };
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("counters").unwrap()).map_err(map_err)?;
+        let sum = |i: u32| -> Result<u64, CaptureError> {
+            Ok(counters.get(&i, 0).map_err(map_err)?.iter().sum())
+        };
+        Ok(Counters {
+            lost: sum(0)?,
+            lost_namespace: sum(1)?,
+            captured_bytes: sum(2)?,
+            path_walks: sum(3)?,
+        })
+    }
+
+    /// Files the kernel marked for read-back, with why.
+    pub fn dirty_files(&self) -> Result<Vec<(FileKey, DirtyReason)>, CaptureError> {
+        let map_err = |source| CaptureError::Map {
+            map: "dirty_files",
+            source,
+        };
+        let dirty: HashMap<_, KernelKey, u32> =
+            HashMap::try_from(self.ebpf.map("dirty_files").unwrap()).map_err(map_err)?;
+        let mut out = Vec::new();
+        for item in dirty.iter() {
+            let (k, reason) = item.map_err(map_err)?;
+            out.push((
+                FileKey::from_kernel(k.dev, k.ino),
+                DirtyReason::from_wire(reason as u64),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Marks a file for read-back (so its close is reported), e.g. when user space adopts a
+    /// pre-existing file whose earlier content it never saw.
+    pub fn mark_dirty(&mut self, file: FileKey, reason: DirtyReason) -> Result<(), CaptureError> {
+        let map_err = |source| CaptureError::Map {
+            map: "dirty_files",
+            source,
+        };
+        let mut dirty: HashMap<_, KernelKey, u32> =
+            HashMap::try_from(self.ebpf.map_mut("dirty_files").unwrap()).map_err(map_err)?;
+        dirty
+            .insert(KernelKey::from(file), reason.to_wire(), 0)
+            .map_err(map_err)
+    }
+
+    /// Clears a file's read-back mark once it has been read back.
+    pub fn clear_dirty(&mut self, file: FileKey) -> Result<(), CaptureError> {
+        let map_err = |source| CaptureError::Map {
+            map: "dirty_files",
+            source,
+        };
+        let mut dirty: HashMap<_, KernelKey, u32> =
+            HashMap::try_from(self.ebpf.map_mut("dirty_files").unwrap()).map_err(map_err)?;
+        match dirty.remove(&KernelKey::from(file)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// Forgets that user space knows a file's path, so its next write names it again (after a
+    /// rescan replaced what user space knew).
+    pub fn forget_inode(&mut self, file: FileKey) -> Result<(), CaptureError> {
+        let map_err = |source| CaptureError::Map {
+            map: "known_inodes",
+            source,
+        };
+        let mut known: HashMap<_, KernelKey, u8> =
+            HashMap::try_from(self.ebpf.map_mut("known_inodes").unwrap()).map_err(map_err)?;
+        match known.remove(&KernelKey::from(file)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Writing a recorded tree into a real directory without ever leaving it.
+//!
+//! Every file-system call is relative to a directory descriptor that was opened one component
+//! at a time with `O_NOFOLLOW | O_DIRECTORY`, and every new name is created exclusively
+//! (`mkdirat`, `O_CREAT | O_EXCL`, `symlinkat`), so neither a symlink the export itself created
+//! nor one that appeared in the destination concurrently is ever followed.
+
+use crate::{split_ns, Destination, ExportError, Item, Written};
+use diffkeeper_store::model::RecPath;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use std::io::Write;
+use std::path::Path;
+use tracing::{debug, warn};
+
+/// Owner-only, fully usable: children can be created inside whatever the recorded mode is, and
+/// nobody else can meddle with a directory before its recorded mode is applied at the end.
+const WORKING_DIR_MODE: u32 = 0o700;
+/// Owner-only until the recorded mode is applied, for the same reason.
+const WORKING_FILE_MODE: u32 = 0o600;
+
+/// Flags for walking: `O_PATH` needs no read permission, and the descriptor only ever serves as
+/// the base of `*at` calls.
+fn walk_flags() -> OFlags {
+    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// A directory's mode and mtime, applied after everything inside it is written: creating
+/// children changes a directory's mtime, and a recorded mode such as 0555 would forbid them.
+struct PendingDir {
+    path: RecPath,
+    mode: u32,
+    mtime_ns: Option<i128>,
+}
+
+pub(crate) struct DirDestination {
+    root: OwnedFd,
+    /// The most recently opened parent directory. Entries arrive in path order, so siblings
+    /// share it and the walk from the root happens once per directory, not once per file.
+    cached_parent: Option<(RecPath, OwnedFd)>,
+    pending_dirs: Vec<PendingDir>,
+}
+
+impl DirDestination {
+    /// Creates `out` if missing, or accepts it if it is an empty directory.
+    pub(crate) fn create(out: &Path) -> Result<Self, ExportError> {
+        let destination_err = |source| ExportError::Destination {
+            path: out.to_owned(),
+            source,
+        };
+        match std::fs::metadata(out) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(ExportError::DestinationNotDirectory {
+                    path: out.to_owned(),
+                })
+            }
+            Ok(_) => {
+                let mut listing = std::fs::read_dir(out).map_err(destination_err)?;
+                if let Some(first) = listing.next() {
+                    let first = first.map_err(destination_err)?;
+                    return Err(ExportError::DestinationNotEmpty {
+                        path: out.to_owned(),
+                        example: first.file_name().to_string_lossy().into_owned(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(out).map_err(destination_err)?;
+                debug!(out = %out.display(), "created export destination");
+            }
+            Err(e) => return Err(destination_err(e)),
+        }
+        // `out` itself is the caller's choice and may be reached through symlinks; from here on
+        // nothing is followed.
+        let root = rustix::fs::open(
+            out,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| destination_err(e.into()))?;
+        Ok(DirDestination {
+            root,
+            cached_parent: None,
+            pending_dirs: Vec::new(),
+        })
+    }
+
+    /// The directory that holds `path`, and `path`'s last component.
+    fn parent_of<'p>(&mut self, path: &'p RecPath) -> Result<(BorrowedFd<'_>, &'p [u8]), Errno> {
+        let name = path
+            .file_name()
+            .expect("the walk never hands over the root itself");
+        let parent = path.parent().expect("a non-root path has a parent");
+        if parent.is_root() {
+            return Ok((self.root.as_fd(), name));
+        }
+        let cached = matches!(&self.cached_parent, Some((p, _)) if *p == parent);
+        if !cached {
+            let fd = open_below(self.root.as_fd(), &parent, walk_flags())?;
+            self.cached_parent = Some((parent, fd));
+        }
+        let (_, fd) = self.cached_parent.as_ref().expect("just filled");
+        Ok((fd.as_fd(), name))
+    }
+
+    fn apply_dir_metadata(&self, dir: &PendingDir) -> Result<(), Errno> {
+        // A real descriptor (not O_PATH) because fchmod needs one; our working mode grants read.
+        let fd = open_below(
+            self.root.as_fd(),
+            &dir.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        )?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir.mode))?;
+        if let Some(times) = dir.mtime_ns.and_then(|ns| timestamps(&dir.path, ns)) {
+            rustix::fs::futimens(&fd, &times)?;
+        }
+        Ok(())
+    }
+}
+
+impl Destination for DirDestination {
+    fn dir(&mut self, item: &Item) -> Result<Written, ExportError> {
+        let path = item.path.as_ref();
+        let created = self.parent_of(path).and_then(|(parent, name)| {
+            rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(WORKING_DIR_MODE))
+        });
+        if let Err(errno) = created {
+            return refused_or_fatal(errno, "create directory", path);
+        }
+        self.pending_dirs.push(PendingDir {
+            path: path.clone(),
+            mode: item.mode,
+            mtime_ns: item.mtime_ns,
+        });
+        Ok(Written::Done)
+    }
+
+    fn file(&mut self, item: &Item, data: &[u8]) -> Result<Written, ExportError> {
+        let path = item.path.as_ref();
+        let opened = self.parent_of(path).and_then(|(parent, name)| {
+            rustix::fs::openat(
+                parent,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(WORKING_FILE_MODE),
+            )
+        });
+        let mut file = match opened {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(errno) => return refused_or_fatal(errno, "create file", path),
+        };
+        file.write_all(data).map_err(|source| ExportError::Write {
+            action: "write file",
+            path: path.clone(),
+            source,
+        })?;
+        // The mode goes on after writing: an unprivileged write clears setuid/setgid bits.
+        let metadata = rustix::fs::fchmod(&file, Mode::from_raw_mode(item.mode)).and_then(|()| {
+            match item.mtime_ns.and_then(|ns| timestamps(path, ns)) {
+                Some(times) => rustix::fs::futimens(&file, &times),
+                None => Ok(()),
+            }
+        });
+        metadata.map_err(|errno| ExportError::Write {
+            action: "set mode and mtime of",
+            path: path.clone(),
+            source: errno.into(),
+        })?;
+        Ok(Written::Done)
+    }
+
+    fn symlink(&mut self, item: &Item, target: &[u8]) -> Result<Written, ExportError> {
+        let path = item.path.as_ref();
+        let times = item.mtime_ns.and_then(|ns| timestamps(path, ns));
+        let (parent, name) = match self.parent_of(path) {
+            Ok(found) => found,
+            Err(errno) => return refused_or_fatal(errno, "create symlink", path),
+        };
+        if let Err(errno) = rustix::fs::symlinkat(target, parent, name) {
+            return refused_or_fatal(errno, "create symlink", path);
+        }
+        // Symlink permission bits are meaningless on Linux; only the time is restored, on the
+        // link itself (SYMLINK_NOFOLLOW), never on whatever it points to.
+        if let Some(times) = times {
+            rustix::fs::utimensat(parent, name, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(
+                |errno| ExportError::Write {
+                    action: "set mtime of symlink",
+                    path: path.clone(),
+                    source: errno.into(),
+                },
+            )?;
+        }
+        Ok(Written::Done)
+    }
+
+    fn finish(mut self) -> Result<(), ExportError> {
+        self.cached_parent = None;
+        // Deepest first: a child directory is reached through its parent, which must still be
+        // searchable, so the parent's recorded (possibly restrictive) mode goes on after it.
+        // Reverse path order guarantees every descendant comes before its ancestor.
+        for dir in self.pending_dirs.iter().rev() {
+            self.apply_dir_metadata(dir)
+                .map_err(|errno| ExportError::Write {
+                    action: "set mode and mtime of directory",
+                    path: dir.path.clone(),
+                    source: errno.into(),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens `path` below `root` one component at a time, refusing symlinks at every step.
+fn open_below(root: BorrowedFd<'_>, path: &RecPath, last_flags: OFlags) -> Result<OwnedFd, Errno> {
+    let mut components = path.components().peekable();
+    let mut current: Option<OwnedFd> = None;
+    while let Some(component) = components.next() {
+        let flags = if components.peek().is_some() {
+            walk_flags()
+        } else {
+            last_flags
+        };
+        let base = current.as_ref().map_or(root, |fd| fd.as_fd());
+        current = Some(rustix::fs::openat(base, component, flags, Mode::empty())?);
+    }
+    // The walk never asks for the root itself, whose descriptor it already holds.
+    current.ok_or(Errno::INVAL)
+}
+
+/// Sorts a failed call into "this entry cannot be exported here" (skip it, go on) and "the
+/// destination is unusable" (stop): a name too long for this file system or a clash on a
+/// case-insensitive one concerns one entry; a full disk concerns all of them.
+fn refused_or_fatal(
+    errno: Errno,
+    action: &'static str,
+    path: &RecPath,
+) -> Result<Written, ExportError> {
+    let reason = match errno {
+        Errno::NAMETOOLONG => "the name is too long for the destination file system",
+        Errno::EXIST => {
+            "the name already exists in the destination (a file system that folds case or \
+             normalizes names merges it with another recorded entry)"
+        }
+        Errno::NOTDIR | Errno::LOOP => {
+            "something that is not a directory is in the way in the destination; not following it"
+        }
+        Errno::INVAL | Errno::ILSEQ => "the destination file system does not accept this name",
+        Errno::NOENT => "a directory leading to it is missing from the destination",
+        _ => {
+            return Err(ExportError::Write {
+                action,
+                path: path.clone(),
+                source: errno.into(),
+            })
+        }
+    };
+    Ok(Written::Refused(format!(
+        "cannot {action}: {reason} ({errno})"
+    )))
+}
+
+fn timestamps(path: &RecPath, mtime_ns: i128) -> Option<Timestamps> {
+    let Some((secs, nanos)) = split_ns(mtime_ns) else {
+        warn!(%path, mtime_ns, "recorded mtime is out of range; leaving the export time");
+        return None;
+    };
+    let time = Timespec {
+        tv_sec: secs,
+        tv_nsec: nanos.into(),
+    };
+    // No access time is recorded; using the mtime keeps repeated exports identical.
+    Some(Timestamps {
+        last_access: time,
+        last_modification: time,
+    })
+}

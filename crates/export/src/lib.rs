@@ -1,0 +1,457 @@
+//! Materializes a recorded file tree at a moment into a directory or a tar stream, never writing outside the destination.
+//!
+//! Both outputs share one walk over the tree (`walk`): it selects entries, refuses paths that
+//! could escape (a component like `..`, or anything below a recorded symlink or file), fetches
+//! file contents and hands each entry to a `Destination`. The destinations only know how to
+//! write one entry safely.
+
+mod dir;
+mod pattern;
+mod tar_stream;
+
+use diffkeeper_store::model::{Entry, EntryKind, RecPath};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use tracing::{debug, info, warn};
+
+pub use pattern::compile_globs;
+
+/// Boxed error a [`ContentSource`] may return; kept as a trait object so the store can report
+/// whatever went wrong (I/O, corruption, a missing chunk) without this crate knowing its types.
+pub type ContentError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Supplies the bytes of a recorded regular file. Only called for `EntryKind::File` entries that
+/// are actually exported; symlink targets come from the entry itself.
+pub trait ContentSource {
+    fn content(&mut self, path: &RecPath, entry: &Entry) -> Result<Vec<u8>, ContentError>;
+}
+
+impl<F> ContentSource for F
+where
+    F: FnMut(&RecPath, &Entry) -> Result<Vec<u8>, ContentError>,
+{
+    fn content(&mut self, path: &RecPath, entry: &Entry) -> Result<Vec<u8>, ContentError> {
+        self(path, entry)
+    }
+}
+
+/// What to export and how to report progress.
+#[derive(Clone, Debug, Default)]
+pub struct ExportOptions {
+    /// Export only entries whose recorded path matches (plus the directories leading to them).
+    /// `None` exports everything. Build it with [`compile_globs`].
+    pub paths: Option<globset::GlobSet>,
+    /// Draw a byte progress bar on stderr; ignored when stderr is not a terminal so logs and
+    /// pipes stay clean.
+    pub progress: bool,
+}
+
+/// What an export produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// File content bytes written.
+    pub bytes: u64,
+    /// Exported entries whose content the recording does not know byte-exactly (`exact == false`);
+    /// a person must be told these files may differ from the originals.
+    pub inexact: Vec<RecPath>,
+    /// Entries left out, with the reason (unsafe path, a name the destination refuses, ...).
+    pub skipped: Vec<(RecPath, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(
+        "export destination {} is not empty (it already holds {example:?}); \
+         export into a new or empty directory so recorded files never mix with existing ones",
+        path.display()
+    )]
+    DestinationNotEmpty { path: PathBuf, example: String },
+
+    #[error(
+        "export destination {} exists but is not a directory; pass the path of a new or empty directory",
+        path.display()
+    )]
+    DestinationNotDirectory { path: PathBuf },
+
+    #[error(
+        "cannot prepare export destination {}: {source}; check that its parent exists and is writable",
+        path.display()
+    )]
+    Destination {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error(
+        "invalid path pattern {pattern:?}: {source}; use shell-style globs such as /tmp/w/*.txt or /tmp/w/**"
+    )]
+    BadPattern {
+        pattern: String,
+        source: globset::Error,
+    },
+
+    #[error(
+        "path pattern {pattern:?} is relative, but recorded paths are absolute; \
+         start it with / (for example \"/{pattern}\") or with ** to match at any depth"
+    )]
+    RelativePattern { pattern: String },
+
+    #[error("empty path pattern; give an absolute path or glob such as /tmp/w or /tmp/w/*.txt")]
+    EmptyPattern,
+
+    #[error(
+        "cannot read the recorded content of {path}: {source}; the recording's store may be \
+         damaged or unreadable, or leave this path out with a path pattern"
+    )]
+    Content { path: RecPath, source: ContentError },
+
+    #[error(
+        "cannot {action} {path} in the export destination: {source}; check the destination's free space and permissions"
+    )]
+    Write {
+        action: &'static str,
+        path: RecPath,
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot write {path} to the tar stream: {source}; check that the output file or pipe is still writable"
+    )]
+    Tar {
+        path: RecPath,
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot finish the tar stream: {source}; check that the output file or pipe is still writable"
+    )]
+    TarFinish { source: std::io::Error },
+}
+
+/// Writes the selected entries of a recorded tree into `out`, mirroring absolute paths below it
+/// (`/tmp/w/a.txt` lands at `out/tmp/w/a.txt`).
+///
+/// `out` is created if missing and must be empty if it exists. Nothing is ever written outside
+/// `out`: every path is opened relative to a directory descriptor without following symlinks,
+/// and entries that would need to pass through a recorded symlink or file are listed in
+/// [`ExportSummary::skipped`] instead.
+pub fn export_dir(
+    entries: &BTreeMap<RecPath, Entry>,
+    src: &mut dyn ContentSource,
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<ExportSummary, ExportError> {
+    let destination = dir::DirDestination::create(out)?;
+    let summary = walk(entries, src, destination, opts)?;
+    info!(
+        out = %out.display(),
+        files = summary.files,
+        dirs = summary.dirs,
+        symlinks = summary.symlinks,
+        bytes = summary.bytes,
+        skipped = summary.skipped.len(),
+        inexact = summary.inexact.len(),
+        "exported recorded tree to directory"
+    );
+    Ok(summary)
+}
+
+/// Streams the selected entries of a recorded tree as a tar archive to `out` (a file, stdout,
+/// a pipe). Paths are relative (`tmp/w/a.txt`), owners are 0, modes, mtimes and symlink targets
+/// are as recorded. The same entries are refused as by [`export_dir`], so extracting the archive
+/// cannot be steered outside its directory by a recorded symlink.
+pub fn export_tar<W: std::io::Write>(
+    entries: &BTreeMap<RecPath, Entry>,
+    src: &mut dyn ContentSource,
+    out: W,
+    opts: &ExportOptions,
+) -> Result<ExportSummary, ExportError> {
+    let destination = tar_stream::TarDestination::new(out);
+    let summary = walk(entries, src, destination, opts)?;
+    info!(
+        files = summary.files,
+        dirs = summary.dirs,
+        symlinks = summary.symlinks,
+        bytes = summary.bytes,
+        skipped = summary.skipped.len(),
+        inexact = summary.inexact.len(),
+        "exported recorded tree as tar"
+    );
+    Ok(summary)
+}
+
+/// One thing to write: a recorded entry, or a directory the tree does not list but that is
+/// needed to hold a selected entry.
+pub(crate) struct Item<'a> {
+    pub path: Cow<'a, RecPath>,
+    pub kind: ItemKind<'a>,
+    /// Permission bits, already masked to 07777.
+    pub mode: u32,
+    /// `None` for synthesized directories: there is no recorded time to restore.
+    pub mtime_ns: Option<i128>,
+    pub entry: Option<&'a Entry>,
+}
+
+pub(crate) enum ItemKind<'a> {
+    Dir,
+    File,
+    Symlink(&'a [u8]),
+}
+
+/// Result of writing one item.
+pub(crate) enum Written {
+    Done,
+    /// The destination refused this particular entry (a name too long for the file system, a
+    /// name clash on a case-insensitive file system, ...); the export goes on without it.
+    Refused(String),
+}
+
+/// Where a walk writes. Items arrive in path order, so a directory always comes before anything
+/// below it.
+pub(crate) trait Destination {
+    fn dir(&mut self, item: &Item) -> Result<Written, ExportError>;
+    fn file(&mut self, item: &Item, data: &[u8]) -> Result<Written, ExportError>;
+    fn symlink(&mut self, item: &Item, target: &[u8]) -> Result<Written, ExportError>;
+    /// Called once after the last item (directory metadata, archive trailer).
+    fn finish(self) -> Result<(), ExportError>;
+}
+
+/// Mode for directories the tree does not list but a selected entry needs: the store's own
+/// default for implicitly created parents.
+const SYNTHESIZED_DIR_MODE: u32 = 0o755;
+
+fn walk<D: Destination>(
+    entries: &BTreeMap<RecPath, Entry>,
+    src: &mut dyn ContentSource,
+    mut dest: D,
+    opts: &ExportOptions,
+) -> Result<ExportSummary, ExportError> {
+    let items = plan(entries, opts.paths.as_ref());
+    let total_bytes = items
+        .iter()
+        .filter_map(|item| match item.entry.map(|e| &e.kind) {
+            Some(EntryKind::File { size }) => Some(*size),
+            _ => None,
+        })
+        .sum();
+    let bar = progress_bar(opts.progress, total_bytes);
+
+    let mut summary = ExportSummary::default();
+    // Paths that were not written; everything below them is left out too, because a directory
+    // that does not exist in the export cannot safely receive children.
+    let mut not_written: BTreeSet<RecPath> = BTreeSet::new();
+
+    for item in &items {
+        if let Some(reason) = refusal(&item.path, entries, &not_written) {
+            warn!(path = %item.path, %reason, "entry left out of export");
+            not_written.insert(item.path.clone().into_owned());
+            summary
+                .skipped
+                .push((item.path.clone().into_owned(), reason));
+            continue;
+        }
+        let written = match item.kind {
+            ItemKind::Dir => dest.dir(item)?,
+            ItemKind::Symlink(target) => dest.symlink(item, target)?,
+            ItemKind::File => {
+                let entry = item
+                    .entry
+                    .expect("file items always come from a recorded entry");
+                let data =
+                    src.content(&item.path, entry)
+                        .map_err(|source| ExportError::Content {
+                            path: item.path.clone().into_owned(),
+                            source,
+                        })?;
+                if let EntryKind::File { size } = entry.kind {
+                    if size != data.len() as u64 {
+                        warn!(
+                            path = %item.path,
+                            recorded_size = size,
+                            content_len = data.len(),
+                            "content length differs from the recorded size; exporting the content as given"
+                        );
+                    }
+                }
+                let written = dest.file(item, &data)?;
+                if let Written::Done = written {
+                    summary.bytes += data.len() as u64;
+                }
+                bar.inc(data.len() as u64);
+                written
+            }
+        };
+        match written {
+            Written::Done => {
+                match item.kind {
+                    ItemKind::Dir => summary.dirs += 1,
+                    ItemKind::File => summary.files += 1,
+                    ItemKind::Symlink(_) => summary.symlinks += 1,
+                }
+                if item.entry.is_some_and(|e| !e.exact) {
+                    summary.inexact.push(item.path.clone().into_owned());
+                }
+            }
+            Written::Refused(reason) => {
+                warn!(path = %item.path, %reason, "entry left out of export");
+                not_written.insert(item.path.clone().into_owned());
+                summary
+                    .skipped
+                    .push((item.path.clone().into_owned(), reason));
+            }
+        }
+    }
+    dest.finish()?;
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+/// Turns the tree into the ordered list of items to write: the selected entries plus every
+/// directory leading to them.
+fn plan<'a>(
+    entries: &'a BTreeMap<RecPath, Entry>,
+    filter: Option<&globset::GlobSet>,
+) -> Vec<Item<'a>> {
+    let selected: Vec<&RecPath> = entries
+        .keys()
+        .filter(|path| !path.is_root())
+        .filter(|path| filter.is_none_or(|globs| globs.is_match(as_std_path(path))))
+        .collect();
+
+    // Path order puts a parent before its children (a prefix sorts first), which is the order
+    // both destinations need.
+    let mut paths: BTreeSet<Cow<'a, RecPath>> = BTreeSet::new();
+    for path in selected {
+        // A path with `..` or similar has no meaningful ancestors (`/a/..` is not a directory to
+        // create); it goes in alone and `refusal` reports it.
+        if unsafe_component(path).is_some() {
+            paths.insert(Cow::Borrowed(path));
+            continue;
+        }
+        let mut ancestor = path.parent();
+        while let Some(dir) = ancestor.filter(|d| !d.is_root()) {
+            ancestor = dir.parent();
+            match entries.get_key_value(&dir) {
+                Some((recorded, _)) => paths.insert(Cow::Borrowed(recorded)),
+                None => paths.insert(Cow::Owned(dir)),
+            };
+        }
+        paths.insert(Cow::Borrowed(path));
+    }
+
+    paths
+        .into_iter()
+        .map(|path| match entries.get(path.as_ref()) {
+            Some(entry) => Item {
+                kind: match &entry.kind {
+                    EntryKind::Dir => ItemKind::Dir,
+                    EntryKind::File { .. } => ItemKind::File,
+                    EntryKind::Symlink { target } => ItemKind::Symlink(target),
+                },
+                path,
+                mode: entry.mode & 0o7777,
+                mtime_ns: Some(entry.mtime_ns),
+                entry: Some(entry),
+            },
+            None => {
+                debug!(path = %path, "synthesizing a directory the tree does not list");
+                Item {
+                    path,
+                    kind: ItemKind::Dir,
+                    mode: SYNTHESIZED_DIR_MODE,
+                    mtime_ns: None,
+                    entry: None,
+                }
+            }
+        })
+        .collect()
+}
+
+/// Why `path` must not be written, if it must not. The destinations rely on this: they may then
+/// assume every component is a plain name and every parent is a directory they created.
+fn refusal(
+    path: &RecPath,
+    entries: &BTreeMap<RecPath, Entry>,
+    not_written: &BTreeSet<RecPath>,
+) -> Option<String> {
+    if let Some(reason) = unsafe_component(path) {
+        return Some(reason.into());
+    }
+    let mut ancestor = path.parent();
+    while let Some(dir) = ancestor.filter(|d| !d.is_root()) {
+        if not_written.contains(&dir) {
+            return Some(format!("its parent {dir} was not exported"));
+        }
+        match entries.get(&dir).map(|e| &e.kind) {
+            Some(EntryKind::Symlink { target }) => {
+                return Some(format!(
+                    "its parent {dir} is a recorded symlink (to {:?}); writing through it could \
+                     land outside the export, so the symlink is exported and this entry is not",
+                    String::from_utf8_lossy(target)
+                ))
+            }
+            Some(EntryKind::File { .. }) => {
+                return Some(format!(
+                    "its parent {dir} is a recorded file, not a directory (conflicting entries in the recording)"
+                ))
+            }
+            Some(EntryKind::Dir) | None => {}
+        }
+        ancestor = dir.parent();
+    }
+    None
+}
+
+/// Why `path` cannot be placed safely below the destination by its components alone.
+/// `RecPath::normalize` guarantees clean components, but a RecPath can also be deserialized from
+/// a damaged or forged store, so the export checks again rather than trusting it.
+fn unsafe_component(path: &RecPath) -> Option<&'static str> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Some("recorded path is not absolute; refusing to guess where it belongs");
+    }
+    for component in bytes[1..].split(|b| *b == b'/') {
+        match component {
+            b"" => return Some("recorded path has an empty component"),
+            b"." | b".." => return Some(
+                "recorded path contains a `.` or `..` component that could climb out of the export",
+            ),
+            c if c.contains(&0) => return Some("recorded path contains a NUL byte"),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn progress_bar(wanted: bool, total_bytes: u64) -> ProgressBar {
+    if !wanted || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "exporting {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// A recorded path as a `Path` for glob matching: Linux paths are bytes, and so is `OsStr`.
+pub(crate) fn as_std_path(path: &RecPath) -> &Path {
+    use std::os::unix::ffi::OsStrExt;
+    Path::new(std::ffi::OsStr::from_bytes(path.as_bytes()))
+}
+
+/// Splits nanoseconds since the epoch into whole seconds and a non-negative nanosecond part, as
+/// both timespec and tar want; `None` when the seconds do not fit an `i64`.
+pub(crate) fn split_ns(ns: i128) -> Option<(i64, u32)> {
+    let secs = i64::try_from(ns.div_euclid(1_000_000_000)).ok()?;
+    let nanos = ns.rem_euclid(1_000_000_000) as u32;
+    Some((secs, nanos))
+}

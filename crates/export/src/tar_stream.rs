@@ -1,0 +1,144 @@
+//! Writing a recorded tree as a tar stream.
+//!
+//! Names and symlink targets are written byte for byte: they go straight into the header when
+//! they fit, and into a PAX extended header when they do not (or when the mtime has a sub-second
+//! part, which classic headers cannot hold). Nothing is canonicalized along the way, because a
+//! symlink target is data, not a path to clean up.
+
+use crate::{split_ns, Destination, ExportError, Item, Written};
+use std::io::Write;
+use tar::{Builder, EntryType, Header};
+use tracing::warn;
+
+/// Size of the name and linkname fields of a classic tar header.
+const HEADER_NAME_LEN: usize = 100;
+
+pub(crate) struct TarDestination<W: Write> {
+    builder: Builder<W>,
+}
+
+impl<W: Write> TarDestination<W> {
+    pub(crate) fn new(out: W) -> Self {
+        TarDestination {
+            builder: Builder::new(out),
+        }
+    }
+
+    fn append(
+        &mut self,
+        item: &Item,
+        entry_type: EntryType,
+        data: &[u8],
+        link_target: Option<&[u8]>,
+    ) -> Result<Written, ExportError> {
+        let path = item.path.as_ref();
+        let tar_err = |source| ExportError::Tar {
+            path: path.clone(),
+            source,
+        };
+        // Relative: the leading `/` goes, so extracting never targets the extractor's own root.
+        let mut name = path.as_bytes()[1..].to_vec();
+        if entry_type == EntryType::Directory {
+            name.push(b'/');
+        }
+
+        let mut header = Header::new_ustar();
+        header.set_entry_type(entry_type);
+        header.set_mode(item.mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_size(data.len() as u64);
+
+        let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
+        set_name_field(&mut header.as_old_mut().name, &name, "path", &mut pax);
+        if let Some(target) = link_target {
+            set_name_field(
+                &mut header.as_old_mut().linkname,
+                target,
+                "linkpath",
+                &mut pax,
+            );
+        }
+        let (secs, nanos) = item
+            .mtime_ns
+            .and_then(|ns| {
+                let split = split_ns(ns);
+                if split.is_none() {
+                    warn!(%path, mtime_ns = ns, "recorded mtime is out of range; writing 0");
+                }
+                split
+            })
+            .unwrap_or((0, 0));
+        // The classic field holds only non-negative whole seconds; PAX carries the exact value.
+        header.set_mtime(secs.max(0) as u64);
+        if nanos != 0 || secs < 0 {
+            pax.push(("mtime", pax_time(secs, nanos).into_bytes()));
+        }
+        if pax
+            .iter()
+            .any(|(key, value)| *key != "mtime" && std::str::from_utf8(value).is_err())
+        {
+            // POSIX: PAX path values are UTF-8 unless declared binary; Linux names are bytes.
+            pax.insert(0, ("hdrcharset", b"BINARY".to_vec()));
+        }
+        header.set_cksum();
+
+        if !pax.is_empty() {
+            self.builder
+                .append_pax_extensions(pax.iter().map(|(k, v)| (*k, v.as_slice())))
+                .map_err(tar_err)?;
+        }
+        self.builder.append(&header, data).map_err(tar_err)?;
+        Ok(Written::Done)
+    }
+}
+
+/// Copies `value` verbatim into a header name field if it fits, otherwise records it as a PAX
+/// `key` and leaves a truncated copy in the field for readers that ignore PAX.
+fn set_name_field(
+    field: &mut [u8; HEADER_NAME_LEN],
+    value: &[u8],
+    key: &'static str,
+    pax: &mut Vec<(&'static str, Vec<u8>)>,
+) {
+    let fitting = value.len().min(HEADER_NAME_LEN);
+    field.fill(0);
+    field[..fitting].copy_from_slice(&value[..fitting]);
+    if value.len() > HEADER_NAME_LEN {
+        pax.push((key, value.to_vec()));
+    }
+}
+
+/// PAX time: decimal seconds with an optional fraction, e.g. `-1.500000000`.
+fn pax_time(secs: i64, nanos: u32) -> String {
+    // `split_ns` floors, so a negative time with a fraction is `secs + nanos/1e9` with secs
+    // rounded down; PAX wants the sign on the whole magnitude.
+    let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+    let sign = if total < 0 { "-" } else { "" };
+    let magnitude = total.unsigned_abs();
+    format!(
+        "{sign}{}.{:09}",
+        magnitude / 1_000_000_000,
+        magnitude % 1_000_000_000
+    )
+}
+
+impl<W: Write> Destination for TarDestination<W> {
+    fn dir(&mut self, item: &Item) -> Result<Written, ExportError> {
+        self.append(item, EntryType::Directory, &[], None)
+    }
+
+    fn file(&mut self, item: &Item, data: &[u8]) -> Result<Written, ExportError> {
+        self.append(item, EntryType::Regular, data, None)
+    }
+
+    fn symlink(&mut self, item: &Item, target: &[u8]) -> Result<Written, ExportError> {
+        self.append(item, EntryType::Symlink, &[], Some(target))
+    }
+
+    fn finish(self) -> Result<(), ExportError> {
+        let finish_err = |source| ExportError::TarFinish { source };
+        let mut out = self.builder.into_inner().map_err(finish_err)?;
+        out.flush().map_err(finish_err)
+    }
+}
