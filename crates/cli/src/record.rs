@@ -1,0 +1,73 @@
+//! `diffkeeper record`: run a command under the recorder.
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use diffkeeper_capture::ProbeConfig;
+use diffkeeper_recorder::{record_local, LocalOptions};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    state: crate::StateDir,
+    /// Also snapshot this directory at start, so in-place edits of its files replay exactly
+    /// (the working directory always is, unless --no-cwd-baseline). Repeatable.
+    #[arg(long, value_name = "PATH")]
+    baseline: Vec<PathBuf>,
+    /// Do not snapshot the working directory at start.
+    #[arg(long)]
+    no_cwd_baseline: bool,
+    /// Largest write copied in the kernel; larger ones are read back from the file instead.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_size)]
+    max_write_capture: u64,
+    /// Kernel ring buffer size (a power of two). When it fills, records are lost and the
+    /// affected files are read back from disk instead.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_size)]
+    ring_size: u64,
+    /// The command to record, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{e}: expected a size like 4096, 64KiB or 1MiB"))
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    if !a.ring_size.is_power_of_two() || a.ring_size < 4096 || a.ring_size > 1 << 31 {
+        anyhow::bail!(
+            "--ring-size {} is not a power of two between 4KiB and 2GiB; try 64MiB",
+            a.ring_size
+        );
+    }
+    let opts = LocalOptions {
+        state_dir: a.state.state_dir.clone(),
+        command: a.command,
+        baselines: a.baseline,
+        no_cwd_baseline: a.no_cwd_baseline,
+        probe: ProbeConfig {
+            ring_bytes: a.ring_size as u32,
+            max_write_capture: a.max_write_capture,
+            ..ProbeConfig::default()
+        },
+    };
+    let out = record_local(&opts)
+        .with_context(|| format!("recording into {}", a.state.state_dir.display()))?;
+    eprintln!(
+        "diffkeeper: recorded {:.1}s: {} events, {} captured, {} files, {} drops healed \
+         ({} records lost), store {} at {} (command exited with {})",
+        out.elapsed.as_secs_f64(),
+        out.events,
+        ByteSize::b(out.counters.captured_bytes),
+        out.files,
+        out.stats.drops_healed + out.stats.rescans,
+        out.counters.lost,
+        ByteSize::b(out.store_bytes),
+        a.state.state_dir.display(),
+        out.exit_code,
+    );
+    Ok(out.exit_code)
+}

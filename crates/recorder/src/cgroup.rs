@@ -1,0 +1,174 @@
+//! A cgroup v2 of our own for a local recording: the kernel filter selects processes by it.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "no cgroup v2 hierarchy is mounted (looked for a cgroup2 line in /proc/self/mountinfo): \
+         mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`, or boot with \
+         systemd.unified_cgroup_hierarchy"
+    )]
+    NoCgroup2,
+    #[error("cannot create cgroup {path}: {source} (diffkeeper record needs root)")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("cgroup {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// A child cgroup created for one recording, removed on drop once empty.
+pub struct RecordingCgroup {
+    path: PathBuf,
+    parent_created: Option<PathBuf>,
+    id: u64,
+    level: u32,
+}
+
+impl RecordingCgroup {
+    /// Creates `<cgroup2 mount>/diffkeeper/<name>`. Our own cgroup is not used as the parent:
+    /// when it has controllers enabled, the no-internal-processes rule would forbid the child.
+    pub fn create(name: &str) -> Result<Self, CgroupError> {
+        let mount = cgroup2_mount()?;
+        let parent = mount.join("diffkeeper");
+        let parent_created = match fs::create_dir(&parent) {
+            Ok(()) => Some(parent.clone()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => None,
+            Err(source) => {
+                return Err(CgroupError::Create {
+                    path: parent,
+                    source,
+                })
+            }
+        };
+        let path = parent.join(name);
+        fs::create_dir(&path).map_err(|source| CgroupError::Create {
+            path: path.clone(),
+            source,
+        })?;
+        // The cgroup v2 id the kernel reports (bpf_get_current_cgroup_id) is the kernfs inode.
+        let id = fs::metadata(&path)
+            .map_err(|source| CgroupError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .ino();
+        Ok(RecordingCgroup {
+            level: path.strip_prefix(&mount).unwrap().components().count() as u32,
+            path,
+            parent_created,
+            id,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Depth below the cgroup2 root (the root is 0).
+    pub fn level(&self) -> u32 {
+        self.level
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// An open handle on `cgroup.procs`: a forked child writes "0" to it before exec to move
+    /// itself in, so not one of its syscalls escapes the filter. Opened before fork because
+    /// only async-signal-safe calls are allowed between fork and exec.
+    pub fn procs_handle(&self) -> Result<OwnedFd, CgroupError> {
+        let path = self.path.join("cgroup.procs");
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|source| CgroupError::Io { path, source })?;
+        Ok(f.into())
+    }
+
+    /// Moves the calling process into the cgroup; for use between fork and exec.
+    ///
+    /// # Safety
+    /// Only async-signal-safe work: a single write(2).
+    pub fn join_from_child(procs: &OwnedFd) -> io::Result<()> {
+        let n = unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// True while any process is in the cgroup (or below it).
+    pub fn populated(&self) -> Result<bool, CgroupError> {
+        let path = self.path.join("cgroup.events");
+        let text = fs::read_to_string(&path).map_err(|source| CgroupError::Io { path, source })?;
+        Ok(text.lines().any(|l| l.trim() == "populated 1"))
+    }
+
+    /// Kills everything left in the cgroup (stragglers after an interrupted recording).
+    pub fn kill_all(&self) {
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.kill"))
+            .and_then(|mut f| f.write_all(b"1"));
+    }
+}
+
+impl Drop for RecordingCgroup {
+    fn drop(&mut self) {
+        // rmdir fails while the kernel still tears down exited tasks: retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(parent) = &self.parent_created {
+            let _ = fs::remove_dir(parent); // fine to fail: another recording may use it
+        }
+    }
+}
+
+/// Where cgroup2 is mounted: /sys/fs/cgroup on unified hosts, often /sys/fs/cgroup/unified on
+/// hybrid ones. Read from mountinfo rather than assumed.
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Io {
+        path: "/proc/self/mountinfo".into(),
+        source,
+    })?;
+    for line in info.lines() {
+        // "... mount_point options - fstype source super_options"
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mp) = left.split_whitespace().nth(4) {
+                return Ok(PathBuf::from(unescape_mount(mp)));
+            }
+        }
+    }
+    Err(CgroupError::NoCgroup2)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            out.push(
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap(), 8)
+                    .unwrap_or(b'?'),
+            );
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,53 @@
+//! Turns captured kernel events into store operations, heals what capture missed, and runs local
+//! recordings (`diffkeeper record -- CMD`).
+
+mod cgroup;
+mod local;
+mod translate;
+
+pub use cgroup::{cgroup2_mount, CgroupError, RecordingCgroup};
+pub use local::{record_local, LocalOptions, LocalOutcome};
+pub use translate::{Recorder, RecorderStats};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Store(#[from] diffkeeper_store::StoreError),
+    #[error(transparent)]
+    Capture(#[from] diffkeeper_capture::CaptureError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("cannot snapshot baseline {path}: {source}; pass an existing directory to --baseline")]
+    Baseline {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot run `{command}`: {source}; check that the command exists and is executable")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("nothing to record: give the command after `--`, e.g. `diffkeeper record --state-dir=/tmp/trace -- make test`")]
+    NoCommand,
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns`, so user-space stamps (baseline,
+/// read-backs at the end) order correctly among kernel events.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Wall-clock now, in ns since the Unix epoch.
+pub fn wall_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}

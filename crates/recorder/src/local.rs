@@ -1,0 +1,189 @@
+//! A local recording: run one command in a cgroup of its own and record until it and every
+//! descendant has exited.
+
+use crate::cgroup::RecordingCgroup;
+use crate::translate::{Recorder, RecorderStats};
+use crate::{monotonic_ns, wall_ns, RecordError};
+use diffkeeper_capture::{Counters, Event as Captured, Probe, ProbeConfig};
+use diffkeeper_store::{Event, MarkerKind, Op, RecordingInfo, Writer};
+use std::ffi::OsString;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    pub state_dir: PathBuf,
+    pub command: Vec<OsString>,
+    /// Directories snapshotted at start (the working directory is one unless `no_cwd_baseline`).
+    pub baselines: Vec<PathBuf>,
+    pub no_cwd_baseline: bool,
+    pub probe: ProbeConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct LocalOutcome {
+    /// The command's exit code (128 + signal when it was killed), as a shell reports it.
+    pub exit_code: i32,
+    pub stats: RecorderStats,
+    pub counters: Counters,
+    pub events: u64,
+    pub files: u64,
+    pub store_bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// How often appended events are made durable: the store promises at most this much loss.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// The kernel wakes us only past a data threshold; this bounds the latency below it.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
+    let started = Instant::now();
+    let Some(program) = opts.command.first() else {
+        return Err(RecordError::NoCommand);
+    };
+    let mut probe = Probe::load(&opts.probe)?;
+
+    let info = RecordingInfo {
+        command: opts
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        started_wall_ns: wall_ns(),
+        started_mono_ns: monotonic_ns(),
+        hostname: hostname(),
+        labels: Default::default(),
+    };
+    let start_mono = info.started_mono_ns;
+    let writer = Writer::create(&opts.state_dir, info)?;
+    let state_dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
+    let mut rec = Recorder::new(writer, "/".into(), vec![state_dir]);
+
+    let cgroup = RecordingCgroup::create(&format!("rec-{}", std::process::id()))?;
+    probe.record_cgroup(cgroup.id(), cgroup.level())?;
+
+    let mut baselines = opts.baselines.clone();
+    if !opts.no_cwd_baseline {
+        baselines.insert(0, std::env::current_dir().unwrap_or("/".into()));
+    }
+    for dir in &baselines {
+        let n = rec.baseline(dir, start_mono)?;
+        tracing::info!("baseline {}: {n} entries", dir.display());
+    }
+    rec.writer_mut().flush()?;
+
+    let procs = cgroup.procs_handle()?;
+    let mut cmd = Command::new(program);
+    cmd.args(&opts.command[1..]);
+    // SAFETY: join_from_child only calls write(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || RecordingCgroup::join_from_child(&procs));
+    }
+    let mut child = cmd.spawn().map_err(|source| RecordError::Spawn {
+        command: program.to_string_lossy().into_owned(),
+        source,
+    })?;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let terminated = Arc::new(AtomicBool::new(false));
+    // Registration fails only for forbidden signals; INT and TERM are not.
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, terminated.clone());
+    let from_terminal = unsafe { libc::isatty(0) } == 1;
+
+    let mut status = None;
+    let mut last_flush = Instant::now();
+    let mut batch: Vec<Captured> = Vec::new();
+    let mut forwarded = 0u32;
+    loop {
+        probe.wait(POLL_EVERY)?;
+        probe.drain(|ev| batch.push(ev));
+        for ev in batch.drain(..) {
+            rec.apply(ev, &mut probe)?;
+        }
+        rec.check_losses(&mut probe, monotonic_ns())?;
+        if last_flush.elapsed() >= FLUSH_EVERY {
+            rec.writer_mut().flush()?;
+            last_flush = Instant::now();
+        }
+        if status.is_none() {
+            status = child.try_wait().ok().flatten();
+        }
+        if status.is_some() && !cgroup.populated()? {
+            break;
+        }
+        // Ctrl-C from a terminal already reached the child (same process group); a signal
+        // sent to us alone is passed on. A second one kills whatever is left.
+        let int = interrupted.swap(false, Ordering::Relaxed);
+        let term = terminated.swap(false, Ordering::Relaxed);
+        if int || term {
+            forwarded += 1;
+            if forwarded > 1 {
+                cgroup.kill_all();
+            } else if term || !from_terminal {
+                let sig = if term { libc::SIGTERM } else { libc::SIGINT };
+                unsafe { libc::kill(child.id() as i32, sig) };
+            }
+        }
+    }
+    // What the last processes did may still be in the ring.
+    probe.drain(|ev| batch.push(ev));
+    for ev in batch.drain(..) {
+        rec.apply(ev, &mut probe)?;
+    }
+    let end = monotonic_ns();
+    rec.finish_healing(&mut probe, end)?;
+    let status = status.expect("loop exits only after the child");
+    let exit_code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    rec.writer_mut().append(Event {
+        time: end,
+        process: None,
+        op: Op::Marker {
+            kind: MarkerKind::Note,
+            detail: format!("command exited with code {exit_code}"),
+        },
+    })?;
+    let counters = probe.counters()?;
+    let stats = rec.stats();
+    let writer = rec.into_writer();
+    let files = writer.file_count();
+    let wstats = writer.stats();
+    writer.finish(end)?;
+    drop(probe); // detach before the cgroup goes
+    drop(cgroup);
+    Ok(LocalOutcome {
+        exit_code,
+        stats,
+        counters,
+        events: wstats.events,
+        files,
+        store_bytes: dir_size(&opts.state_dir),
+        elapsed: started.elapsed(),
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

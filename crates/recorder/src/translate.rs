@@ -1,0 +1,665 @@
+//! From captured kernel events to store operations, and the read-backs that heal what the
+//! kernel side could not capture.
+//!
+//! The kernel names files by (device, inode); the store by node ids with path history. This is
+//! where one becomes the other: a created inode gets a fresh node, a pre-existing one first seen
+//! mid-recording is adopted, and content that was not captured byte by byte (writes above the
+//! cap, shared mmaps, splice, records lost to a full ring) is read back from the file itself.
+
+use crate::RecordError;
+use diffkeeper_capture::{Change, DirtyReason, Event as Captured, FileKey, Origin, Probe};
+use diffkeeper_store::{
+    Event, MarkerKind, NodeId, NodeKind, Op, Process, RecPath, Target, Writer,
+    IMPLICIT_DIR_NODE_BIT,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Counts a person wants in the recording summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecorderStats {
+    /// Capture events turned into store operations.
+    pub events: u64,
+    /// Files read back because the kernel could not capture their bytes.
+    pub resyncs: u64,
+    /// Of those, read-backs that healed records lost to a full ring buffer.
+    pub drops_healed: u64,
+    /// Whole-namespace rescans after lost path records.
+    pub rescans: u64,
+    /// Entries found different from the log at the final check, and fixed.
+    pub reconciled: u64,
+}
+
+/// Translates events of one recording into store appends.
+pub struct Recorder {
+    writer: Writer,
+    /// Host directory under which recorded paths live: "/" for a local recording, a
+    /// container's root (e.g. /proc/PID/root) otherwise.
+    root: PathBuf,
+    nodes: HashMap<FileKey, NodeId>,
+    dirty: HashMap<FileKey, DirtyReason>,
+    /// Directories every name of which belongs to the recording (baseline roots, directories
+    /// the workload made): a rescan adopts names found there that the log lacks.
+    owned_dirs: BTreeSet<RecPath>,
+    /// Host paths never to record (the state dir itself).
+    excluded: Vec<PathBuf>,
+    rescan_needed: bool,
+    lost_seen: u64,
+    lost_ns_seen: u64,
+    stats: RecorderStats,
+}
+
+impl Recorder {
+    pub fn new(writer: Writer, root: PathBuf, excluded: Vec<PathBuf>) -> Self {
+        Recorder {
+            writer,
+            root,
+            nodes: HashMap::new(),
+            dirty: HashMap::new(),
+            owned_dirs: BTreeSet::new(),
+            excluded,
+            rescan_needed: false,
+            lost_seen: 0,
+            lost_ns_seen: 0,
+            stats: RecorderStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> RecorderStats {
+        self.stats
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    pub fn writer_mut(&mut self) -> &mut Writer {
+        &mut self.writer
+    }
+
+    pub fn into_writer(self) -> Writer {
+        self.writer
+    }
+
+    fn host_path(&self, path: &RecPath) -> PathBuf {
+        let rel = Path::new(std::ffi::OsStr::from_bytes(&path.as_bytes()[1..]));
+        self.root.join(rel)
+    }
+
+    fn append(&mut self, time: u64, process: Option<Process>, op: Op) -> Result<(), RecordError> {
+        self.writer.append(Event { time, process, op })?;
+        Ok(())
+    }
+
+    /// Snapshots `dir` (recursively) as the recording's starting point, so in-place edits of
+    /// files that existed before replay exactly.
+    pub fn baseline(&mut self, dir: &Path, time: u64) -> Result<u64, RecordError> {
+        let host = fs::canonicalize(dir).map_err(|source| RecordError::Baseline {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let Some(path) = host
+            .strip_prefix(&self.root)
+            .ok()
+            .and_then(|rel| RecPath::root().join(rel.as_os_str().as_bytes()).ok())
+        else {
+            return Ok(0);
+        };
+        let n = self.adopt_tree(&path, time, None)?;
+        self.append(
+            time,
+            None,
+            Op::Marker {
+                kind: MarkerKind::BaselineComplete,
+                detail: format!("baseline of {path}: {n} entries"),
+            },
+        )?;
+        Ok(n)
+    }
+
+    /// Records what is on disk at `path` (and below, for a directory) as exact entries, and
+    /// marks directories as owned. Returns the number of entries recorded.
+    fn adopt_tree(
+        &mut self,
+        path: &RecPath,
+        time: u64,
+        process: Option<&Process>,
+    ) -> Result<u64, RecordError> {
+        let host = self.host_path(path);
+        if self.excluded.iter().any(|x| host.starts_with(x)) {
+            return Ok(0);
+        }
+        let Ok(meta) = fs::symlink_metadata(&host) else {
+            return Ok(0); // gone already: a later event will say what happened
+        };
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let mode = meta.mode() & 0o7777;
+        let ft = meta.file_type();
+        let process = process.cloned();
+        if ft.is_dir() {
+            let node = self.writer.new_node();
+            self.nodes.insert(key, node);
+            if !path.is_root() {
+                self.append(
+                    time,
+                    process.clone(),
+                    Op::Mkdir {
+                        node,
+                        path: path.clone(),
+                        mode,
+                    },
+                )?;
+            }
+            self.owned_dirs.insert(path.clone());
+            let mut names: Vec<_> = match fs::read_dir(&host) {
+                Ok(rd) => rd.filter_map(Result::ok).map(|e| e.file_name()).collect(),
+                Err(_) => return Ok(1),
+            };
+            names.sort();
+            let mut n = 1;
+            for name in names {
+                if let Ok(child) = path.join(name.as_bytes()) {
+                    n += self.adopt_tree(&child, time, process.as_ref())?;
+                }
+            }
+            return Ok(n);
+        }
+        if ft.is_symlink() {
+            let Ok(target) = fs::read_link(&host) else {
+                return Ok(0);
+            };
+            let node = self.writer.new_node();
+            self.append(
+                time,
+                process,
+                Op::Symlink {
+                    node,
+                    path: path.clone(),
+                    target: target.as_os_str().as_bytes().to_vec(),
+                },
+            )?;
+            return Ok(1);
+        }
+        if !ft.is_file() {
+            return Ok(0); // sockets, fifos, devices: not file content
+        }
+        if let Some(&node) = self.nodes.get(&key) {
+            if self.writer.path_of(node).is_some() {
+                // Another name of a file already recorded: a hard link.
+                self.append(
+                    time,
+                    process,
+                    Op::Link {
+                        node,
+                        path: path.clone(),
+                    },
+                )?;
+                return Ok(1);
+            }
+        }
+        let node = self.writer.new_node();
+        self.nodes.insert(key, node);
+        self.append(
+            time,
+            process.clone(),
+            Op::Create {
+                node,
+                path: path.clone(),
+                mode,
+            },
+        )?;
+        if let Ok(data) = read_file_checked(&host, key) {
+            self.append(time, process, Op::Resync { node, data })?;
+        }
+        Ok(1)
+    }
+
+    /// Applies one captured event.
+    pub fn apply(&mut self, ev: Captured, probe: &mut Probe) -> Result<(), RecordError> {
+        self.stats.events += 1;
+        let Origin {
+            time,
+            pid,
+            cgroup,
+            comm,
+            ..
+        } = ev.origin;
+        let process = Some(Process { pid, comm, cgroup });
+        match ev.change {
+            Change::Write { file, offset, data } => match self.nodes.get(&file) {
+                Some(&node) => self.append(time, process, Op::Write { node, offset, data })?,
+                // Its path record was lost: the file is dirty in the kernel map already.
+                None => self.mark_dirty(file, DirtyReason::Lost),
+            },
+            Change::Inode {
+                file,
+                path,
+                mode,
+                size,
+                created,
+                truncated,
+                unlinked,
+                cut,
+            } => {
+                let Some(path) = self.normalize(&path, cut) else {
+                    return Ok(());
+                };
+                if created {
+                    let node = self.writer.new_node();
+                    self.nodes.insert(file, node);
+                    let mode = mode & 0o7777;
+                    self.append(time, process, Op::Create { node, path, mode })?;
+                } else if let Some(&node) = self.nodes.get(&file) {
+                    if truncated {
+                        let target = Target::Node(node);
+                        self.append(time, process, Op::Truncate { target, size: 0 })?;
+                    }
+                } else if !unlinked {
+                    self.adopt_inode(file, path, mode, size, truncated, time, process, probe)?;
+                }
+            }
+            Change::Rename { from, to, exchange } => {
+                let (Some(from), Some(to)) =
+                    (self.normalize(&from, false), self.normalize(&to, false))
+                else {
+                    return Ok(());
+                };
+                if !exchange {
+                    self.rebase_owned(&from, &to);
+                }
+                let op = if exchange {
+                    Op::Exchange { a: from, b: to }
+                } else {
+                    Op::Rename { from, to }
+                };
+                self.append(time, process, op)?;
+            }
+            Change::Unlink { path } => {
+                if let Some(path) = self.normalize(&path, false) {
+                    self.append(time, process, Op::Unlink { path })?;
+                }
+            }
+            Change::Rmdir { path } => {
+                if let Some(path) = self.normalize(&path, false) {
+                    self.owned_dirs.retain(|d| !d.starts_with(&path));
+                    self.append(time, process, Op::Rmdir { path })?;
+                }
+            }
+            Change::Mkdir { path, mode } => {
+                if let Some(path) = self.normalize(&path, false) {
+                    let node = self.writer.new_node();
+                    self.owned_dirs.insert(path.clone());
+                    self.append(time, process, Op::Mkdir { node, path, mode })?;
+                }
+            }
+            Change::Symlink { path, target } => {
+                if let Some(path) = self.normalize(&path, false) {
+                    let node = self.writer.new_node();
+                    self.append(time, process, Op::Symlink { node, path, target })?;
+                }
+            }
+            Change::Link { existing, new } => {
+                let (Some(existing), Some(new)) = (
+                    self.normalize(&existing, false),
+                    self.normalize(&new, false),
+                ) else {
+                    return Ok(());
+                };
+                match self.writer.node_at(&existing) {
+                    Some(node) => self.append(time, process, Op::Link { node, path: new })?,
+                    // A file we never saw: take it from disk under its new name.
+                    None => {
+                        self.adopt_tree(&new, time, process.as_ref())?;
+                    }
+                }
+            }
+            Change::Chmod { path, mode } => {
+                if let Some(path) = self.normalize(&path, false) {
+                    if self.writer.entry(&path).is_some() {
+                        let target = Target::Path(path);
+                        self.append(time, process, Op::Chmod { target, mode })?;
+                    }
+                }
+            }
+            Change::Truncate { path, size } => {
+                if let Some(path) = self.normalize(&path, false) {
+                    if self.writer.entry(&path).is_some() {
+                        let target = Target::Path(path);
+                        self.append(time, process, Op::Truncate { target, size })?;
+                    } else {
+                        self.adopt_tree(&path, time, process.as_ref())?;
+                    }
+                }
+            }
+            Change::FdTruncate { file, size } => {
+                if let Some(&node) = self.nodes.get(&file) {
+                    let target = Target::Node(node);
+                    self.append(time, process, Op::Truncate { target, size })?;
+                }
+            }
+            Change::FdChmod { file, mode } => {
+                if let Some(&node) = self.nodes.get(&file) {
+                    let (target, mode) = (Target::Node(node), mode & 0o7777);
+                    self.append(time, process, Op::Chmod { target, mode })?;
+                }
+            }
+            Change::Dirty { file, reason } => match file {
+                Some(file) => self.mark_dirty(file, reason),
+                // io_uring: its writes bypass syscalls, so check everything at the end.
+                None => self.rescan_needed = true,
+            },
+            Change::Close { file } => {
+                self.resync(file, time, process)?;
+                // A shared mapping outlives close: keep reading it back until the end.
+                if self.dirty.get(&file) != Some(&DirtyReason::Mmap) {
+                    self.dirty.remove(&file);
+                    let _ = probe.clear_dirty(file);
+                }
+            }
+            Change::Sync => {
+                let mapped: Vec<FileKey> = self
+                    .dirty
+                    .iter()
+                    .filter(|(_, r)| **r == DirtyReason::Mmap)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for file in mapped {
+                    self.resync(file, time, process.clone())?;
+                }
+            }
+            Change::Exit { .. } => {
+                // A quiescent point for whatever this process left dirty.
+                let all: Vec<FileKey> = self.dirty.keys().copied().collect();
+                for file in all {
+                    self.resync(file, time, process.clone())?;
+                }
+            }
+            Change::NamespaceLost => self.rescan_needed = true,
+            Change::Fork { .. } | Change::Exec => {}
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn adopt_inode(
+        &mut self,
+        file: FileKey,
+        path: RecPath,
+        mode: u32,
+        size: u64,
+        truncated: bool,
+        time: u64,
+        process: Option<Process>,
+        probe: &mut Probe,
+    ) -> Result<(), RecordError> {
+        // Known by name but not by inode (e.g. a name the baseline saw through another
+        // device number): trust the name.
+        if let Some(node) = self.writer.node_at(&path) {
+            self.nodes.insert(file, node);
+            return Ok(());
+        }
+        // A file that existed before the recording, outside the baseline: its earlier
+        // content is unknown, so read it back once the writer is done with it.
+        let node = self.writer.new_node();
+        self.nodes.insert(file, node);
+        let op = Op::Adopt {
+            node,
+            path,
+            kind: NodeKind::File,
+            mode: mode & 0o7777,
+            size: if truncated { 0 } else { size },
+        };
+        self.append(time, process, op)?;
+        self.mark_dirty(file, DirtyReason::Adopted);
+        let _ = probe.mark_dirty(file, DirtyReason::Adopted);
+        Ok(())
+    }
+
+    fn mark_dirty(&mut self, file: FileKey, reason: DirtyReason) {
+        // Mmap wins: it must be read back until the end, whatever else happened.
+        let entry = self.dirty.entry(file).or_insert(reason);
+        if reason == DirtyReason::Mmap {
+            *entry = reason;
+        }
+    }
+
+    fn normalize(&mut self, raw: &[u8], cut: bool) -> Option<RecPath> {
+        if cut {
+            self.rescan_needed = true;
+            return None;
+        }
+        let path = RecPath::normalize(raw).ok()?;
+        let host = self.host_path(&path);
+        if self.excluded.iter().any(|x| host.starts_with(x)) {
+            return None;
+        }
+        Some(path)
+    }
+
+    fn rebase_owned(&mut self, from: &RecPath, to: &RecPath) {
+        let moved: Vec<RecPath> = self
+            .owned_dirs
+            .iter()
+            .filter(|d| d.starts_with(from))
+            .cloned()
+            .collect();
+        for d in moved {
+            self.owned_dirs.remove(&d);
+            if let Some(r) = d.rebase(from, to) {
+                self.owned_dirs.insert(r);
+            }
+        }
+    }
+
+    /// Reads a file's whole content back into the log.
+    fn resync(
+        &mut self,
+        file: FileKey,
+        time: u64,
+        process: Option<Process>,
+    ) -> Result<(), RecordError> {
+        let Some(&node) = self.nodes.get(&file) else {
+            self.rescan_needed = true; // dirty but never named: only a rescan can place it
+            return Ok(());
+        };
+        let Some(path) = self.writer.path_of(node) else {
+            return Ok(()); // unlinked: no name left to export
+        };
+        let host = self.host_path(&path);
+        match read_file_checked(&host, file) {
+            Ok(data) => {
+                self.stats.resyncs += 1;
+                if self.dirty.get(&file) == Some(&DirtyReason::Lost) {
+                    self.stats.drops_healed += 1;
+                }
+                self.append(time, process, Op::Resync { node, data })
+            }
+            Err(e) => {
+                tracing::debug!(%path, "read-back skipped: {e}");
+                self.rescan_needed = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Notices records lost to a full ring buffer since the last call: writes a gap marker and
+    /// takes the kernel's dirty marks, so the lost content is read back.
+    pub fn check_losses(&mut self, probe: &mut Probe, time: u64) -> Result<(), RecordError> {
+        let Ok(c) = probe.counters() else {
+            return Ok(());
+        };
+        if c.lost <= self.lost_seen {
+            return Ok(());
+        }
+        let (lost, lost_ns) = (
+            c.lost - self.lost_seen,
+            c.lost_namespace - self.lost_ns_seen,
+        );
+        self.lost_seen = c.lost;
+        self.lost_ns_seen = c.lost_namespace;
+        if lost_ns > 0 {
+            self.rescan_needed = true;
+        }
+        if let Ok(marked) = probe.dirty_files() {
+            for (file, reason) in marked {
+                self.mark_dirty(file, reason);
+            }
+        }
+        self.append(
+            time,
+            None,
+            Op::Marker {
+                kind: MarkerKind::Gap,
+                detail: format!(
+                    "{lost} capture records lost to a full ring buffer ({lost_ns} of them path \
+                     changes); the affected files are read back from disk"
+                ),
+            },
+        )
+    }
+
+    /// End of recording: reads back everything still dirty, then checks every recorded entry
+    /// against the disk (and rescans owned directories if path records were lost), so the
+    /// last moment is exact even after losses.
+    pub fn finish_healing(&mut self, probe: &mut Probe, time: u64) -> Result<(), RecordError> {
+        self.check_losses(probe, time)?;
+        let dirty: Vec<FileKey> = self.dirty.keys().copied().collect();
+        for file in dirty {
+            self.resync(file, time, None)?;
+        }
+        self.dirty.clear();
+        self.reconcile(time)
+    }
+
+    /// Compares the log's current namespace with the disk and records the differences.
+    pub fn reconcile(&mut self, time: u64) -> Result<(), RecordError> {
+        let rescan = std::mem::take(&mut self.rescan_needed);
+        if rescan {
+            self.stats.rescans += 1;
+        }
+        let entries: Vec<(RecPath, diffkeeper_store::Entry)> = self
+            .writer
+            .entries()
+            .filter(|(_, e)| e.node & IMPLICIT_DIR_NODE_BIT == 0)
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect();
+        for (path, entry) in entries {
+            if self.writer.entry(&path).is_none() {
+                continue; // removed with an ancestor earlier in this pass
+            }
+            if self.reconcile_entry(&path, &entry, time)? {
+                self.stats.reconciled += 1;
+            }
+        }
+        if rescan {
+            let owned: Vec<RecPath> = self.owned_dirs.iter().cloned().collect();
+            for dir in owned {
+                let host = self.host_path(&dir);
+                let Ok(rd) = fs::read_dir(&host) else {
+                    continue;
+                };
+                for entry in rd.filter_map(Result::ok) {
+                    let Ok(child) = dir.join(entry.file_name().as_bytes()) else {
+                        continue;
+                    };
+                    if self.writer.entry(&child).is_none() {
+                        self.stats.reconciled += self.adopt_tree(&child, time, None)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns whether the entry had to be fixed.
+    fn reconcile_entry(
+        &mut self,
+        path: &RecPath,
+        entry: &diffkeeper_store::Entry,
+        time: u64,
+    ) -> Result<bool, RecordError> {
+        use diffkeeper_store::EntryKind;
+        let host = self.host_path(path);
+        let meta = match fs::symlink_metadata(&host) {
+            Ok(m) => m,
+            Err(_) => {
+                let op = match entry.kind {
+                    EntryKind::Dir => Op::Rmdir { path: path.clone() },
+                    _ => Op::Unlink { path: path.clone() },
+                };
+                self.append(time, None, op)?;
+                return Ok(true);
+            }
+        };
+        let ft = meta.file_type();
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let mode = meta.mode() & 0o7777;
+        let same_kind = match entry.kind {
+            EntryKind::File { .. } => ft.is_file(),
+            EntryKind::Dir => ft.is_dir(),
+            EntryKind::Symlink { .. } => ft.is_symlink(),
+        };
+        let same_file = match entry.kind {
+            EntryKind::File { .. } => self.nodes.get(&key) == Some(&entry.node),
+            _ => true,
+        };
+        if !same_kind || !same_file {
+            // Replaced behind our back (a lost rename or create): take what is there now.
+            self.adopt_tree(path, time, None)?;
+            return Ok(true);
+        }
+        let mut fixed = false;
+        match &entry.kind {
+            EntryKind::File { size } => {
+                if *size != meta.len() || !entry.exact {
+                    if let Ok(data) = read_file_checked(&host, key) {
+                        let node = entry.node;
+                        self.append(time, None, Op::Resync { node, data })?;
+                        fixed = true;
+                    }
+                }
+            }
+            EntryKind::Symlink { target } => {
+                if let Ok(now) = fs::read_link(&host) {
+                    if now.as_os_str().as_bytes() != target.as_slice() {
+                        self.adopt_tree(path, time, None)?;
+                        return Ok(true);
+                    }
+                }
+            }
+            EntryKind::Dir => {}
+        }
+        if mode != entry.mode {
+            let target = Target::Path(path.clone());
+            self.append(time, None, Op::Chmod { target, mode })?;
+            fixed = true;
+        }
+        Ok(fixed)
+    }
+}
+
+/// Reads a regular file, refusing to follow a symlink and checking it is still the inode we
+/// mean (a rename may have put another file at that name).
+fn read_file_checked(path: &Path, expect: FileKey) -> io::Result<Vec<u8>> {
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.dev() != expect.dev || meta.ino() != expect.ino {
+        return Err(io::Error::other("another file is at this path now"));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut data)?;
+    Ok(data)
+}
