@@ -388,6 +388,13 @@ __noinline int send_inode(__u64 file_ptr, __u32 flags, __u64 ts)
 	}
 	__u8 one = 1;
 	bpf_map_update_elem(&known_inodes, &key, &one, BPF_ANY);
+	if (!flags) {
+		/* A file that existed before the recording and outside the baseline (baseline files
+		 * are pre-seeded in known_inodes): its earlier bytes are unknown, so have it read back
+		 * at close. Marked here, not by user space, which would learn of it after the close. */
+		__u32 reason = DK_DIRTY_ADOPTED;
+		bpf_map_update_elem(&dirty_files, &key, &reason, BPF_NOEXIST);
+	}
 	return true;
 }
 
@@ -790,8 +797,12 @@ int BPF_PROG(dk_sys_enter, struct pt_regs *regs, long id)
 		if (!f)
 			break;
 		struct file_key key = inode_key(BPF_CORE_READ(f, f_inode));
-		if (bpf_map_lookup_elem(&dirty_files, &key))
-			send_fd_op(DK_FD_CLOSE, key, 0, bpf_ktime_get_ns());
+		if (bpf_map_lookup_elem(&dirty_files, &key)) {
+			__u64 ts = bpf_ktime_get_ns();
+			/* If its name was lost with a full ring, this is the last chance to send it. */
+			send_inode((__u64)f, 0, ts);
+			send_fd_op(DK_FD_CLOSE, key, 0, ts);
+		}
 		break;
 	}
 	}

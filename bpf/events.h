@@ -59,6 +59,7 @@ enum dk_dirty_reason {
 	DK_DIRTY_SPLICE = 4,   /* fallocate, copy_file_range, sendfile, splice */
 	DK_DIRTY_IO_URING = 5, /* process set up io_uring: its writes are invisible to syscalls */
 	DK_DIRTY_FAULT = 6,    /* user buffer could not be read */
+	DK_DIRTY_ADOPTED = 7,  /* pre-existing file first seen mid-recording: bytes before unknown */
 };
 
 enum dk_proc_op {

@@ -302,6 +302,18 @@ impl Probe {
         }
     }
 
+    /// Tells the kernel side user space already has this file (e.g. from the baseline), so its
+    /// first write is neither named again nor read back.
+    pub fn mark_known(&mut self, file: FileKey) -> Result<(), CaptureError> {
+        let map_err = |source| CaptureError::Map {
+            map: "known_inodes",
+            source,
+        };
+        let mut known: HashMap<_, KernelKey, u8> =
+            HashMap::try_from(self.ebpf.map_mut("known_inodes").unwrap()).map_err(map_err)?;
+        known.insert(KernelKey::from(file), 1, 0).map_err(map_err)
+    }
+
     /// Forgets that user space knows a file's path, so its next write names it again (after a
     /// rescan replaced what user space knew).
     pub fn forget_inode(&mut self, file: FileKey) -> Result<(), CaptureError> {

@@ -76,6 +76,9 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
         tracing::info!("baseline {}: {n} entries", dir.display());
     }
     rec.writer_mut().flush()?;
+    for file in rec.known_files().collect::<Vec<_>>() {
+        probe.mark_known(file)?;
+    }
 
     let procs = cgroup.procs_handle()?;
     let mut cmd = Command::new(program);

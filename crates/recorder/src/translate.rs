@@ -69,6 +69,11 @@ impl Recorder {
         }
     }
 
+    /// Files (by inode) the recorder already has, e.g. from the baseline.
+    pub fn known_files(&self) -> impl Iterator<Item = FileKey> + '_ {
+        self.nodes.keys().copied()
+    }
+
     pub fn stats(&self) -> RecorderStats {
         self.stats
     }
@@ -192,15 +197,19 @@ impl Recorder {
         }
         if let Some(&node) = self.nodes.get(&key) {
             if self.writer.path_of(node).is_some() {
-                // Another name of a file already recorded: a hard link.
+                // Another name of a file already recorded: a hard link. Its bytes are read back
+                // too: when healing, what the log holds for that node may be stale.
                 self.append(
                     time,
-                    process,
+                    process.clone(),
                     Op::Link {
                         node,
                         path: path.clone(),
                     },
                 )?;
+                if let Ok(data) = read_file_checked(&host, key) {
+                    self.append(time, process, Op::Resync { node, data })?;
+                }
                 return Ok(1);
             }
         }
@@ -262,7 +271,7 @@ impl Recorder {
                         self.append(time, process, Op::Truncate { target, size: 0 })?;
                     }
                 } else if !unlinked {
-                    self.adopt_inode(file, path, mode, size, truncated, time, process, probe)?;
+                    self.adopt_inode(file, path, mode, size, truncated, time, process)?;
                 }
             }
             Change::Rename { from, to, exchange } => {
@@ -356,9 +365,11 @@ impl Recorder {
                 None => self.rescan_needed = true,
             },
             Change::Close { file } => {
-                self.resync(file, time, process)?;
-                // A shared mapping outlives close: keep reading it back until the end.
-                if self.dirty.get(&file) != Some(&DirtyReason::Mmap) {
+                let read = self.resync(file, time, process)?;
+                // A shared mapping outlives close: keep reading it back until the end. A failed
+                // read-back (the name moved on disk before we got here) keeps the mark, so the
+                // file is read back at the end under its final name.
+                if read && self.dirty.get(&file) != Some(&DirtyReason::Mmap) {
                     self.dirty.remove(&file);
                     let _ = probe.clear_dirty(file);
                 }
@@ -397,7 +408,6 @@ impl Recorder {
         truncated: bool,
         time: u64,
         process: Option<Process>,
-        probe: &mut Probe,
     ) -> Result<(), RecordError> {
         // Known by name but not by inode (e.g. a name the baseline saw through another
         // device number): trust the name.
@@ -417,8 +427,8 @@ impl Recorder {
             size: if truncated { 0 } else { size },
         };
         self.append(time, process, op)?;
+        // The kernel marked it for read-back at close itself (user space learns of it too late).
         self.mark_dirty(file, DirtyReason::Adopted);
-        let _ = probe.mark_dirty(file, DirtyReason::Adopted);
         Ok(())
     }
 
@@ -458,19 +468,19 @@ impl Recorder {
         }
     }
 
-    /// Reads a file's whole content back into the log.
+    /// Reads a file's whole content back into the log. Returns whether it could.
     fn resync(
         &mut self,
         file: FileKey,
         time: u64,
         process: Option<Process>,
-    ) -> Result<(), RecordError> {
+    ) -> Result<bool, RecordError> {
         let Some(&node) = self.nodes.get(&file) else {
             self.rescan_needed = true; // dirty but never named: only a rescan can place it
-            return Ok(());
+            return Ok(false);
         };
         let Some(path) = self.writer.path_of(node) else {
-            return Ok(()); // unlinked: no name left to export
+            return Ok(true); // unlinked: no name left to export, nothing to heal
         };
         let host = self.host_path(&path);
         match read_file_checked(&host, file) {
@@ -479,12 +489,13 @@ impl Recorder {
                 if self.dirty.get(&file) == Some(&DirtyReason::Lost) {
                     self.stats.drops_healed += 1;
                 }
-                self.append(time, process, Op::Resync { node, data })
+                self.append(time, process, Op::Resync { node, data })?;
+                Ok(true)
             }
             Err(e) => {
-                tracing::debug!(%path, "read-back skipped: {e}");
+                tracing::debug!(%path, "read-back failed: {e}");
                 self.rescan_needed = true;
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -547,14 +558,18 @@ impl Recorder {
         let entries: Vec<(RecPath, diffkeeper_store::Entry)> = self
             .writer
             .entries()
-            .filter(|(_, e)| e.node & IMPLICIT_DIR_NODE_BIT == 0)
             .map(|(p, e)| (p.clone(), e.clone()))
             .collect();
         for (path, entry) in entries {
             if self.writer.entry(&path).is_none() {
                 continue; // removed with an ancestor earlier in this pass
             }
-            if self.reconcile_entry(&path, &entry, time)? {
+            let fixed = if entry.node & IMPLICIT_DIR_NODE_BIT != 0 {
+                self.reconcile_implicit(&path, time)?
+            } else {
+                self.reconcile_entry(&path, &entry, time)?
+            };
+            if fixed {
                 self.stats.reconciled += 1;
             }
         }
@@ -576,6 +591,42 @@ impl Recorder {
             }
         }
         Ok(())
+    }
+
+    /// A directory the log only implies (a file below it was created, its mkdir was not seen):
+    /// gone from disk means removed; inside the recording's own directories it is made a real
+    /// entry with its real mode. Elsewhere (/tmp, /home) it stays implied.
+    fn reconcile_implicit(&mut self, path: &RecPath, time: u64) -> Result<bool, RecordError> {
+        let host = self.host_path(path);
+        match fs::symlink_metadata(&host) {
+            Err(_) => {
+                self.append(time, None, Op::Rmdir { path: path.clone() })?;
+                Ok(true)
+            }
+            Ok(meta) if meta.is_dir() => {
+                let owned = self
+                    .owned_dirs
+                    .iter()
+                    .any(|d| path.starts_with(d) && d != path);
+                if !owned {
+                    return Ok(false);
+                }
+                let node = self.writer.new_node();
+                let mode = meta.mode() & 0o7777;
+                let op = Op::Mkdir {
+                    node,
+                    path: path.clone(),
+                    mode,
+                };
+                self.append(time, None, op)?;
+                self.owned_dirs.insert(path.clone());
+                Ok(true)
+            }
+            Ok(_) => {
+                self.adopt_tree(path, time, None)?;
+                Ok(true)
+            }
+        }
     }
 
     /// Returns whether the entry had to be fixed.
