@@ -1,0 +1,437 @@
+//! On-disk layout: one sled tree, record kinds told apart by a one-byte key prefix, big-endian
+//! numbers in keys (so byte order is numeric order), bincode values, zstd for bulky bytes.
+//!
+//! Events are stored in blocks (all events of one commit, split every [`BLOCK_EVENTS`] events or
+//! [`BLOCK_BYTES`] of data by default) because one sled record per event costs hundreds of bytes of
+//! overhead each. A block is keyed by its first seq; its events' data and content ops are
+//! grouped per node under the same first seq.
+//!
+//! | key                     | value                                                        |
+//! |-------------------------|--------------------------------------------------------------|
+//! | `m` name                | metadata: `info`, `format`, `committed`, `next_node`, `end`  |
+//! | `e` first               | zstd(bincode(Vec<[`EventHeader`]>)): events first, first+1, .. |
+//! | `n` node first          | bincode(Vec<(seq, [`ContentOp`])>): how those events changed node |
+//! | `p` node first          | payload(bincode(Vec<(seq, data)>)): Write/Resync data naming node |
+//! | `k` node seq            | [`Keyframe`]: node's content right after seq                 |
+//! | `c` seq                 | zstd(bincode(name space)) right after seq                    |
+//!
+//! Headers, content ops and data are kept apart so that `log` and name-space replay never read
+//! data bytes, and rebuilding a file reads only that file's ops and data.
+
+use crate::error::StoreError;
+use crate::model::{MarkerKind, NodeId, NodeKind, Op, Process, RecPath, Seq, Target};
+use bincode::Options;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+pub(crate) const META_INFO: &[u8] = b"minfo";
+pub(crate) const META_FORMAT: &[u8] = b"mformat";
+pub(crate) const META_COMMITTED: &[u8] = b"mcommitted";
+pub(crate) const META_NEXT_NODE: &[u8] = b"mnext_node";
+pub(crate) const META_END: &[u8] = b"mend";
+
+const EVENT: u8 = b'e';
+const PAYLOAD: u8 = b'p';
+const CONTENT: u8 = b'n';
+const KEYFRAME: u8 = b'k';
+const CHECKPOINT: u8 = b'c';
+
+/// Default maximum events per block, so that reading one event costs a bounded amount.
+pub(crate) const BLOCK_EVENTS: usize = 1024;
+/// By default a block is also closed once its events carry this much data.
+pub(crate) const BLOCK_BYTES: usize = 4 << 20;
+
+pub(crate) fn event_block_key(first: Seq) -> [u8; 9] {
+    seq_key(EVENT, first)
+}
+
+pub(crate) fn checkpoint_key(seq: Seq) -> [u8; 9] {
+    seq_key(CHECKPOINT, seq)
+}
+
+pub(crate) fn content_key(node: NodeId, first: Seq) -> [u8; 17] {
+    node_seq_key(CONTENT, node, first)
+}
+
+pub(crate) fn payload_key(node: NodeId, first: Seq) -> [u8; 17] {
+    node_seq_key(PAYLOAD, node, first)
+}
+
+pub(crate) fn keyframe_key(node: NodeId, seq: Seq) -> [u8; 17] {
+    node_seq_key(KEYFRAME, node, seq)
+}
+
+fn seq_key(prefix: u8, seq: Seq) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn node_seq_key(prefix: u8, node: NodeId, seq: Seq) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = prefix;
+    k[1..9].copy_from_slice(&node.to_be_bytes());
+    k[9..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The seq at the end of any `e`/`p`/`c`/`n`/`k` key.
+pub(crate) fn key_seq(key: &[u8]) -> Result<Seq, StoreError> {
+    let tail: [u8; 8] = key
+        .len()
+        .checked_sub(8)
+        .and_then(|at| key[at..].try_into().ok())
+        .ok_or_else(|| StoreError::corrupt(format!("malformed key {key:?}")))?;
+    Ok(Seq::from_be_bytes(tail))
+}
+
+pub(crate) fn u64_value(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+pub(crate) fn decode_u64(what: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+    let raw: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::corrupt(format!("{what} is {} bytes, not 8", bytes.len())))?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+fn bincode_options() -> impl Options {
+    bincode::DefaultOptions::new()
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode_options()
+        .serialize(value)
+        .expect("bincode serialization of in-memory values cannot fail")
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    bincode_options()
+        .deserialize(bytes)
+        .map_err(|e| StoreError::corrupt(format!("cannot decode {what}: {e}")))
+}
+
+/// An event as stored under `e`: everything but the data bytes of Write and Resync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct EventHeader {
+    pub time: u64,
+    pub process: Option<Process>,
+    pub op: OpHeader,
+}
+
+/// [`Op`] with data bytes replaced by their length (the bytes live under `p`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum OpHeader {
+    Create {
+        node: NodeId,
+        path: RecPath,
+        mode: u32,
+    },
+    Mkdir {
+        node: NodeId,
+        path: RecPath,
+        mode: u32,
+    },
+    Symlink {
+        node: NodeId,
+        path: RecPath,
+        target: Vec<u8>,
+    },
+    Adopt {
+        node: NodeId,
+        path: RecPath,
+        kind: NodeKind,
+        mode: u32,
+        size: u64,
+    },
+    Link {
+        node: NodeId,
+        path: RecPath,
+    },
+    Rename {
+        from: RecPath,
+        to: RecPath,
+    },
+    Exchange {
+        a: RecPath,
+        b: RecPath,
+    },
+    Unlink {
+        path: RecPath,
+    },
+    Rmdir {
+        path: RecPath,
+    },
+    Write {
+        node: NodeId,
+        offset: u64,
+        len: u64,
+    },
+    Truncate {
+        target: Target,
+        size: u64,
+    },
+    Chmod {
+        target: Target,
+        mode: u32,
+    },
+    /// `inline` holds the data when the node was a symlink at the time (a symlink's target is
+    /// namespace state, which must replay without reading payloads); otherwise the data is under `p`.
+    Resync {
+        node: NodeId,
+        len: u64,
+        inline: Option<Vec<u8>>,
+    },
+    Marker {
+        kind: MarkerKind,
+        detail: String,
+    },
+}
+
+impl OpHeader {
+    /// Splits an op into its header and its payload (if it carries data stored under `p`).
+    pub(crate) fn split(op: Op, resync_inline: bool) -> (OpHeader, Option<Vec<u8>>) {
+        let header = match op {
+            Op::Create { node, path, mode } => OpHeader::Create { node, path, mode },
+            Op::Mkdir { node, path, mode } => OpHeader::Mkdir { node, path, mode },
+            Op::Symlink { node, path, target } => OpHeader::Symlink { node, path, target },
+            Op::Adopt {
+                node,
+                path,
+                kind,
+                mode,
+                size,
+            } => OpHeader::Adopt {
+                node,
+                path,
+                kind,
+                mode,
+                size,
+            },
+            Op::Link { node, path } => OpHeader::Link { node, path },
+            Op::Rename { from, to } => OpHeader::Rename { from, to },
+            Op::Exchange { a, b } => OpHeader::Exchange { a, b },
+            Op::Unlink { path } => OpHeader::Unlink { path },
+            Op::Rmdir { path } => OpHeader::Rmdir { path },
+            Op::Write { node, offset, data } => {
+                let len = data.len() as u64;
+                return (OpHeader::Write { node, offset, len }, Some(data));
+            }
+            Op::Truncate { target, size } => OpHeader::Truncate { target, size },
+            Op::Chmod { target, mode } => OpHeader::Chmod { target, mode },
+            Op::Resync { node, data } => {
+                let len = data.len() as u64;
+                if resync_inline {
+                    OpHeader::Resync {
+                        node,
+                        len,
+                        inline: Some(data),
+                    }
+                } else {
+                    return (
+                        OpHeader::Resync {
+                            node,
+                            len,
+                            inline: None,
+                        },
+                        Some(data),
+                    );
+                }
+            }
+            Op::Marker { kind, detail } => OpHeader::Marker { kind, detail },
+        };
+        (header, None)
+    }
+
+    /// The node whose `p` records hold this op's data, if it has data stored there.
+    pub(crate) fn payload_node(&self) -> Option<NodeId> {
+        match self {
+            OpHeader::Write { node, .. }
+            | OpHeader::Resync {
+                node, inline: None, ..
+            } => Some(*node),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds the full op; `payload` is required exactly when [`Self::payload_node`] is set.
+    pub(crate) fn join(self, payload: Option<Vec<u8>>) -> Op {
+        match self {
+            OpHeader::Create { node, path, mode } => Op::Create { node, path, mode },
+            OpHeader::Mkdir { node, path, mode } => Op::Mkdir { node, path, mode },
+            OpHeader::Symlink { node, path, target } => Op::Symlink { node, path, target },
+            OpHeader::Adopt {
+                node,
+                path,
+                kind,
+                mode,
+                size,
+            } => Op::Adopt {
+                node,
+                path,
+                kind,
+                mode,
+                size,
+            },
+            OpHeader::Link { node, path } => Op::Link { node, path },
+            OpHeader::Rename { from, to } => Op::Rename { from, to },
+            OpHeader::Exchange { a, b } => Op::Exchange { a, b },
+            OpHeader::Unlink { path } => Op::Unlink { path },
+            OpHeader::Rmdir { path } => Op::Rmdir { path },
+            OpHeader::Write { node, offset, .. } => Op::Write {
+                node,
+                offset,
+                data: payload.unwrap_or_default(),
+            },
+            OpHeader::Truncate { target, size } => Op::Truncate { target, size },
+            OpHeader::Chmod { target, mode } => Op::Chmod { target, mode },
+            OpHeader::Resync { node, inline, .. } => Op::Resync {
+                node,
+                data: inline.or(payload).unwrap_or_default(),
+            },
+            OpHeader::Marker { kind, detail } => Op::Marker { kind, detail },
+        }
+    }
+}
+
+/// How one event changed one node's bytes (file content, or a symlink's target), stored under
+/// `n` so that rebuilding a file visits only the events that touched it. Write and Replace take
+/// their bytes from the same seq's data under `p`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ContentOp {
+    /// The content becomes `size` zero bytes (Create: 0; Adopt: unknown bytes read as zeros).
+    Reset {
+        size: u64,
+    },
+    /// `len` bytes from the payload of the same seq, written at `offset`.
+    Write {
+        offset: u64,
+        len: u64,
+    },
+    Truncate {
+        size: u64,
+    },
+    /// The content becomes the payload of the same seq (Resync of a file).
+    Replace {
+        len: u64,
+    },
+    /// The content becomes these bytes (a symlink's target).
+    Set(Vec<u8>),
+}
+
+impl ContentOp {
+    /// Whether the content after this op is independent of the content before it, which lets a
+    /// rebuild start here instead of at a keyframe.
+    pub(crate) fn is_reset(&self) -> bool {
+        matches!(
+            self,
+            ContentOp::Reset { .. }
+                | ContentOp::Replace { .. }
+                | ContentOp::Set(_)
+                | ContentOp::Truncate { size: 0 }
+        )
+    }
+
+    pub(crate) fn has_payload(&self) -> bool {
+        matches!(self, ContentOp::Write { .. } | ContentOp::Replace { .. })
+    }
+
+    /// Applies the op to `content`; `payload` is the data of Write/Replace.
+    pub(crate) fn apply(&self, content: &mut Vec<u8>, payload: &[u8]) -> Result<(), StoreError> {
+        match self {
+            ContentOp::Reset { size } => {
+                content.clear();
+                content.resize(to_len(*size)?, 0);
+            }
+            ContentOp::Write { offset, len } => {
+                if payload.len() as u64 != *len {
+                    return Err(StoreError::corrupt(format!(
+                        "write payload is {} bytes, header says {len}",
+                        payload.len()
+                    )));
+                }
+                let start = to_len(*offset)?;
+                let end = start + payload.len();
+                if content.len() < end {
+                    content.resize(end, 0);
+                }
+                content[start..end].copy_from_slice(payload);
+            }
+            ContentOp::Truncate { size } => content.resize(to_len(*size)?, 0),
+            ContentOp::Replace { .. } => {
+                content.clear();
+                content.extend_from_slice(payload);
+            }
+            ContentOp::Set(bytes) => {
+                content.clear();
+                content.extend_from_slice(bytes);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_len(size: u64) -> Result<usize, StoreError> {
+    usize::try_from(size)
+        .map_err(|_| StoreError::corrupt(format!("file size {size} does not fit in memory")))
+}
+
+/// A node's content at the keyframe's seq: either whole, or a bidiff patch against the node's
+/// keyframe at `base` (depth counts patches down to the nearest whole keyframe, bounding replay).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Keyframe {
+    pub base: Option<Seq>,
+    pub depth: u32,
+    /// zstd-compressed content (when `base` is None) or patch.
+    pub body: Vec<u8>,
+}
+
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+/// Below this, a zstd frame header costs more than it saves.
+const MIN_COMPRESS: usize = 64;
+pub(crate) const ZSTD_LEVEL: i32 = 3;
+
+/// Payload encoding: a tag byte, then the bytes raw or as one zstd frame, whichever is smaller.
+pub(crate) fn encode_payload(data: &[u8]) -> Vec<u8> {
+    if data.len() >= MIN_COMPRESS {
+        if let Ok(packed) = zstd::bulk::compress(data, ZSTD_LEVEL) {
+            if packed.len() < data.len() {
+                let mut out = Vec::with_capacity(packed.len() + 1);
+                out.push(ZSTD);
+                out.extend_from_slice(&packed);
+                return out;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(RAW);
+    out.extend_from_slice(data);
+    out
+}
+
+pub(crate) fn decode_payload(what: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+    match stored.split_first() {
+        Some((&RAW, rest)) => Ok(rest.to_vec()),
+        Some((&ZSTD, rest)) => {
+            unzstd(rest).map_err(|e| StoreError::corrupt(format!("{what} is unreadable: {e}")))
+        }
+        _ => Err(StoreError::corrupt(format!(
+            "{what} has an unknown encoding"
+        ))),
+    }
+}
+
+/// Data of one node's events within one block, in seq order.
+pub(crate) type PayloadBlock = Vec<(Seq, Vec<u8>)>;
+
+pub(crate) fn zstd_bytes(data: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(data, ZSTD_LEVEL).expect("zstd into memory cannot fail")
+}
+
+pub(crate) fn unzstd(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    zstd::stream::decode_all(data)
+}

@@ -1,0 +1,153 @@
+//! Rebuilding a node's bytes at a moment, and making the keyframes that keep that cheap.
+//!
+//! A rebuild starts at the newest point after which the content is self-contained: the last
+//! resetting op (create, resync, truncate to 0) or else the newest keyframe, and replays only
+//! this node's content ops from there. Keyframes are whole (zstd) or bidiff patches against the
+//! node's previous keyframe; the patch chain is at most `full_keyframe_every` long.
+
+use crate::codec::{self, Keyframe, PayloadBlock};
+use crate::error::StoreError;
+use crate::model::{NodeId, Seq};
+use crate::records::{payload_in, Records};
+use std::io::{Cursor, Read};
+
+/// Where a rebuild started, kept when the caller wants to patch against it.
+pub(crate) struct KeyframeBase {
+    pub seq: Seq,
+    pub depth: u32,
+    pub content: Vec<u8>,
+}
+
+pub(crate) struct Rebuilt {
+    pub content: Vec<u8>,
+    /// The keyframe the rebuild started from, if it started from one (and `keep_base` was set).
+    pub base: Option<KeyframeBase>,
+}
+
+/// The content of `node` right after event `seq`.
+pub(crate) fn content_at(
+    records: &Records,
+    node: NodeId,
+    seq: Seq,
+    keep_base: bool,
+) -> Result<Rebuilt, StoreError> {
+    records.check_seq(seq)?;
+    let keyframe = records.last_keyframe(node, seq)?;
+    let replay_from = keyframe.as_ref().map_or(0, |(kseq, _)| kseq + 1);
+    let ops = records.content_ops(node, replay_from, seq)?;
+    let last_reset = ops.iter().rposition(|(_, op)| op.is_reset());
+
+    let (mut content, base, ops) = match (last_reset, keyframe) {
+        (Some(at), _) => (Vec::new(), None, &ops[at..]),
+        (None, Some((kseq, kf))) => {
+            let content = keyframe_content(records, node, kseq, kf.clone())?;
+            let base = keep_base.then(|| KeyframeBase {
+                seq: kseq,
+                depth: kf.depth,
+                content: content.clone(),
+            });
+            (content, base, &ops[..])
+        }
+        (None, None) if ops.is_empty() => return Err(StoreError::NoContent { node, seq }),
+        (None, None) => (Vec::new(), None, &ops[..]),
+    };
+    // Consecutive ops mostly share a data block; fetch each block once.
+    let mut block: PayloadBlock = Vec::new();
+    for (op_seq, op) in ops {
+        let payload = if op.has_payload() {
+            if block.binary_search_by_key(op_seq, |(s, _)| *s).is_err() {
+                block = records.payload_block(node, *op_seq)?;
+            }
+            payload_in(&block, *op_seq)?
+        } else {
+            &[]
+        };
+        op.apply(&mut content, payload)?;
+    }
+    Ok(Rebuilt { content, base })
+}
+
+/// Decodes the keyframe at `seq`, following its patch chain down to a whole keyframe.
+fn keyframe_content(
+    records: &Records,
+    node: NodeId,
+    seq: Seq,
+    top: Keyframe,
+) -> Result<Vec<u8>, StoreError> {
+    let mut chain = vec![(seq, top)];
+    while let Some(base) = chain.last().and_then(|(_, kf)| kf.base) {
+        if chain.len() > 1024 {
+            return Err(StoreError::corrupt(format!(
+                "keyframes of node {node} form an endless chain"
+            )));
+        }
+        chain.push((base, records.keyframe(node, base)?));
+    }
+    let unreadable = |kseq: Seq, e: &dyn std::fmt::Display| {
+        StoreError::corrupt(format!(
+            "keyframe of node {node} at @seq:{kseq} is unreadable: {e}"
+        ))
+    };
+    let (whole_seq, whole) = chain.pop().expect("chain starts non-empty");
+    let mut content = codec::unzstd(&whole.body).map_err(|e| unreadable(whole_seq, &e))?;
+    while let Some((kseq, kf)) = chain.pop() {
+        let patch = codec::unzstd(&kf.body).map_err(|e| unreadable(kseq, &e))?;
+        let mut next = Vec::new();
+        bipatch::Reader::new(Cursor::new(patch), Cursor::new(content))
+            .map_err(|e| unreadable(kseq, &e))?
+            .read_to_end(&mut next)
+            .map_err(|e| unreadable(kseq, &e))?;
+        content = next;
+    }
+    Ok(content)
+}
+
+/// Tunables for keyframe encoding.
+pub(crate) struct KeyframePolicy {
+    pub full_every: u32,
+    pub max_diff_bytes: usize,
+}
+
+/// Encodes `rebuilt.content` as a keyframe: a patch against the keyframe the rebuild started
+/// from when that is allowed and pays off, else whole.
+pub(crate) fn make_keyframe(rebuilt: &Rebuilt, policy: &KeyframePolicy) -> Keyframe {
+    let content = &rebuilt.content;
+    if let Some(base) = &rebuilt.base {
+        let diffable = base.depth + 1 < policy.full_every
+            && !base.content.is_empty()
+            && content.len() <= policy.max_diff_bytes
+            && base.content.len() <= policy.max_diff_bytes;
+        if diffable {
+            let mut patch = Vec::new();
+            bidiff::simple_diff(&base.content, content, &mut patch)
+                .expect("diffing into memory cannot fail");
+            // bsdiff patches hold a byte-wise difference for every matched byte, mostly zeros,
+            // so only their compressed size means anything.
+            let packed_patch = codec::zstd_bytes(&patch);
+            let as_patch = |body| Keyframe {
+                base: Some(base.seq),
+                depth: base.depth + 1,
+                body,
+            };
+            if packed_patch.len() < content.len() / 8 {
+                return as_patch(packed_patch);
+            }
+            // A patch that is not much smaller than the whole saves little and costs a patch step
+            // on every read.
+            let whole = codec::zstd_bytes(content);
+            if packed_patch.len() < whole.len() / 2 {
+                return as_patch(packed_patch);
+            }
+            return whole_keyframe(whole);
+        }
+    }
+    whole_keyframe(codec::zstd_bytes(content))
+}
+
+fn whole_keyframe(body: Vec<u8>) -> Keyframe {
+    Keyframe {
+        base: None,
+        depth: 0,
+        body,
+    }
+}

@@ -1,0 +1,124 @@
+//! Time-indexed change store: an ordered, durable log of file operations that rebuilds any moment byte-exactly.
+//!
+//! A recording lives in a state dir: `LOCK` (flock + owner pid) and `db/` (one sled tree; see
+//! [`codec`] for the key layout). [`Writer`] appends events in atomic batches; [`Store`] is the
+//! read-only view that answers "what did the tree look like at T".
+
+mod codec;
+mod content;
+mod error;
+mod lock;
+pub mod model;
+mod namespace;
+mod reader;
+mod records;
+mod summary;
+mod time;
+mod writer;
+
+pub use error::StoreError;
+pub use model::*;
+pub use reader::Store;
+pub use records::ReadStats;
+pub use summary::{Change, ChangeKind, OpKind, OpSummary, Summary};
+pub use time::{format_duration, format_wall, Point, Span, TimeError, TimeExpr};
+pub use writer::{Writer, WriterOptions, WriterStats};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What was recorded, where and when; written once when the recording is created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RecordingInfo {
+    pub command: Vec<String>,
+    /// Wall clock at the start, ns since the Unix epoch.
+    pub started_wall_ns: i128,
+    /// CLOCK_MONOTONIC at the start: the clock of `Event::time`.
+    pub started_mono_ns: u64,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+const DB_DIR: &str = "db";
+
+/// How long to wait for sled's own file lock once we hold `LOCK`.
+const DB_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the database; the caller must hold the dir's `LOCK`.
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(dir.join(DB_DIR))
+        .cache_capacity(cache_bytes)
+        .mode(sled::Mode::HighThroughput)
+        // Durability points are ours (`Writer::flush`), not a background timer's.
+        .flush_every_ms(None);
+    let deadline = Instant::now() + DB_LOCK_WAIT;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            // sled releases its file lock only when its last background thread lets go of a
+            // dropped database, a moment after the drop; since we hold `LOCK`, nobody else can.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if Instant::now() > deadline {
+                    return Err(sled::Error::Io(e).into());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Refuses (before touching anything) a dir that holds no recording, so that opening a mistyped
+/// path does not create an empty database there.
+fn require_recording_dir(dir: &Path) -> Result<(), StoreError> {
+    let not_a_recording = |reason: &str| StoreError::NotARecording {
+        dir: dir.to_path_buf(),
+        reason: reason.into(),
+    };
+    if !dir.is_dir() {
+        return Err(not_a_recording("no such directory"));
+    }
+    if !dir.join(DB_DIR).is_dir() {
+        return Err(not_a_recording("it has no db/ subdirectory"));
+    }
+    Ok(())
+}
+
+/// Metadata every reader and resuming writer starts from.
+struct Meta {
+    info: RecordingInfo,
+    committed: u64,
+    next_node: u64,
+    end_mono_ns: Option<u64>,
+}
+
+fn read_meta(dir: &Path, db: &sled::Db) -> Result<Meta, StoreError> {
+    let Some(info) = db.get(codec::META_INFO)? else {
+        return Err(StoreError::NotARecording {
+            dir: dir.to_path_buf(),
+            reason: "its database holds no recording".into(),
+        });
+    };
+    let info: RecordingInfo = codec::decode("the recording info", &info)?;
+    let u64_of = |key: &[u8], what: &str| -> Result<Option<u64>, StoreError> {
+        db.get(key)?
+            .map(|v| codec::decode_u64(what, &v))
+            .transpose()
+    };
+    let format = u64_of(codec::META_FORMAT, "the format version")?.unwrap_or(0);
+    if format != u64::from(codec::FORMAT_VERSION) {
+        return Err(StoreError::UnsupportedFormat {
+            found: format as u32,
+            supported: codec::FORMAT_VERSION,
+        });
+    }
+    Ok(Meta {
+        info,
+        committed: u64_of(codec::META_COMMITTED, "the committed seq")?.unwrap_or(0),
+        next_node: u64_of(codec::META_NEXT_NODE, "the next node id")?.unwrap_or(1),
+        end_mono_ns: u64_of(codec::META_END, "the end time")?,
+    })
+}

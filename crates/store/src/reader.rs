@@ -1,0 +1,132 @@
+//! The read-only view of a recording: its extent, the tree and file contents at any event, and
+//! the raw events.
+
+use crate::content;
+use crate::error::StoreError;
+use crate::lock::DirLock;
+use crate::model::{Event, NodeId, Seq, Tree};
+use crate::namespace::{Clock, Namespace};
+use crate::records::{ReadStats, Records};
+use crate::time::{self, EventTimes, Point, Span, TimeError, TimeExpr};
+use crate::{open_db, read_meta, require_recording_dir, RecordingInfo};
+use std::path::{Path, PathBuf};
+
+/// Readers need little cache: they visit each record about once.
+const READER_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+pub struct Store {
+    dir: PathBuf,
+    pub(crate) records: Records,
+    pub(crate) clock: Clock,
+    info: RecordingInfo,
+    span: Span,
+    _db: sled::Db,
+    _lock: DirLock,
+}
+
+impl Store {
+    /// Opens a recording for reading. Refused while a writer (or another reader: the database
+    /// allows one process at a time) has it open.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        require_recording_dir(dir)?;
+        let lock = DirLock::acquire(dir)?;
+        let db = open_db(dir, READER_CACHE_BYTES)?;
+        let meta = read_meta(dir, &db)?;
+        let records = Records::new((*db).clone(), meta.committed);
+        let start = meta.info.started_mono_ns;
+        let last_time = if meta.committed > 0 {
+            Some(records.header(meta.committed)?.time)
+        } else {
+            None
+        };
+        let end = meta
+            .end_mono_ns
+            .into_iter()
+            .chain(last_time)
+            .chain([start])
+            .max()
+            .unwrap_or(start);
+        let span = Span {
+            first_seq: u64::from(meta.committed > 0),
+            last_seq: meta.committed,
+            start_mono_ns: start,
+            end_mono_ns: end,
+            started_wall_ns: meta.info.started_wall_ns,
+            finished: meta.end_mono_ns.is_some(),
+        };
+        let clock = Clock {
+            started_wall_ns: meta.info.started_wall_ns,
+            started_mono_ns: start,
+        };
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            records,
+            clock,
+            info: meta.info,
+            span,
+            _db: db,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn info(&self) -> &RecordingInfo {
+        &self.info
+    }
+
+    pub fn span(&self) -> Span {
+        self.span
+    }
+
+    pub fn resolve(&self, expr: &TimeExpr) -> Result<Point, TimeError> {
+        time::resolve(&self.span, expr, &self.records)
+    }
+
+    pub(crate) fn namespace_at(&self, seq: Seq) -> Result<Namespace, StoreError> {
+        self.records.namespace_at(seq, self.clock)
+    }
+
+    /// The tree right after event `seq` (0: before any event).
+    pub fn tree_at(&self, seq: Seq) -> Result<Tree, StoreError> {
+        Ok(self.namespace_at(seq)?.tree(seq))
+    }
+
+    /// The bytes of file `node` (or the target of symlink `node`) right after event `seq`.
+    pub fn read_content(&self, node: NodeId, seq: Seq) -> Result<Vec<u8>, StoreError> {
+        Ok(content::content_at(&self.records, node, seq, false)?.content)
+    }
+
+    /// Events `from..=to` with their data, in order.
+    pub fn events(
+        &self,
+        from: Seq,
+        to: Seq,
+    ) -> impl Iterator<Item = Result<(Seq, Event), StoreError>> + '_ {
+        self.records.headers(from, to).map(move |item| {
+            let (seq, header) = item?;
+            Ok((seq, self.records.full_event(seq, header)?))
+        })
+    }
+
+    pub fn read_stats(&self) -> ReadStats {
+        self.records.stats()
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("span", &self.span)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventTimes for Records {
+    fn time_of(&self, seq: Seq) -> Result<u64, String> {
+        self.header(seq).map(|h| h.time).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,302 @@
+//! Typed, counted reads of committed records. Both the reader and the writer (which reads back
+//! content to build keyframes) go through here, so every byte read is accounted in [`ReadStats`]
+//! and nothing past the committed seq is ever seen.
+
+use crate::codec::{self, ContentOp, EventHeader, Keyframe, PayloadBlock};
+use crate::error::StoreError;
+use crate::model::{Event, NodeId, Seq};
+use crate::namespace::{Clock, Namespace};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Reading cost since the store was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Key and value bytes fetched from the store (as stored, i.e. compressed).
+    pub bytes_read: u64,
+    /// Records fetched.
+    pub records_read: u64,
+}
+
+pub(crate) struct Records {
+    tree: sled::Tree,
+    /// Readers ignore anything beyond this, so a batch is either wholly visible or not at all.
+    committed: Seq,
+    bytes: AtomicU64,
+    count: AtomicU64,
+    /// The last event block decoded by `header`: time lookups probe neighbouring seqs. Committed
+    /// blocks are never rewritten, so this never goes stale.
+    last_block: Mutex<Option<(Seq, Arc<Vec<EventHeader>>)>>,
+}
+
+fn decode_event_block(value: &[u8]) -> Result<Vec<EventHeader>, StoreError> {
+    let raw = codec::unzstd(value)
+        .map_err(|e| StoreError::corrupt(format!("an event block is unreadable: {e}")))?;
+    codec::decode("an event block", &raw)
+}
+
+/// Picks `seq`'s data out of its block.
+pub(crate) fn payload_in(block: &PayloadBlock, seq: Seq) -> Result<&[u8], StoreError> {
+    block
+        .binary_search_by_key(&seq, |(s, _)| *s)
+        .map(|i| block[i].1.as_slice())
+        .map_err(|_| StoreError::corrupt(format!("data of @seq:{seq} is missing")))
+}
+
+impl Records {
+    pub(crate) fn new(tree: sled::Tree, committed: Seq) -> Self {
+        Records {
+            tree,
+            committed,
+            bytes: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            last_block: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn committed(&self) -> Seq {
+        self.committed
+    }
+
+    pub(crate) fn set_committed(&mut self, seq: Seq) {
+        self.committed = seq;
+    }
+
+    pub(crate) fn stats(&self) -> ReadStats {
+        ReadStats {
+            bytes_read: self.bytes.load(Ordering::Relaxed),
+            records_read: self.count.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, key: &[u8], value: &[u8]) {
+        self.bytes
+            .fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        let value = self.tree.get(key)?;
+        if let Some(v) = &value {
+            self.count(key, v);
+        }
+        Ok(value)
+    }
+
+    pub(crate) fn check_seq(&self, seq: Seq) -> Result<(), StoreError> {
+        if seq > self.committed {
+            return Err(StoreError::SeqBeyondEnd {
+                seq,
+                last: self.committed,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn header(&self, seq: Seq) -> Result<EventHeader, StoreError> {
+        self.check_seq(seq)?;
+        let missing = || StoreError::corrupt(format!("event @seq:{seq} is missing"));
+        {
+            let cached = self.last_block.lock().expect("block cache lock");
+            if let Some((first, headers)) = cached.as_ref() {
+                if let Some(h) = seq
+                    .checked_sub(*first)
+                    .and_then(|i| headers.get(i as usize))
+                {
+                    return Ok(h.clone());
+                }
+            }
+        }
+        let (key, value) = self
+            .newest_at_or_before(&codec::event_block_key(0), &codec::event_block_key(seq))?
+            .ok_or_else(missing)?;
+        let first = codec::key_seq(&key)?;
+        let headers = Arc::new(decode_event_block(&value)?);
+        let header = headers
+            .get((seq - first) as usize)
+            .cloned()
+            .ok_or_else(missing)?;
+        *self.last_block.lock().expect("block cache lock") = Some((first, headers));
+        Ok(header)
+    }
+
+    /// The record with the greatest key in `low..=high`.
+    fn newest_at_or_before(
+        &self,
+        low: &[u8],
+        high: &[u8],
+    ) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+        let found = self.tree.range(low..=high).next_back().transpose()?;
+        if let Some((key, value)) = &found {
+            self.count(key, value);
+        }
+        Ok(found)
+    }
+
+    /// Headers of events `from..=to` (clamped to what is committed), in order.
+    pub(crate) fn headers(
+        &self,
+        from: Seq,
+        to: Seq,
+    ) -> impl Iterator<Item = Result<(Seq, EventHeader), StoreError>> + '_ {
+        let from = from.max(1);
+        let to = to.min(self.committed);
+        let blocks = (from <= to).then(|| {
+            // Start at the block holding `from`, which may begin before it.
+            let start = self
+                .tree
+                .range(codec::event_block_key(0)..=codec::event_block_key(from))
+                .keys()
+                .next_back()
+                .and_then(Result::ok)
+                .map_or(from, |k| codec::key_seq(&k).unwrap_or(from));
+            self.tree
+                .range(codec::event_block_key(start)..=codec::event_block_key(to))
+        });
+        let mut expected = from;
+        blocks.into_iter().flatten().flat_map(
+            move |item| -> Vec<Result<(Seq, EventHeader), StoreError>> {
+                let decoded = item.map_err(StoreError::from).and_then(|(key, value)| {
+                    self.count(&key, &value);
+                    Ok((codec::key_seq(&key)?, decode_event_block(&value)?))
+                });
+                let (first, headers) = match decoded {
+                    Ok(block) => block,
+                    Err(e) => return vec![Err(e)],
+                };
+                let mut out = Vec::new();
+                for (seq, header) in (first..).zip(headers) {
+                    if seq < expected || seq > to {
+                        continue;
+                    }
+                    if seq != expected {
+                        out.push(Err(StoreError::corrupt(format!(
+                            "event @seq:{expected} is missing"
+                        ))));
+                        break;
+                    }
+                    expected += 1;
+                    out.push(Ok((seq, header)));
+                }
+                out
+            },
+        )
+    }
+
+    /// The data of `node`'s events in the block that holds `seq`.
+    pub(crate) fn payload_block(&self, node: NodeId, seq: Seq) -> Result<PayloadBlock, StoreError> {
+        let what = || format!("data of @seq:{seq}");
+        let (_, value) = self
+            .newest_at_or_before(&codec::payload_key(node, 0), &codec::payload_key(node, seq))?
+            .ok_or_else(|| StoreError::corrupt(format!("{} is missing", what())))?;
+        codec::decode(&what(), &codec::decode_payload(&what(), &value)?)
+    }
+
+    pub(crate) fn payload(&self, node: NodeId, seq: Seq) -> Result<Vec<u8>, StoreError> {
+        payload_in(&self.payload_block(node, seq)?, seq).map(<[u8]>::to_vec)
+    }
+
+    pub(crate) fn full_event(&self, seq: Seq, header: EventHeader) -> Result<Event, StoreError> {
+        let payload = match header.op.payload_node() {
+            Some(node) => Some(self.payload(node, seq)?),
+            None => None,
+        };
+        Ok(Event {
+            time: header.time,
+            process: header.process,
+            op: header.op.join(payload),
+        })
+    }
+
+    /// Content ops of `node` in events `from..=to`.
+    pub(crate) fn content_ops(
+        &self,
+        node: NodeId,
+        from: Seq,
+        to: Seq,
+    ) -> Result<Vec<(Seq, ContentOp)>, StoreError> {
+        let to = to.min(self.committed);
+        if from > to {
+            return Ok(Vec::new());
+        }
+        // Start at the block holding `from`, which may begin before it.
+        let start = self
+            .tree
+            .range(codec::content_key(node, 0)..=codec::content_key(node, from))
+            .keys()
+            .next_back()
+            .transpose()?
+            .map_or(Ok(from), |k| codec::key_seq(&k))?;
+        let mut out = Vec::new();
+        for item in self
+            .tree
+            .range(codec::content_key(node, start)..=codec::content_key(node, to))
+        {
+            let (key, value) = item?;
+            self.count(&key, &value);
+            let ops: Vec<(Seq, ContentOp)> = codec::decode("content ops", &value)?;
+            out.extend(ops.into_iter().filter(|(s, _)| (from..=to).contains(s)));
+        }
+        Ok(out)
+    }
+
+    /// Whether any event in `from..=to` changed `node`'s content (reads no data bytes).
+    pub(crate) fn content_changed(
+        &self,
+        node: NodeId,
+        from: Seq,
+        to: Seq,
+    ) -> Result<bool, StoreError> {
+        Ok(!self.content_ops(node, from, to)?.is_empty())
+    }
+
+    /// The newest keyframe of `node` at or before `seq`.
+    pub(crate) fn last_keyframe(
+        &self,
+        node: NodeId,
+        seq: Seq,
+    ) -> Result<Option<(Seq, Keyframe)>, StoreError> {
+        let seq = seq.min(self.committed);
+        let found = self.newest_at_or_before(
+            &codec::keyframe_key(node, 0),
+            &codec::keyframe_key(node, seq),
+        )?;
+        let Some((key, value)) = found else {
+            return Ok(None);
+        };
+        Ok(Some((
+            codec::key_seq(&key)?,
+            codec::decode("a keyframe", &value)?,
+        )))
+    }
+
+    pub(crate) fn keyframe(&self, node: NodeId, seq: Seq) -> Result<Keyframe, StoreError> {
+        let raw = self.get(&codec::keyframe_key(node, seq))?.ok_or_else(|| {
+            StoreError::corrupt(format!("keyframe of node {node} at @seq:{seq} is missing"))
+        })?;
+        codec::decode("a keyframe", &raw)
+    }
+
+    /// The namespace right after `seq`: the newest checkpoint at or before it, plus replay.
+    pub(crate) fn namespace_at(&self, seq: Seq, clock: Clock) -> Result<Namespace, StoreError> {
+        self.check_seq(seq)?;
+        let found =
+            self.newest_at_or_before(&codec::checkpoint_key(0), &codec::checkpoint_key(seq))?;
+        let (mut ns, from) = match found {
+            Some((key, value)) => {
+                let raw = codec::unzstd(&value).map_err(|e| {
+                    StoreError::corrupt(format!("a namespace checkpoint is unreadable: {e}"))
+                })?;
+                let mut ns: Namespace = codec::decode("a namespace checkpoint", &raw)?;
+                ns.reindex();
+                (ns, codec::key_seq(&key)? + 1)
+            }
+            None => (Namespace::default(), 1),
+        };
+        for item in self.headers(from, seq) {
+            let (s, header) = item?;
+            ns.apply(s, clock.wall(header.time), &header.op);
+        }
+        Ok(ns)
+    }
+}

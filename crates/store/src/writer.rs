@@ -1,0 +1,575 @@
+//! Appending to a recording: buffered events become visible in atomic batches (`commit`) and
+//! durable on `flush`. The writer keeps the current name space in memory, never file contents;
+//! keyframes are built at commit by reading content back from the store.
+
+use crate::codec::{self, ContentOp, EventHeader, OpHeader, PayloadBlock};
+use crate::content::{self, KeyframePolicy};
+use crate::error::StoreError;
+use crate::lock::DirLock;
+use crate::model::{Entry, EntryKind, Event, NodeId, NodeKind, Op, RecPath, Seq};
+use crate::namespace::{Clock, Namespace};
+use crate::records::Records;
+use crate::{open_db, read_meta, require_recording_dir, RecordingInfo};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use tracing::{debug, error, info, warn};
+
+/// Thresholds that trade write cost for rebuild cost. The defaults keep rebuilding any file at
+/// any moment at about a few times its size in reads.
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// A file gets a keyframe once more than max(this, size * `keyframe_size_factor`) bytes were
+    /// written to it since its last one...
+    pub keyframe_min_bytes: u64,
+    pub keyframe_size_factor: u64,
+    /// ...or more than max(this, size / `keyframe_bytes_per_op`) content ops. Scaling with size
+    /// keeps keyframe cost proportional to the bytes the ops touched on large files.
+    pub keyframe_min_ops: u64,
+    pub keyframe_bytes_per_op: u64,
+    /// Every this many keyframes of a node one is whole; the rest are patches on the previous.
+    pub full_keyframe_every: u32,
+    /// Larger contents get whole keyframes (diffing needs several times the size in memory).
+    pub max_diff_bytes: usize,
+    /// A name-space checkpoint is written once this many events (or as many as there are
+    /// entries, if more) happened since the last one.
+    pub checkpoint_min_events: u64,
+    /// Events are stored in blocks of at most this many events...
+    pub block_events: usize,
+    /// ...or this many bytes of data (a block never spans commits).
+    pub block_bytes: usize,
+    /// sled page cache size.
+    pub cache_bytes: u64,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            keyframe_min_bytes: 64 * 1024,
+            keyframe_size_factor: 2,
+            keyframe_min_ops: 2000,
+            keyframe_bytes_per_op: 256,
+            full_keyframe_every: 8,
+            max_diff_bytes: 64 * 1024 * 1024,
+            checkpoint_min_events: 4096,
+            block_events: codec::BLOCK_EVENTS,
+            block_bytes: codec::BLOCK_BYTES,
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Events in the recording, including those not yet committed.
+    pub events: u64,
+    pub committed_seq: Seq,
+    /// Write/Resync data appended by this writer, uncompressed.
+    pub payload_bytes: u64,
+    /// Size of the store on disk (approximate).
+    pub store_bytes: u64,
+    pub keyframes: u64,
+    pub checkpoints: u64,
+}
+
+/// Replay work accumulated for a node since its last keyframe (or resetting op).
+#[derive(Clone, Copy, Debug, Default)]
+struct SinceKeyframe {
+    bytes: u64,
+    ops: u64,
+}
+
+/// Events appended since the last block was sealed, arranged as they will be stored.
+#[derive(Default)]
+struct OpenBlock {
+    first: Seq,
+    headers: Vec<EventHeader>,
+    ops: BTreeMap<NodeId, Vec<(Seq, ContentOp)>>,
+    payloads: BTreeMap<NodeId, PayloadBlock>,
+    payload_bytes: usize,
+}
+
+pub struct Writer {
+    dir: PathBuf,
+    db: sled::Db,
+    records: Records,
+    opts: WriterOptions,
+    clock: Clock,
+    ns: Namespace,
+    last_seq: Seq,
+    last_time: Option<u64>,
+    next_node: NodeId,
+    /// Sealed blocks not yet committed.
+    pending: sled::Batch,
+    pending_events: u64,
+    block: OpenBlock,
+    since_keyframe: HashMap<NodeId, SinceKeyframe>,
+    touched: HashSet<NodeId>,
+    events_since_checkpoint: u64,
+    stats: WriterStats,
+    finished: bool,
+    _lock: DirLock,
+}
+
+impl Writer {
+    pub fn create(dir: &Path, info: RecordingInfo) -> Result<Writer, StoreError> {
+        Self::create_with(dir, info, WriterOptions::default())
+    }
+
+    pub fn create_with(
+        dir: &Path,
+        info: RecordingInfo,
+        opts: WriterOptions,
+    ) -> Result<Writer, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let lock = DirLock::acquire(dir)?;
+        let db = open_db(dir, opts.cache_bytes)?;
+        if db.get(codec::META_INFO)?.is_some() {
+            return Err(StoreError::AlreadyRecorded {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            codec::META_FORMAT,
+            &codec::u64_value(codec::FORMAT_VERSION.into()),
+        );
+        batch.insert(codec::META_INFO, codec::encode(&info));
+        batch.insert(codec::META_COMMITTED, &codec::u64_value(0));
+        batch.insert(codec::META_NEXT_NODE, &codec::u64_value(1));
+        db.apply_batch(batch)?;
+        db.flush()?;
+        info!(dir = %dir.display(), "created recording");
+        let clock = Clock {
+            started_wall_ns: info.started_wall_ns,
+            started_mono_ns: info.started_mono_ns,
+        };
+        Ok(Self::assemble(dir, db, opts, clock, lock))
+    }
+
+    pub fn resume(dir: &Path) -> Result<Writer, StoreError> {
+        Self::resume_with(dir, WriterOptions::default())
+    }
+
+    /// Reopens a recording for appending after the previous writer stopped or died. Anything it
+    /// had not committed is gone; appending continues right after the last committed event.
+    pub fn resume_with(dir: &Path, opts: WriterOptions) -> Result<Writer, StoreError> {
+        require_recording_dir(dir)?;
+        let lock = DirLock::acquire(dir)?;
+        let db = open_db(dir, opts.cache_bytes)?;
+        let meta = read_meta(dir, &db)?;
+        let clock = Clock {
+            started_wall_ns: meta.info.started_wall_ns,
+            started_mono_ns: meta.info.started_mono_ns,
+        };
+        let mut w = Self::assemble(dir, db, opts, clock, lock);
+        w.records.set_committed(meta.committed);
+        w.last_seq = meta.committed;
+        w.stats.committed_seq = meta.committed;
+        w.stats.events = meta.committed;
+        w.next_node = meta.next_node;
+        w.ns = w.records.namespace_at(meta.committed, clock)?;
+        if meta.committed > 0 {
+            w.last_time = Some(w.records.header(meta.committed)?.time);
+        }
+        w.events_since_checkpoint = meta.committed - w.last_checkpoint_seq()?;
+        w.since_keyframe = w.measure_since_keyframes()?;
+        if meta.end_mono_ns.is_some() {
+            // The recording goes on, so it is no longer finished.
+            w.db.remove(codec::META_END)?;
+        }
+        info!(dir = %dir.display(), committed = meta.committed, "resumed recording");
+        Ok(w)
+    }
+
+    fn assemble(
+        dir: &Path,
+        db: sled::Db,
+        opts: WriterOptions,
+        clock: Clock,
+        lock: DirLock,
+    ) -> Writer {
+        Writer {
+            dir: dir.to_path_buf(),
+            records: Records::new((*db).clone(), 0),
+            db,
+            opts,
+            clock,
+            ns: Namespace::default(),
+            last_seq: 0,
+            last_time: None,
+            next_node: 1,
+            pending: sled::Batch::default(),
+            pending_events: 0,
+            block: OpenBlock::default(),
+            since_keyframe: HashMap::new(),
+            touched: HashSet::new(),
+            events_since_checkpoint: 0,
+            stats: WriterStats::default(),
+            finished: false,
+            _lock: lock,
+        }
+    }
+
+    fn last_checkpoint_seq(&self) -> Result<Seq, StoreError> {
+        let found = self
+            .db
+            .range(codec::checkpoint_key(0)..=codec::checkpoint_key(self.last_seq))
+            .next_back()
+            .transpose()?;
+        found.map_or(Ok(0), |(key, _)| codec::key_seq(&key))
+    }
+
+    /// Recomputes, for each live file, the replay work since its last keyframe, so a resumed
+    /// writer keeps the same bound on rebuild cost as one that never stopped.
+    fn measure_since_keyframes(&self) -> Result<HashMap<NodeId, SinceKeyframe>, StoreError> {
+        let mut out = HashMap::new();
+        for node in self.ns.live_nodes() {
+            let from = self
+                .records
+                .last_keyframe(node, self.last_seq)?
+                .map_or(0, |(seq, _)| seq + 1);
+            let mut since = SinceKeyframe::default();
+            for (_, op) in self.records.content_ops(node, from, self.last_seq)? {
+                since = since_after(since, &op);
+            }
+            if since.ops > 0 {
+                out.insert(node, since);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A fresh node id; ids are never reused, also across resume.
+    pub fn new_node(&mut self) -> NodeId {
+        let id = self.next_node;
+        self.next_node += 1;
+        id
+    }
+
+    /// Buffers `event` as the next one in the log and returns its seq. Times that go backwards
+    /// (kernel events from several CPUs) are raised to the previous event's time.
+    pub fn append(&mut self, event: Event) -> Result<Seq, StoreError> {
+        let seq = self.last_seq + 1;
+        let time = self.last_time.map_or(event.time, |t| t.max(event.time));
+        self.note_node_id(&event.op);
+
+        let content_op = self.content_op(&event.op);
+        let resync_inline = matches!(&event.op, Op::Resync { node, .. }
+            if matches!(self.ns.node_entry(*node), Some(Entry { kind: EntryKind::Symlink { .. }, .. })));
+        let (op, payload) = OpHeader::split(event.op, resync_inline);
+        let header = EventHeader {
+            time,
+            process: event.process,
+            op,
+        };
+        self.ns.apply(seq, self.clock.wall(time), &header.op);
+
+        if self.block.headers.is_empty() {
+            self.block.first = seq;
+        }
+        if let (Some(data), Some(node)) = (payload, header.op.payload_node()) {
+            self.stats.payload_bytes += data.len() as u64;
+            self.block.payload_bytes += data.len();
+            self.block
+                .payloads
+                .entry(node)
+                .or_default()
+                .push((seq, data));
+        }
+        self.block.headers.push(header);
+        if let Some((node, op)) = content_op {
+            let since = self.since_keyframe.entry(node).or_default();
+            *since = since_after(*since, &op);
+            self.touched.insert(node);
+            self.block.ops.entry(node).or_default().push((seq, op));
+        }
+        if self.block.headers.len() >= self.opts.block_events
+            || self.block.payload_bytes >= self.opts.block_bytes
+        {
+            self.seal_block();
+        }
+        self.last_seq = seq;
+        self.last_time = Some(time);
+        self.pending_events += 1;
+        self.events_since_checkpoint += 1;
+        self.stats.events = seq;
+        Ok(seq)
+    }
+
+    /// Ids the caller chose itself (not from `new_node`) must not be handed out later.
+    fn note_node_id(&mut self, op: &Op) {
+        let node = match op {
+            Op::Create { node, .. }
+            | Op::Mkdir { node, .. }
+            | Op::Symlink { node, .. }
+            | Op::Adopt { node, .. } => *node,
+            _ => return,
+        };
+        if node & crate::model::IMPLICIT_DIR_NODE_BIT == 0 && node >= self.next_node {
+            self.next_node = node + 1;
+        }
+    }
+
+    /// How `op` changes a node's bytes, judged against the name space before it applies (the
+    /// same name space replay sees, so readers agree with this decision).
+    fn content_op(&self, op: &Op) -> Option<(NodeId, ContentOp)> {
+        let file = |node: NodeId| {
+            matches!(
+                self.ns.node_entry(node),
+                Some(Entry {
+                    kind: EntryKind::File { .. },
+                    ..
+                })
+            )
+        };
+        match op {
+            Op::Create { node, path, .. } if !path.is_root() => {
+                Some((*node, ContentOp::Reset { size: 0 }))
+            }
+            Op::Symlink { node, path, target } if !path.is_root() => {
+                Some((*node, ContentOp::Set(target.clone())))
+            }
+            Op::Adopt {
+                node,
+                path,
+                kind,
+                size,
+                ..
+            } if !path.is_root() => match kind {
+                NodeKind::File => Some((*node, ContentOp::Reset { size: *size })),
+                NodeKind::Symlink => Some((*node, ContentOp::Set(Vec::new()))),
+                NodeKind::Dir => None,
+            },
+            Op::Write { node, offset, data } if !data.is_empty() && file(*node) => Some((
+                *node,
+                ContentOp::Write {
+                    offset: *offset,
+                    len: data.len() as u64,
+                },
+            )),
+            Op::Truncate { target, size } => {
+                let node = self.ns.resolve(target)?;
+                file(node).then_some((node, ContentOp::Truncate { size: *size }))
+            }
+            Op::Resync { node, data } => match &self.ns.node_entry(*node)?.kind {
+                EntryKind::File { .. } => Some((
+                    *node,
+                    ContentOp::Replace {
+                        len: data.len() as u64,
+                    },
+                )),
+                EntryKind::Symlink { .. } => Some((*node, ContentOp::Set(data.clone()))),
+                EntryKind::Dir => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Turns the open block into records of the pending batch.
+    fn seal_block(&mut self) {
+        let block = std::mem::take(&mut self.block);
+        if block.headers.is_empty() {
+            return;
+        }
+        let first = block.first;
+        let headers = codec::zstd_bytes(&codec::encode(&block.headers));
+        self.pending.insert(&codec::event_block_key(first), headers);
+        for (node, ops) in &block.ops {
+            self.pending
+                .insert(&codec::content_key(*node, first), codec::encode(ops));
+        }
+        for (node, data) in &block.payloads {
+            let value = codec::encode_payload(&codec::encode(data));
+            self.pending
+                .insert(&codec::payload_key(*node, first), value);
+        }
+    }
+
+    /// Makes all appended events visible as one atomic batch, then adds keyframes for files whose
+    /// replay chain grew too long.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        if self.pending_events == 0 {
+            return Ok(());
+        }
+        self.seal_block();
+        let mut batch = std::mem::take(&mut self.pending);
+        batch.insert(codec::META_COMMITTED, &codec::u64_value(self.last_seq));
+        batch.insert(codec::META_NEXT_NODE, &codec::u64_value(self.next_node));
+        let checkpoint_due = self.events_since_checkpoint
+            >= self.opts.checkpoint_min_events.max(self.ns.len() as u64);
+        if checkpoint_due {
+            let packed = codec::zstd_bytes(&codec::encode(&self.ns));
+            debug!(
+                seq = self.last_seq,
+                bytes = packed.len(),
+                "name-space checkpoint"
+            );
+            batch.insert(&codec::checkpoint_key(self.last_seq), packed);
+        }
+        self.db.apply_batch(batch)?;
+        self.records.set_committed(self.last_seq);
+        self.stats.committed_seq = self.last_seq;
+        self.pending_events = 0;
+        if checkpoint_due {
+            self.events_since_checkpoint = 0;
+            self.stats.checkpoints += 1;
+            // Forget replay counters of nodes that died since the last checkpoint.
+            let ns = &self.ns;
+            self.since_keyframe
+                .retain(|node, _| ns.node_entry(*node).is_some());
+        }
+        self.write_keyframes();
+        Ok(())
+    }
+
+    /// Keyframes are an optimization: if one cannot be made, reads just replay further.
+    fn write_keyframes(&mut self) {
+        let touched: Vec<NodeId> = self.touched.drain().collect();
+        for node in touched {
+            let Some(since) = self.since_keyframe.get(&node).copied() else {
+                continue;
+            };
+            let size = match self.ns.node_entry(node) {
+                Some(Entry {
+                    kind: EntryKind::File { size },
+                    ..
+                }) => *size,
+                _ => {
+                    self.since_keyframe.remove(&node);
+                    continue;
+                }
+            };
+            let o = &self.opts;
+            let byte_limit = o
+                .keyframe_min_bytes
+                .max(size.saturating_mul(o.keyframe_size_factor));
+            let op_limit = o
+                .keyframe_min_ops
+                .max(size / o.keyframe_bytes_per_op.max(1));
+            if since.bytes <= byte_limit && since.ops <= op_limit {
+                continue;
+            }
+            match self.write_keyframe(node) {
+                Ok(()) => {
+                    self.since_keyframe.remove(&node);
+                    self.stats.keyframes += 1;
+                }
+                Err(e) => {
+                    error!(node, error = %e, "could not write a keyframe; reads of this file will be slower")
+                }
+            }
+        }
+    }
+
+    fn write_keyframe(&mut self, node: NodeId) -> Result<(), StoreError> {
+        let seq = self.records.committed();
+        let rebuilt = content::content_at(&self.records, node, seq, true)?;
+        let policy = KeyframePolicy {
+            full_every: self.opts.full_keyframe_every.max(1),
+            max_diff_bytes: self.opts.max_diff_bytes,
+        };
+        let keyframe = content::make_keyframe(&rebuilt, &policy);
+        debug!(
+            node,
+            seq,
+            size = rebuilt.content.len(),
+            depth = keyframe.depth,
+            stored = keyframe.body.len(),
+            "keyframe"
+        );
+        self.db
+            .insert(codec::keyframe_key(node, seq), codec::encode(&keyframe))?;
+        Ok(())
+    }
+
+    /// Commits and makes everything committed durable on disk.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.commit()?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn node_at(&self, path: &RecPath) -> Option<NodeId> {
+        self.ns.entry(path).map(|e| e.node)
+    }
+
+    pub fn path_of(&self, node: NodeId) -> Option<RecPath> {
+        self.ns.names_of(node).next().cloned()
+    }
+
+    pub fn entry(&self, path: &RecPath) -> Option<&Entry> {
+        self.ns.entry(path)
+    }
+
+    /// The current namespace, in path order (implicit parents included: their node ids have
+    /// IMPLICIT_DIR_NODE_BIT set). The recorder checks it against the disk at the end.
+    pub fn entries(&self) -> impl Iterator<Item = (&RecPath, &Entry)> {
+        self.ns.iter()
+    }
+
+    /// Regular files in the current namespace.
+    pub fn file_count(&self) -> u64 {
+        self.ns
+            .iter()
+            .filter(|(_, e)| matches!(e.kind, crate::model::EntryKind::File { .. }))
+            .count() as u64
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            store_bytes: self.db.size_on_disk().unwrap_or(0),
+            ..self.stats
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records the end of the recording, flushes, and releases the state dir.
+    pub fn finish(mut self, end_mono_ns: u64) -> Result<(), StoreError> {
+        self.commit()?;
+        let end = self.last_time.map_or(end_mono_ns, |t| t.max(end_mono_ns));
+        self.db.insert(codec::META_END, &codec::u64_value(end))?;
+        self.db.flush()?;
+        self.finished = true;
+        info!(dir = %self.dir.display(), events = self.last_seq, "finished recording");
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("dir", &self.dir)
+            .field("last_seq", &self.last_seq)
+            .field("committed", &self.records.committed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Writer {
+    /// A writer dropped without `finish` (e.g. on an error path) still keeps what was appended.
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Err(e) = self.flush() {
+                warn!(dir = %self.dir.display(), error = %e, "could not flush the recording on drop");
+            }
+        }
+    }
+}
+
+fn since_after(since: SinceKeyframe, op: &ContentOp) -> SinceKeyframe {
+    if op.is_reset() {
+        // A rebuild starts at the reset, so it is as good as a keyframe.
+        return SinceKeyframe::default();
+    }
+    let bytes = match op {
+        ContentOp::Write { len, .. } => *len,
+        _ => 0,
+    };
+    SinceKeyframe {
+        bytes: since.bytes + bytes,
+        ops: since.ops + 1,
+    }
+}
