@@ -107,6 +107,21 @@ struct {
 	__type(value, __u8);
 } mmap_writers SEC(".maps");
 
+/* Names of files whose DK_INODE record did not fit in the ring: without them a file nobody
+ * writes again could never be named, so never healed. A map update needs no ring space. */
+struct unsent_name {
+	__u32 len;
+	__u8 path[DK_PATH_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct file_key);
+	__type(value, struct unsent_name);
+} unsent_names SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DK_CNT_MAX);
@@ -384,6 +399,8 @@ __noinline int send_inode(__u64 file_ptr, __u32 flags, __u64 ts)
 	r->path_len = size - sizeof(*r);
 	if (bpf_ringbuf_output(&events, r, size, wake_flags())) {
 		count(DK_CNT_LOST, 1);
+		/* path_len is followed by the path: the layout of struct unsent_name. */
+		bpf_map_update_elem(&unsent_names, &key, &r->path_len, BPF_ANY);
 		return false;
 	}
 	__u8 one = 1;

@@ -95,6 +95,17 @@ struct KernelKey {
 // SAFETY: plain integers, no padding.
 unsafe impl aya::Pod for KernelKey {}
 
+/// `struct unsent_name` of the kernel side.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UnsentName {
+    len: u32,
+    path: [u8; 4096],
+}
+
+// SAFETY: an integer and bytes, no padding.
+unsafe impl aya::Pod for UnsentName {}
+
 impl From<FileKey> for KernelKey {
     fn from(k: FileKey) -> Self {
         KernelKey {
@@ -300,6 +311,26 @@ impl Probe {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(e)),
         }
+    }
+
+    /// Takes the names of files whose naming record was lost to a full ring buffer.
+    pub fn take_unsent_names(&mut self) -> Result<Vec<(FileKey, Vec<u8>)>, CaptureError> {
+        let map_err = |source| CaptureError::Map {
+            map: "unsent_names",
+            source,
+        };
+        let mut names: HashMap<_, KernelKey, UnsentName> =
+            HashMap::try_from(self.ebpf.map_mut("unsent_names").unwrap()).map_err(map_err)?;
+        let mut out = Vec::new();
+        let keys: Vec<KernelKey> = names.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            if let Ok(v) = names.get(&k, 0) {
+                let len = (v.len as usize).min(v.path.len());
+                out.push((FileKey::from_kernel(k.dev, k.ino), v.path[..len].to_vec()));
+            }
+            let _ = names.remove(&k);
+        }
+        Ok(out)
     }
 
     /// Tells the kernel side user space already has this file (e.g. from the baseline), so its

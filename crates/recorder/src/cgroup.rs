@@ -15,10 +15,10 @@ pub enum CgroupError {
          systemd.unified_cgroup_hierarchy"
     )]
     NoCgroup2,
-    #[error("cannot create cgroup {path}: {source} (diffkeeper record needs root)")]
-    Create { path: PathBuf, source: io::Error },
-    #[error("cgroup {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot create cgroup {path}: {cause} (diffkeeper record needs root)")]
+    Create { path: PathBuf, cause: io::Error },
+    #[error("cgroup {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
 }
 
 /// A child cgroup created for one recording, removed on drop once empty.
@@ -38,23 +38,23 @@ impl RecordingCgroup {
         let parent_created = match fs::create_dir(&parent) {
             Ok(()) => Some(parent.clone()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => None,
-            Err(source) => {
+            Err(cause) => {
                 return Err(CgroupError::Create {
                     path: parent,
-                    source,
+                    cause,
                 })
             }
         };
         let path = parent.join(name);
-        fs::create_dir(&path).map_err(|source| CgroupError::Create {
+        fs::create_dir(&path).map_err(|cause| CgroupError::Create {
             path: path.clone(),
-            source,
+            cause,
         })?;
         // The cgroup v2 id the kernel reports (bpf_get_current_cgroup_id) is the kernfs inode.
         let id = fs::metadata(&path)
-            .map_err(|source| CgroupError::Io {
+            .map_err(|cause| CgroupError::Io {
                 path: path.clone(),
-                source,
+                cause,
             })?
             .ino();
         Ok(RecordingCgroup {
@@ -86,7 +86,7 @@ impl RecordingCgroup {
         let f = fs::OpenOptions::new()
             .write(true)
             .open(&path)
-            .map_err(|source| CgroupError::Io { path, source })?;
+            .map_err(|cause| CgroupError::Io { path, cause })?;
         Ok(f.into())
     }
 
@@ -106,7 +106,7 @@ impl RecordingCgroup {
     /// True while any process is in the cgroup (or below it).
     pub fn populated(&self) -> Result<bool, CgroupError> {
         let path = self.path.join("cgroup.events");
-        let text = fs::read_to_string(&path).map_err(|source| CgroupError::Io { path, source })?;
+        let text = fs::read_to_string(&path).map_err(|cause| CgroupError::Io { path, cause })?;
         Ok(text.lines().any(|l| l.trim() == "populated 1"))
     }
 
@@ -135,9 +135,9 @@ impl Drop for RecordingCgroup {
 /// Where cgroup2 is mounted: /sys/fs/cgroup on unified hosts, often /sys/fs/cgroup/unified on
 /// hybrid ones. Read from mountinfo rather than assumed.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Io {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|cause| CgroupError::Io {
         path: "/proc/self/mountinfo".into(),
-        source,
+        cause,
     })?;
     for line in info.lines() {
         // "... mount_point options - fstype source super_options"
@@ -159,7 +159,7 @@ fn unescape_mount(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
             out.push(
                 u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap(), 8)
                     .unwrap_or(b'?'),

@@ -19,15 +19,15 @@ pub enum RecordError {
     Capture(#[from] diffkeeper_capture::CaptureError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
-    #[error("cannot snapshot baseline {path}: {source}; pass an existing directory to --baseline")]
+    #[error("cannot snapshot baseline {path}: {cause}; pass an existing directory to --baseline")]
     Baseline {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot run `{command}`: {source}; check that the command exists and is executable")]
+    #[error("cannot run `{command}`: {cause}; check that the command exists and is executable")]
     Spawn {
         command: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("nothing to record: give the command after `--`, e.g. `diffkeeper record --state-dir=/tmp/trace -- make test`")]
     NoCommand,

@@ -87,9 +87,9 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
     unsafe {
         cmd.pre_exec(move || RecordingCgroup::join_from_child(&procs));
     }
-    let mut child = cmd.spawn().map_err(|source| RecordError::Spawn {
+    let mut child = cmd.spawn().map_err(|cause| RecordError::Spawn {
         command: program.to_string_lossy().into_owned(),
-        source,
+        cause,
     })?;
 
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -103,9 +103,9 @@ impl Recorder {
     /// Snapshots `dir` (recursively) as the recording's starting point, so in-place edits of
     /// files that existed before replay exactly.
     pub fn baseline(&mut self, dir: &Path, time: u64) -> Result<u64, RecordError> {
-        let host = fs::canonicalize(dir).map_err(|source| RecordError::Baseline {
+        let host = fs::canonicalize(dir).map_err(|cause| RecordError::Baseline {
             path: dir.to_path_buf(),
-            source,
+            cause,
         })?;
         let Some(path) = host
             .strip_prefix(&self.root)
@@ -523,6 +523,7 @@ impl Recorder {
                 self.mark_dirty(file, reason);
             }
         }
+        self.adopt_unsent(probe, time)?;
         self.append(
             time,
             None,
@@ -534,6 +535,25 @@ impl Recorder {
                 ),
             },
         )
+    }
+
+    /// Files whose naming record was lost: the kernel kept their names aside. Taken from
+    /// disk (read back whole), so they are exact from here on.
+    fn adopt_unsent(&mut self, probe: &mut Probe, time: u64) -> Result<(), RecordError> {
+        let Ok(names) = probe.take_unsent_names() else {
+            return Ok(());
+        };
+        for (file, raw) in names {
+            if self.nodes.contains_key(&file) {
+                continue;
+            }
+            if let Some(path) = self.normalize(&raw, false) {
+                if self.writer.entry(&path).is_none() {
+                    self.adopt_tree(&path, time, None)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// End of recording: reads back everything still dirty, then checks every recorded entry
