@@ -86,6 +86,13 @@ os.pwrite(fd, b"OUT", 2); os.close(fd)
 checkpoint()                                              # 4
 
 os.link("v.txt", "v-hard.txt")
+fd = os.open("v.txt", os.O_WRONLY)
+os.pwritev(fd, [b"PW", b"RITEV"], 7); os.close(fd)
+import ctypes                                             # renameat2(RENAME_EXCHANGE)
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_EXCHANGE, NR_renameat2 = -100, 2, 316
+w("swap-a", b"was a"); w("swap-b", b"was b")
+assert libc.syscall(NR_renameat2, AT_FDCWD, b"swap-a", AT_FDCWD, b"swap-b", RENAME_EXCHANGE) == 0
 os.rename("d1", "d9")                                     # a directory with its subtree
 w("big.bin", os.urandom(3 << 20))                         # above the per-write capture cap
 src = os.open("b.txt", os.O_RDONLY)
@@ -376,5 +383,59 @@ fn a_starved_ring_buffer_still_ends_byte_identical_and_reports_healing() {
     assert!(
         String::from_utf8_lossy(&log.stdout).contains("lost to a full ring buffer"),
         "the gap is marked in the log"
+    );
+}
+
+#[test]
+fn an_interrupted_recording_is_still_finalized() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let work = tmp.path().join("work");
+    fs::create_dir(&work).unwrap();
+    let child = Command::new(DK)
+        .arg("record")
+        .arg(format!("--state-dir={}", state.display()))
+        .arg("--")
+        .arg("sh")
+        .arg("-c")
+        .arg("echo before > started.txt; sleep 60")
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the command runs (its first file exists), then interrupt the recorder only.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !work.join("started.txt").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "the command died of SIGINT, and record says so: {stderr}"
+    );
+    assert!(stderr.contains("diffkeeper: recorded"), "{stderr}");
+    let exported = tmp.path().join("out");
+    let st = Command::new(DK)
+        .arg("export")
+        .arg(format!("--state-dir={}", state.display()))
+        .arg(format!("--out={}", exported.display()))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert_eq!(
+        fs::read(mirrored(&exported, &work).join("started.txt")).unwrap(),
+        b"before\n"
     );
 }

@@ -110,6 +110,17 @@ impl RecordingCgroup {
         Ok(text.lines().any(|l| l.trim() == "populated 1"))
     }
 
+    /// Sends `signal` to every process of the recording, as a terminal's Ctrl-C reaches a
+    /// whole foreground job: a shell script's children get it too, not only the shell.
+    pub fn signal_all(&self, signal: i32) {
+        let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) else {
+            return;
+        };
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
     /// Kills everything left in the cgroup (stragglers after an interrupted recording).
     pub fn kill_all(&self) {
         let _ = fs::OpenOptions::new()

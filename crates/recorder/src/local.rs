@@ -129,8 +129,7 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
             if forwarded > 1 {
                 cgroup.kill_all();
             } else if term || !from_terminal {
-                let sig = if term { libc::SIGTERM } else { libc::SIGINT };
-                unsafe { libc::kill(child.id() as i32, sig) };
+                cgroup.signal_all(if term { libc::SIGTERM } else { libc::SIGINT });
             }
         }
     }

@@ -195,23 +195,30 @@ impl Recorder {
         if !ft.is_file() {
             return Ok(0); // sockets, fifos, devices: not file content
         }
-        if let Some(&node) = self.nodes.get(&key) {
-            if self.writer.path_of(node).is_some() {
-                // Another name of a file already recorded: a hard link. Its bytes are read back
-                // too: when healing, what the log holds for that node may be stale.
-                self.append(
-                    time,
-                    process.clone(),
-                    Op::Link {
-                        node,
-                        path: path.clone(),
-                    },
-                )?;
-                if let Ok(data) = read_file_checked(&host, key) {
-                    self.append(time, process, Op::Resync { node, data })?;
-                }
-                return Ok(1);
+        let linked = self.nodes.get(&key).copied().filter(|&node| {
+            // Inode numbers are reused: after lost create records the map may still hold the
+            // node of a deleted file. Only a name that is this very inode on disk makes a link.
+            self.writer.path_of(node).is_some_and(|other| {
+                other != *path
+                    && fs::symlink_metadata(self.host_path(&other))
+                        .is_ok_and(|m| m.dev() == key.dev && m.ino() == key.ino)
+            })
+        });
+        if let Some(node) = linked {
+            // Another name of a file already recorded: a hard link. Its bytes are read back
+            // too: when healing, what the log holds for that node may be stale.
+            self.append(
+                time,
+                process.clone(),
+                Op::Link {
+                    node,
+                    path: path.clone(),
+                },
+            )?;
+            if let Ok(data) = read_file_checked(&host, key) {
+                self.append(time, process, Op::Resync { node, data })?;
             }
+            return Ok(1);
         }
         let node = self.writer.new_node();
         self.nodes.insert(key, node);
