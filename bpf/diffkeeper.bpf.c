@@ -55,6 +55,14 @@ enum {
 	NR_openat2 = 437, NR_fchmodat2 = 452,
 };
 
+/* The path-based syscalls: entered with strings (sys_enter), completed by a result record
+ * (sys_exit). One list, so the two dispatchers cannot disagree. */
+#define PATH_SYSCALLS                                                                        \
+	case NR_rename: case NR_renameat: case NR_renameat2: case NR_unlink: case NR_unlinkat: \
+	case NR_rmdir: case NR_mkdir: case NR_mkdirat: case NR_symlink: case NR_symlinkat:     \
+	case NR_link: case NR_linkat: case NR_chmod: case NR_fchmodat: case NR_fchmodat2:      \
+	case NR_truncate
+
 struct file_key {
 	__u64 dev;
 	__u64 ino;
@@ -742,10 +750,7 @@ SEC("tp_btf/sys_enter")
 int BPF_PROG(dk_sys_enter, struct pt_regs *regs, long id)
 {
 	switch (id) {
-	case NR_rename: case NR_renameat: case NR_renameat2: case NR_unlink: case NR_unlinkat:
-	case NR_rmdir: case NR_mkdir: case NR_mkdirat: case NR_symlink: case NR_symlinkat:
-	case NR_link: case NR_linkat: case NR_chmod: case NR_fchmodat: case NR_fchmodat2:
-	case NR_truncate: case NR_close:
+	PATH_SYSCALLS: case NR_close:
 		break;
 	default:
 		return 0;
@@ -835,10 +840,7 @@ int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
 	case NR_open: case NR_openat: case NR_openat2: case NR_creat: case NR_ftruncate:
 	case NR_fchmod: case NR_fallocate: case NR_copy_file_range: case NR_sendfile:
 	case NR_splice: case NR_mmap: case NR_munmap: case NR_msync: case NR_io_uring_setup:
-	case NR_rename: case NR_renameat: case NR_renameat2: case NR_unlink: case NR_unlinkat:
-	case NR_rmdir: case NR_mkdir: case NR_mkdirat: case NR_symlink: case NR_symlinkat:
-	case NR_link: case NR_linkat: case NR_chmod: case NR_fchmodat: case NR_fchmodat2:
-	case NR_truncate:
+	PATH_SYSCALLS:
 		break;
 	default:
 		return 0;

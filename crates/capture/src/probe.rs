@@ -168,29 +168,18 @@ impl Probe {
     /// Records the processes of cgroup v2 `id` (and of its descendants). `level` is the cgroup's
     /// depth below the cgroup2 root (the root is 0).
     pub fn record_cgroup(&mut self, id: u64, level: u32) -> Result<(), CaptureError> {
-        let map_err = |source| CaptureError::Map {
-            map: "recorded_cgroups",
-            source,
-        };
-        let mut cgroups: HashMap<_, u64, u8> =
-            HashMap::try_from(self.ebpf.map_mut("recorded_cgroups").unwrap()).map_err(map_err)?;
-        cgroups.insert(id, 1, 0).map_err(map_err)?;
+        let name = "recorded_cgroups";
+        let mut cgroups: HashMap<_, u64, u8> = self.hash_map(name)?;
+        cgroups.insert(id, 1, 0).map_err(map_error(name))?;
         self.levels.insert(id, level);
         self.write_levels()
     }
 
     /// Stops recording cgroup `id`.
     pub fn forget_cgroup(&mut self, id: u64) -> Result<(), CaptureError> {
-        let map_err = |source| CaptureError::Map {
-            map: "recorded_cgroups",
-            source,
-        };
-        let mut cgroups: HashMap<_, u64, u8> =
-            HashMap::try_from(self.ebpf.map_mut("recorded_cgroups").unwrap()).map_err(map_err)?;
-        match cgroups.remove(&id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(e)),
-        }
+        let name = "recorded_cgroups";
+        let mut cgroups: HashMap<_, u64, u8> = self.hash_map(name)?;
+        absent_is_fine(cgroups.remove(&id), name)?;
         self.levels.remove(&id);
         self.write_levels()
     }
@@ -201,13 +190,19 @@ impl Probe {
             .values()
             .filter(|l| **l < 16)
             .fold(0u32, |m, l| m | (1 << l));
-        let map_err = |source| CaptureError::Map {
-            map: "filter_levels",
-            source,
-        };
+        let name = "filter_levels";
         let mut levels: Array<_, u32> =
-            Array::try_from(self.ebpf.map_mut("filter_levels").unwrap()).map_err(map_err)?;
-        levels.set(0, mask, 0).map_err(map_err)
+            Array::try_from(self.ebpf.map_mut(name).expect("map is in the object"))
+                .map_err(map_error(name))?;
+        levels.set(0, mask, 0).map_err(map_error(name))
+    }
+
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, CaptureError> {
+        HashMap::try_from(self.ebpf.map_mut(name).expect("map is in the object"))
+            .map_err(map_error(name))
     }
 
     /// Waits up to `timeout` for records (the kernel wakes us only past a threshold, so callers
@@ -249,14 +244,12 @@ impl Probe {
     }
 
     pub fn counters(&self) -> Result<Counters, CaptureError> {
-        let map_err = |source| CaptureError::Map {
-            map: "counters",
-            source,
-        };
+        let name = "counters";
         let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("counters").unwrap()).map_err(map_err)?;
+            PerCpuArray::try_from(self.ebpf.map(name).expect("map is in the object"))
+                .map_err(map_error(name))?;
         let sum = |i: u32| -> Result<u64, CaptureError> {
-            Ok(counters.get(&i, 0).map_err(map_err)?.iter().sum())
+            Ok(counters.get(&i, 0).map_err(map_error(name))?.iter().sum())
         };
         Ok(Counters {
             lost: sum(0)?,
@@ -267,16 +260,12 @@ impl Probe {
     }
 
     /// Files the kernel marked for read-back, with why.
-    pub fn dirty_files(&self) -> Result<Vec<(FileKey, DirtyReason)>, CaptureError> {
-        let map_err = |source| CaptureError::Map {
-            map: "dirty_files",
-            source,
-        };
-        let dirty: HashMap<_, KernelKey, u32> =
-            HashMap::try_from(self.ebpf.map("dirty_files").unwrap()).map_err(map_err)?;
+    pub fn dirty_files(&mut self) -> Result<Vec<(FileKey, DirtyReason)>, CaptureError> {
+        let name = "dirty_files";
+        let dirty: HashMap<_, KernelKey, u32> = self.hash_map(name)?;
         let mut out = Vec::new();
         for item in dirty.iter() {
-            let (k, reason) = item.map_err(map_err)?;
+            let (k, reason) = item.map_err(map_error(name))?;
             out.push((
                 FileKey::from_kernel(k.dev, k.ino),
                 DirtyReason::from_wire(reason as u64),
@@ -285,42 +274,25 @@ impl Probe {
         Ok(out)
     }
 
-    /// Marks a file for read-back (so its close is reported), e.g. when user space adopts a
-    /// pre-existing file whose earlier content it never saw.
+    /// Marks a file for read-back (so its close is reported).
     pub fn mark_dirty(&mut self, file: FileKey, reason: DirtyReason) -> Result<(), CaptureError> {
-        let map_err = |source| CaptureError::Map {
-            map: "dirty_files",
-            source,
-        };
-        let mut dirty: HashMap<_, KernelKey, u32> =
-            HashMap::try_from(self.ebpf.map_mut("dirty_files").unwrap()).map_err(map_err)?;
+        let name = "dirty_files";
+        let mut dirty: HashMap<_, KernelKey, u32> = self.hash_map(name)?;
         dirty
             .insert(KernelKey::from(file), reason.to_wire(), 0)
-            .map_err(map_err)
+            .map_err(map_error(name))
     }
 
     /// Clears a file's read-back mark once it has been read back.
     pub fn clear_dirty(&mut self, file: FileKey) -> Result<(), CaptureError> {
-        let map_err = |source| CaptureError::Map {
-            map: "dirty_files",
-            source,
-        };
-        let mut dirty: HashMap<_, KernelKey, u32> =
-            HashMap::try_from(self.ebpf.map_mut("dirty_files").unwrap()).map_err(map_err)?;
-        match dirty.remove(&KernelKey::from(file)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(e)),
-        }
+        let name = "dirty_files";
+        let mut dirty: HashMap<_, KernelKey, u32> = self.hash_map(name)?;
+        absent_is_fine(dirty.remove(&KernelKey::from(file)), name)
     }
 
     /// Takes the names of files whose naming record was lost to a full ring buffer.
     pub fn take_unsent_names(&mut self) -> Result<Vec<(FileKey, Vec<u8>)>, CaptureError> {
-        let map_err = |source| CaptureError::Map {
-            map: "unsent_names",
-            source,
-        };
-        let mut names: HashMap<_, KernelKey, UnsentName> =
-            HashMap::try_from(self.ebpf.map_mut("unsent_names").unwrap()).map_err(map_err)?;
+        let mut names: HashMap<_, KernelKey, UnsentName> = self.hash_map("unsent_names")?;
         let mut out = Vec::new();
         let keys: Vec<KernelKey> = names.keys().filter_map(Result::ok).collect();
         for k in keys {
@@ -336,27 +308,25 @@ impl Probe {
     /// Tells the kernel side user space already has this file (e.g. from the baseline), so its
     /// first write is neither named again nor read back.
     pub fn mark_known(&mut self, file: FileKey) -> Result<(), CaptureError> {
-        let map_err = |source| CaptureError::Map {
-            map: "known_inodes",
-            source,
-        };
-        let mut known: HashMap<_, KernelKey, u8> =
-            HashMap::try_from(self.ebpf.map_mut("known_inodes").unwrap()).map_err(map_err)?;
-        known.insert(KernelKey::from(file), 1, 0).map_err(map_err)
+        let name = "known_inodes";
+        let mut known: HashMap<_, KernelKey, u8> = self.hash_map(name)?;
+        known
+            .insert(KernelKey::from(file), 1, 0)
+            .map_err(map_error(name))
     }
+}
 
-    /// Forgets that user space knows a file's path, so its next write names it again (after a
-    /// rescan replaced what user space knew).
-    pub fn forget_inode(&mut self, file: FileKey) -> Result<(), CaptureError> {
-        let map_err = |source| CaptureError::Map {
-            map: "known_inodes",
-            source,
-        };
-        let mut known: HashMap<_, KernelKey, u8> =
-            HashMap::try_from(self.ebpf.map_mut("known_inodes").unwrap()).map_err(map_err)?;
-        match known.remove(&KernelKey::from(file)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(e)),
-        }
+fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> CaptureError {
+    move |source| CaptureError::Map { map, source }
+}
+
+/// Removing a key that is not there is what the caller wanted anyway.
+fn absent_is_fine(
+    result: Result<(), aya::maps::MapError>,
+    map: &'static str,
+) -> Result<(), CaptureError> {
+    match result {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(CaptureError::Map { map, source }),
     }
 }
