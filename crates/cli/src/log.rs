@@ -1,7 +1,7 @@
 //! `diffkeeper log`: every change, when, and by which process.
 
 use diffkeeper_export::compile_globs;
-use diffkeeper_store::{format_wall, OpKind, Summary};
+use diffkeeper_store::{format_wall, MarkerKind, OpKind, Summary};
 use std::io::Write;
 
 #[derive(clap::Args)]
@@ -76,12 +76,14 @@ fn describe(s: &Summary) -> String {
     let what = match op.kind {
         OpKind::Rename => paths.join(" -> "),
         OpKind::Exchange => paths.join(" <-> "),
-        OpKind::Marker => format!(
-            "{:?}: {}",
-            op.marker.unwrap_or(diffkeeper_store::MarkerKind::Note),
-            op.detail.clone().unwrap_or_default()
-        )
-        .to_lowercase(),
+        OpKind::Marker => {
+            let kind = match op.marker {
+                Some(MarkerKind::BaselineComplete) => "baseline complete",
+                Some(MarkerKind::Gap) => "GAP",
+                Some(MarkerKind::Note) | None => "note",
+            };
+            format!("{kind}: {}", op.detail.clone().unwrap_or_default())
+        }
         _ if paths.is_empty() => "(unlinked file)".into(),
         _ => paths.join(", "),
     };
