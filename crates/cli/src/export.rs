@@ -3,7 +3,7 @@
 use anyhow::Context;
 use bytesize::ByteSize;
 use diffkeeper_export::{compile_globs, export_dir, export_tar, ContentError, ExportOptions};
-use diffkeeper_store::{format_wall, Entry, RecPath};
+use diffkeeper_store::{format_wall, Entry, MarkerKind, OpKind, RecPath, Store};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -82,6 +82,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             list(&summary.inexact)
         );
     }
+    if let Some(warning) = gap_warning(&store, point.mono_ns)? {
+        eprintln!("diffkeeper: warning: {warning}");
+    }
     for (path, why) in &summary.skipped {
         eprintln!("diffkeeper: warning: skipped {path}: {why}");
     }
@@ -94,4 +97,38 @@ fn list(paths: &[RecPath]) -> String {
         s.push(format!("and {} more", paths.len() - 5));
     }
     s.join(", ")
+}
+
+/// Markers are written up to a poll interval after the loss they report, and a lost record may
+/// be older still: a moment this close before a gap marker may already miss something.
+const GAP_SLACK_NS: u64 = 1_000_000_000;
+
+/// Records lost before `mono_ns` were healed by reading files back later (at their close, the
+/// writer's exit, or the end): until then, the files they touched may be missing or stale. Says
+/// so for any moment after the first loss and before the end, which is always exact.
+fn gap_warning(store: &Store, mono_ns: u64) -> anyhow::Result<Option<String>> {
+    let span = store.span();
+    if mono_ns >= span.end_mono_ns {
+        return Ok(None);
+    }
+    let mut gaps = Vec::new();
+    for s in store.summaries(1, span.last_seq) {
+        let s = s?;
+        if s.op.kind == OpKind::Marker && s.op.marker == Some(MarkerKind::Gap) {
+            gaps.push(s.time);
+        }
+    }
+    let Some(&first) = gaps.first() else {
+        return Ok(None);
+    };
+    if mono_ns + GAP_SLACK_NS < first {
+        return Ok(None);
+    }
+    let last = *gaps.last().unwrap();
+    Ok(Some(format!(
+        "capture records were lost during this recording ({} gap(s), from {} to {}; see          `diffkeeper log`). Files written then were read back later, so at this moment some of          them may be missing or older than they were; the end of the recording is exact. A          larger --ring-size when recording avoids losses.",
+        gaps.len(),
+        crate::offset_label(&span, first),
+        crate::offset_label(&span, last),
+    )))
 }

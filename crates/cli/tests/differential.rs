@@ -4,7 +4,7 @@
 //! and no extra or missing entries. Needs root and a BTF kernel, as CI has; without them the
 //! tests fail (they do not skip).
 
-use diffkeeper_store::{OpKind, Store};
+use diffkeeper_store::{MarkerKind, OpKind, Store};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -157,7 +157,8 @@ fn record(l: &Layout, extra: &[&str]) -> Output {
     out
 }
 
-fn export(l: &Layout, time: &str, out: &Path) {
+/// Runs export; returns its stderr (summary and warnings).
+fn export(l: &Layout, time: &str, out: &Path) -> String {
     let st = Command::new(DK)
         .arg("export")
         .arg(format!("--state-dir={}", l.state.display()))
@@ -170,6 +171,7 @@ fn export(l: &Layout, time: &str, out: &Path) {
         "export at {time} failed: {}",
         String::from_utf8_lossy(&st.stderr)
     );
+    String::from_utf8_lossy(&st.stderr).into_owned()
 }
 
 /// The seq of the create event of marks/cpN: the moment of checkpoint N.
@@ -311,7 +313,11 @@ fn export_at_every_checkpoint_equals_the_ground_truth() {
     assert_eq!(seqs.len(), 6, "all six checkpoints are in the log");
     for (n, seq) in seqs.iter().enumerate() {
         let exported = tmp.path().join(format!("export-{n}"));
-        export(&l, &format!("@seq:{seq}"), &exported);
+        let stderr = export(&l, &format!("@seq:{seq}"), &exported);
+        assert!(
+            !stderr.contains("records were lost"),
+            "no loss, no warning: {stderr}"
+        );
         // The outside file joins the recording when first written (checkpoint 4); before that
         // it is not part of what was recorded.
         let names: &[&str] = if n >= 4 {
@@ -367,7 +373,32 @@ fn a_starved_ring_buffer_still_ends_byte_identical_and_reports_healing() {
     assert!(healed > 0, "lost records must be healed: {stderr}");
 
     let exported = tmp.path().join("export-end");
-    export(&l, "end", &exported);
+    let st = export(&l, "end", &exported);
+    assert!(
+        !st.contains("records were lost"),
+        "the end is exact and says nothing: {st}"
+    );
+    // Right at the first gap marker, the export may miss what was lost: it must say so.
+    let first_gap = {
+        let store = Store::open(&l.state).unwrap();
+        let last = store.span().last_seq;
+        let seq = store
+            .summaries(1, last)
+            .map(Result::unwrap)
+            .find(|s| s.op.kind == OpKind::Marker && s.op.marker == Some(MarkerKind::Gap))
+            .expect("a starved recording has a gap marker")
+            .seq;
+        seq
+    };
+    let middle = export(
+        &l,
+        &format!("@seq:{first_gap}"),
+        &tmp.path().join("export-mid"),
+    );
+    assert!(
+        middle.contains("capture records were lost"),
+        "a moment after losses warns that it may be incomplete: {middle}"
+    );
     for host in [&l.work, &l.outside] {
         assert_same_tree(
             &format!("end of a starved recording ({})", host.display()),

@@ -1,6 +1,6 @@
 //! dk-writer: the workload programs the benchmarks time (plain write loops, logs, config saves, trees).
 //!
-//! `dk-writer COUNT SIZE FILE [--append] [--text] [--rate N]`: COUNT write(2) calls of SIZE bytes;
+//! `dk-writer COUNT SIZE FILE [--append] [--text|--vary] [--rate N]`: COUNT write(2) calls of SIZE bytes;
 //! the loop alone is timed (so a recorder's start-up is not), and `ns_per_write=…` printed.
 //! `dk-writer --config SAVES FILE`: atomic saves (write tmp, rename) of a ~4 KiB config that
 //! changes a few bytes each time. `dk-writer --tree FILES BYTES DIR`: a tree of FILES files, BYTES
@@ -23,7 +23,7 @@ fn main() -> Result<()> {
         }
         Some(_) if args.len() >= 3 => writes(&args),
         _ => bail!(
-            "usage: dk-writer COUNT SIZE FILE [--append] [--text] [--rate N] | --config SAVES FILE \
+            "usage: dk-writer COUNT SIZE FILE [--append] [--text|--vary] [--rate N] | --config SAVES FILE \
              | --tree FILES BYTES DIR"
         ),
     }
@@ -78,12 +78,14 @@ fn writes(args: &[String]) -> Result<()> {
     let path = PathBuf::from(&args[2]);
     let mut append = false;
     let mut text = false;
+    let mut vary = false;
     let mut rate = 0u64;
     let mut rest = args[3..].iter();
     while let Some(a) = rest.next() {
         match a.as_str() {
             "--append" => append = true,
             "--text" => text = true,
+            "--vary" => vary = true,
             "--rate" => rate = rest.next().context("--rate N")?.parse()?,
             other => bail!("unknown flag {other}"),
         }
@@ -106,6 +108,8 @@ fn writes(args: &[String]) -> Result<()> {
     for i in 0..count {
         if text {
             log_block(&mut buf, &mut line, &mut rng);
+        } else if vary && size >= 8 {
+            buf[..8].copy_from_slice(&i.to_le_bytes());
         }
         let n = unsafe { libc::write(fd, buf.as_ptr().cast(), size) };
         if n != size as isize {
