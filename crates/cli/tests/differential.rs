@@ -174,6 +174,21 @@ fn export(l: &Layout, time: &str, out: &Path) -> String {
     String::from_utf8_lossy(&st.stderr).into_owned()
 }
 
+/// What `diffkeeper log` prints for the recording.
+fn log_text(l: &Layout) -> String {
+    let out = Command::new(DK)
+        .arg("log")
+        .arg(format!("--state-dir={}", l.state.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The seq of the create event of marks/cpN: the moment of checkpoint N.
 fn checkpoint_seqs(l: &Layout) -> Vec<u64> {
     let store = Store::open(&l.state).unwrap();
@@ -335,12 +350,7 @@ fn export_at_every_checkpoint_equals_the_ground_truth() {
         }
     }
 
-    let log = Command::new(DK)
-        .arg("log")
-        .arg(format!("--state-dir={}", l.state.display()))
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&log.stdout);
+    let log = log_text(&l);
     assert!(log.contains("/work/a.txt"), "log names recorded files");
     assert!(log.contains("(python3)"), "log names the writing process");
     assert!(
@@ -406,13 +416,8 @@ fn a_starved_ring_buffer_still_ends_byte_identical_and_reports_healing() {
             &mirrored(&exported, host),
         );
     }
-    let log = Command::new(DK)
-        .arg("log")
-        .arg(format!("--state-dir={}", l.state.display()))
-        .output()
-        .unwrap();
     assert!(
-        String::from_utf8_lossy(&log.stdout).contains("lost to a full ring buffer"),
+        log_text(&l).contains("lost to a full ring buffer"),
         "the gap is marked in the log"
     );
 }
