@@ -3,6 +3,7 @@
 mod diff;
 mod export;
 mod log;
+mod operator;
 mod record;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Log(log::Args),
     /// Show the files added, removed and changed between two moments.
     Diff(diff::Args),
+    /// Run the Kubernetes operator: reconcile Recordings, snapshot dead containers into PVCs.
+    Operator(operator::Args),
 }
 
 /// The state dir of a recording, shared by all subcommands.
@@ -54,6 +57,7 @@ fn main() {
         Command::Export(a) => export::run(a).map(|()| 0),
         Command::Log(a) => log::run(a).map(|()| 0),
         Command::Diff(a) => diff::run(a).map(|()| 0),
+        Command::Operator(a) => operator::run(a).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

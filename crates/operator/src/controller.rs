@@ -1,0 +1,653 @@
+//! The Recording controller, top to bottom: watch Recordings (and the pods, ContainerRecords and
+//! snapshot Pods that change what they should say), reconcile each one behind a finalizer, snapshot
+//! every recorded container death exactly once, and write the status by server-side apply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diffkeeper_api::{
+    owning_recording, parse_bytes, ContainerRecord, OnDelete, RecordPhase, Recording,
+    RecordingStatus, Selects, SnapshotPhase, SnapshotRecord, DEATH_LABEL, OPERATOR_MANAGER,
+    RECORDING_FINALIZER, RECORDING_LABEL,
+};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::Selector;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::snapshot::{death_of, pod_for, pvc_for, snapshot_record, Death, SnapshotTemplate};
+
+/// On a ContainerRecord: the snapshot made of its death. Written before the status, so an
+/// operator restart finds the death handled and never makes a second snapshot of it.
+pub const SNAPSHOT_ANNOTATION: &str = "diffkeeper.io/snapshot";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("waiting for agents to release {0} ContainerRecord(s)")]
+    AwaitingAgents(usize),
+}
+
+impl Error {
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::AwaitingAgents(_) => "awaiting_agents",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub template: SnapshotTemplate,
+    /// All Recordings, to pick the one owning a pod when several select it.
+    pub recordings: Store<Recording>,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    template: SnapshotTemplate,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let recordings = Api::<Recording>::all(client.clone());
+    let records = Api::<ContainerRecord>::all(client.clone());
+    let pods = Api::<Pod>::all(client.clone());
+    let controller = Controller::new(recordings, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: OPERATOR_MANAGER.into(),
+                instance: None,
+            },
+        ),
+        metrics,
+        template,
+        recordings: store.clone(),
+    });
+    let selecting = store.clone();
+    controller
+        .owns(records, watcher::Config::default().any_semantic())
+        .owns(
+            pods.clone(),
+            watcher::Config::default()
+                .labels(DEATH_LABEL)
+                .any_semantic(),
+        )
+        // A pod starting, changing labels or dying changes what its Recording should say.
+        .watches(
+            pods,
+            watcher::Config::default().any_semantic(),
+            move |pod| {
+                let state = selecting.state();
+                owning_recording(&pod, state.iter().map(|r| r.as_ref()))
+                    .map(ObjectRef::from)
+                    .into_iter()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(recording: Arc<Recording>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciliations.inc();
+    let namespace = recording.namespace().unwrap_or_default();
+    let api: Api<Recording> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, RECORDING_FINALIZER, recording, |event| async {
+        match event {
+            Finalizer::Apply(recording) => apply(&recording, &ctx).await,
+            Finalizer::Cleanup(recording) => cleanup(&recording, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(inner)
+        | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner,
+        other => Error::Finalizer(Box::new(other)),
+    });
+    ctx.metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+fn error_policy(recording: Arc<Recording>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(error.metric_label());
+    match error {
+        // Expected while agents drop their node data: not a failure, just not done yet.
+        Error::AwaitingAgents(_) => {
+            info!(recording = %recording.name_any(), "{error}");
+            Action::requeue(Duration::from_secs(2))
+        }
+        _ => {
+            warn!(recording = %recording.name_any(), "{error}");
+            Action::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+/// Brings one Recording's world in line: snapshots for new deaths, old snapshots pruned, status.
+async fn apply(recording: &Recording, ctx: &Context) -> Result<Action, Error> {
+    let name = recording.name_any();
+    let namespace = recording.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let records: Api<ContainerRecord> = Api::namespaced(ctx.client.clone(), &namespace);
+    let previous = recording.status.clone().unwrap_or_default();
+
+    let problems = spec_problems(recording);
+    let matched = matched_pods(recording, &pods, ctx).await?;
+    let records = records
+        .list(&ListParams::default().labels(&format!("{RECORDING_LABEL}={name}")))
+        .await?
+        .items;
+
+    let mut snapshots = Vec::new();
+    let mut waiting_for_agent = Vec::new();
+    for record in &records {
+        let pod = pods
+            .get_opt(&record.spec.pod.name)
+            .await?
+            .filter(|p| p.uid().as_deref() == Some(&record.spec.pod.uid));
+        let Some(death) = death_of(record, pod.as_ref()) else {
+            continue;
+        };
+        if !recording.spec.snapshot.on_termination {
+            continue;
+        }
+        if !record.annotations().contains_key(SNAPSHOT_ANNOTATION) {
+            match record.status.as_ref().and_then(|s| s.agent.clone()) {
+                Some(agent) => {
+                    start_snapshot(recording, record, &death, &agent, pod.as_ref(), ctx).await?
+                }
+                None => {
+                    waiting_for_agent.push(format!("{}/{}", death.pod_name, death.key.container));
+                    continue;
+                }
+            }
+        }
+        snapshots.push(death);
+    }
+    let snapshots = snapshot_statuses(recording, &previous, snapshots, ctx).await?;
+    let snapshots = prune(recording, snapshots, ctx).await?;
+
+    let recording_now = records
+        .iter()
+        .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(RecordPhase::Recording))
+        .count();
+    let failed_records: Vec<String> = records
+        .iter()
+        .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(RecordPhase::Failed))
+        .map(|r| {
+            let why = r
+                .status
+                .as_ref()
+                .and_then(|s| s.message.clone())
+                .unwrap_or_default();
+            format!("{}/{}: {why}", r.spec.pod.name, r.spec.container)
+        })
+        .collect();
+    let gaps: u64 = records
+        .iter()
+        .filter_map(|r| r.status.as_ref())
+        .map(|s| s.gaps)
+        .sum();
+    let failed_snapshots: Vec<String> = snapshots
+        .iter()
+        .filter(|s| s.phase == SnapshotPhase::Failed)
+        .map(|s| format!("{}: {}", s.pvc, s.message.clone().unwrap_or_default()))
+        .collect();
+
+    let generation = recording.metadata.generation;
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| {
+        condition(&previous.conditions, generation, type_, ok, reason, message)
+    };
+    let conditions = vec![
+        match &problems {
+            None => condition(
+                "Ready",
+                true,
+                "Valid",
+                "the Recording is valid and reconciled".into(),
+            ),
+            Some(why) => condition("Ready", false, "InvalidSpec", why.clone()),
+        },
+        if recording_now > 0 {
+            condition(
+                "Recording",
+                true,
+                "ContainersRecording",
+                format!("{recording_now} container(s) being recorded"),
+            )
+        } else if matched.is_empty() {
+            condition(
+                "Recording",
+                false,
+                "NoPodsSelected",
+                "the selector matches no pod in this namespace".into(),
+            )
+        } else {
+            condition(
+                "Recording",
+                false,
+                "NoContainersRecording",
+                "no agent reports recording a selected container".into(),
+            )
+        },
+        if !failed_records.is_empty() {
+            condition("Degraded", true, "AttachFailed", failed_records.join("; "))
+        } else if !failed_snapshots.is_empty() {
+            condition(
+                "Degraded",
+                true,
+                "SnapshotFailed",
+                failed_snapshots.join("; "),
+            )
+        } else if !waiting_for_agent.is_empty() {
+            condition(
+                "Degraded",
+                true,
+                "NoAgentEndpoint",
+                format!(
+                    "no agent endpoint reported for {}; their snapshots wait",
+                    waiting_for_agent.join(", ")
+                ),
+            )
+        } else if gaps > 0 {
+            condition(
+                "Degraded",
+                true,
+                "Gaps",
+                format!("{gaps} gap(s) in the history could not be healed"),
+            )
+        } else {
+            condition(
+                "Degraded",
+                false,
+                "Healthy",
+                "nothing recorded is at risk".into(),
+            )
+        },
+    ];
+    let pending = snapshots.iter().any(|s| s.phase == SnapshotPhase::Pending)
+        || !waiting_for_agent.is_empty();
+    let status = RecordingStatus {
+        observed_generation: generation,
+        conditions,
+        matched_pods: matched.len() as u32,
+        recording_containers: recording_now as u32,
+        bytes_recorded: records
+            .iter()
+            .filter_map(|r| r.status.as_ref())
+            .map(|s| s.bytes)
+            .sum(),
+        drops_healed: records
+            .iter()
+            .filter_map(|r| r.status.as_ref())
+            .map(|s| s.drops_healed)
+            .sum(),
+        snapshot_count: snapshots.len() as u32,
+        snapshots,
+    };
+    if recording.status.as_ref() != Some(&status) {
+        let api: Api<Recording> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({ "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording", "status": status });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(OPERATOR_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(if pending {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(300)
+    }))
+}
+
+/// What the API server's schema cannot check: globs that do not compile.
+fn spec_problems(recording: &Recording) -> Option<String> {
+    let paths = &recording.spec.paths;
+    let mut problems: Vec<String> = paths
+        .include
+        .iter()
+        .chain(&paths.exclude)
+        .filter_map(|g| {
+            globset::Glob::new(g)
+                .err()
+                .map(|e| format!("path glob {g:?}: {e}"))
+        })
+        .collect();
+    if let Some(q) = &recording.spec.max_write_capture {
+        if let Err(e) = parse_bytes(q) {
+            problems.push(format!("spec.maxWriteCapture: {e}"));
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// The pods this Recording records: selected by it and not claimed by another one first.
+async fn matched_pods(
+    recording: &Recording,
+    pods: &Api<Pod>,
+    ctx: &Context,
+) -> Result<Vec<Pod>, Error> {
+    let selector = Selector::try_from(recording.spec.selector.clone())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let candidates = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let all = ctx.recordings.state();
+    Ok(candidates
+        .into_iter()
+        .filter(|pod| recording.selects(pod))
+        .filter(|pod| {
+            owning_recording(pod, all.iter().map(|r| r.as_ref()))
+                .is_none_or(|owner| owner.uid() == recording.uid())
+        })
+        .collect())
+}
+
+/// Creates the PVC and Pod of one death (finding them if they exist), then marks the record.
+async fn start_snapshot(
+    recording: &Recording,
+    record: &ContainerRecord,
+    death: &Death,
+    agent: &str,
+    dead_pod: Option<&Pod>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let namespace = recording.namespace().unwrap_or_default();
+    let name = death.key.object_name(&death.pod_name);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    create_if_absent(&pvcs, &pvc_for(recording, death)).await?;
+    create_if_absent(&pods, &pod_for(recording, death, agent, &ctx.template)).await?;
+    let records: Api<ContainerRecord> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mark = json!({ "metadata": { "annotations": { SNAPSHOT_ANNOTATION: name } } });
+    records
+        .patch(
+            &record.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&mark),
+        )
+        .await?;
+    ctx.metrics.snapshots_started.inc();
+    info!(recording = %recording.name_any(), pod = %death.pod_name, container = %death.key.container,
+          node = %death.node, cause = ?death.cause, snapshot = %name, "snapshot started");
+    let note = format!(
+        "container {} of pod {} died ({:?}) on node {}; keeping its files at {} in PVC {name}",
+        death.key.container, death.pod_name, death.cause, death.node, recording.spec.snapshot.at
+    );
+    publish(
+        ctx,
+        recording.object_ref(&()),
+        EventType::Normal,
+        "SnapshotStarted",
+        &note,
+    )
+    .await;
+    if let Some(pod) = dead_pod {
+        publish(
+            ctx,
+            pod.object_ref(&()),
+            EventType::Normal,
+            "SnapshotStarted",
+            &note,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+async fn create_if_absent<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        // The same death seen again (repeated event, operator restart): the object is its own.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The status line of every snapshot whose PVC still exists, with Events on phase changes.
+async fn snapshot_statuses(
+    recording: &Recording,
+    previous: &RecordingStatus,
+    deaths: Vec<Death>,
+    ctx: &Context,
+) -> Result<Vec<SnapshotRecord>, Error> {
+    let namespace = recording.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let selector = format!("{RECORDING_LABEL}={}", recording.name_any());
+    let kept: BTreeMap<String, PersistentVolumeClaim> = pvcs
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect();
+    let mut out = Vec::new();
+    for death in deaths {
+        let name = death.key.object_name(&death.pod_name);
+        if !kept.contains_key(&name) {
+            continue; // pruned by `keep`, or deleted by a person: no longer a snapshot to report
+        }
+        let before = previous.snapshots.iter().find(|s| s.pvc == name);
+        let pod = pods.get_opt(&name).await?;
+        let mut line = snapshot_record(recording, &death, pod.as_ref());
+        if pod.is_none() {
+            if let Some(before) = before.filter(|b| b.phase != SnapshotPhase::Pending) {
+                line = before.clone(); // the Pod was cleaned up after it finished: keep its result
+            }
+        }
+        if before.map(|b| b.phase) != Some(line.phase) {
+            announce(recording, &line, ctx).await;
+        }
+        out.push(line);
+    }
+    out.sort_by(|a, b| {
+        (a.died_at.as_ref().map(|t| t.0), &a.pvc).cmp(&(b.died_at.as_ref().map(|t| t.0), &b.pvc))
+    });
+    Ok(out)
+}
+
+async fn announce(recording: &Recording, line: &SnapshotRecord, ctx: &Context) {
+    let (kind, reason, note) = match line.phase {
+        SnapshotPhase::Pending => return,
+        SnapshotPhase::Succeeded => (
+            EventType::Normal,
+            "SnapshotSucceeded",
+            format!(
+                "{} files, {} bytes of {}/{} in PVC {}",
+                line.files, line.bytes, line.pod, line.container, line.pvc
+            ),
+        ),
+        SnapshotPhase::Failed => {
+            ctx.metrics.snapshots_failed.inc();
+            (
+                EventType::Warning,
+                "SnapshotFailed",
+                format!(
+                    "snapshot of {}/{} into PVC {} failed: {}",
+                    line.pod,
+                    line.container,
+                    line.pvc,
+                    line.message.clone().unwrap_or_default()
+                ),
+            )
+        }
+    };
+    publish(ctx, recording.object_ref(&()), kind, reason, &note).await;
+    let snapshot_pod = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(line.snapshot_pod.clone()),
+        namespace: recording.namespace(),
+        ..Default::default()
+    };
+    publish(ctx, snapshot_pod, kind, reason, &note).await;
+}
+
+/// Deletes the oldest finished snapshots beyond `spec.snapshot.keep`.
+async fn prune(
+    recording: &Recording,
+    mut snapshots: Vec<SnapshotRecord>,
+    ctx: &Context,
+) -> Result<Vec<SnapshotRecord>, Error> {
+    let keep = recording.spec.snapshot.keep as usize;
+    let namespace = recording.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    while snapshots.len() > keep {
+        let Some(oldest) = snapshots
+            .iter()
+            .position(|s| s.phase != SnapshotPhase::Pending)
+        else {
+            break;
+        };
+        let gone = snapshots.remove(oldest);
+        info!(recording = %recording.name_any(), pvc = %gone.pvc, keep, "pruning the oldest snapshot");
+        delete_if_present(&pods, &gone.snapshot_pod).await?;
+        delete_if_present(&pvcs, &gone.pvc).await?;
+    }
+    Ok(snapshots)
+}
+
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The finalizer: stop recording everywhere, then keep or remove what was recorded, leaving
+/// nothing behind that nobody owns.
+async fn cleanup(recording: &Recording, ctx: &Context) -> Result<Action, Error> {
+    let name = recording.name_any();
+    let namespace = recording.namespace().unwrap_or_default();
+    let selector = ListParams::default().labels(&format!("{RECORDING_LABEL}={name}"));
+    let records: Api<ContainerRecord> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Deleting a record is how every node learns to stop: its agent drops (or keeps, per
+    // retention.onDelete) the history, then lifts its finalizer.
+    let remaining = records.list(&selector).await?.items;
+    for record in remaining
+        .iter()
+        .filter(|r| r.metadata.deletion_timestamp.is_none())
+    {
+        delete_if_present(&records, &record.name_any()).await?;
+    }
+    if !remaining.is_empty() {
+        let still = records.list(&selector).await?.items.len();
+        if still > 0 {
+            return Err(Error::AwaitingAgents(still));
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let snapshots =
+        ListParams::default().labels(&format!("{RECORDING_LABEL}={name},{DEATH_LABEL}"));
+    for pod in pods.list(&snapshots).await?.items {
+        delete_if_present(&pods, &pod.name_any()).await?;
+    }
+    for pvc in pvcs.list(&snapshots).await?.items {
+        match recording.spec.retention.on_delete {
+            OnDelete::Delete => delete_if_present(&pvcs, &pvc.name_any()).await?,
+            // Kept on purpose: cut the owner link so a garbage collector does not take them.
+            OnDelete::Retain => {
+                let orphan = json!({ "metadata": { "ownerReferences": null } });
+                pvcs.patch(
+                    &pvc.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&orphan),
+                )
+                .await?;
+            }
+        }
+    }
+    info!(recording = %name, on_delete = ?recording.spec.retention.on_delete, "recording deleted, cleaned up");
+    Ok(Action::await_change())
+}
+
+async fn publish(
+    ctx: &Context,
+    regarding: ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Snapshot".into(),
+        secondary: None,
+    };
+    // Events are for people; losing one must not fail or repeat the reconcile.
+    if let Err(e) = ctx.recorder.publish(&event, &regarding).await {
+        warn!(error = %e, reason, "could not publish an Event");
+    }
+}
+
+/// A condition that keeps its lastTransitionTime while its status does not change.
+fn condition(
+    previous: &[Condition],
+    generation: Option<i64>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}

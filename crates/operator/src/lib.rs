@@ -1,0 +1,109 @@
+//! The DiffKeeper operator: one leader at a time reconciles Recordings, snapshots recorded
+//! containers when they die, and keeps the implicit Recording for annotated pods.
+
+pub mod controller;
+pub mod implicit;
+pub mod metrics;
+pub mod snapshot;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{info, warn};
+
+pub use snapshot::SnapshotTemplate;
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Where /metrics, /healthz and /readyz are served.
+    pub http_addr: SocketAddr,
+    /// The namespace of the leader Lease (the operator's own).
+    pub lease_namespace: String,
+    /// This replica's name in the Lease (the pod name in a cluster).
+    pub identity: String,
+    pub snapshot: SnapshotTemplate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("lost the leader Lease to another replica; exiting so only one replica reconciles")]
+    LostLease,
+    #[error("serving metrics on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Runs until `shutdown` resolves (then returns Ok) or leadership is lost (then errors, so the
+/// process exits and its replacement waits its turn).
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), OperatorError> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let http = {
+        let (addr, metrics) = (config.http_addr, metrics.clone());
+        tokio::spawn(async move {
+            metrics::serve(addr, metrics)
+                .await
+                .map_err(|source| OperatorError::Http { addr, source })
+        })
+    };
+    // A standby replica is healthy and ready: it is doing its job, which is to wait.
+    metrics.ready.store(true, Ordering::Relaxed);
+
+    let lease = LeaseManagerBuilder::new(client.clone(), "diffkeeper-operator")
+        .with_namespace(&config.lease_namespace)
+        .with_identity(&config.identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await?;
+    let (mut leading, lease_task) = lease.watch().await;
+    info!(identity = %config.identity, namespace = %config.lease_namespace, "waiting for the leader Lease");
+    let mut shutdown = std::pin::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        result = leading.wait_for(|leader| *leader) => {
+            if result.is_err() {
+                return Err(OperatorError::LostLease);
+            }
+        }
+        result = http => return result.unwrap_or(Ok(())),
+    }
+    info!(identity = %config.identity, "leading: reconciling Recordings");
+    metrics.leader.set(1);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let reconciling = tokio::spawn(controller::run(
+        client.clone(),
+        metrics.clone(),
+        config.snapshot.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let implicit = tokio::spawn(implicit::run(client));
+    let outcome = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        _ = leading.wait_for(|leader| !*leader) => Err(OperatorError::LostLease),
+    };
+    implicit.abort();
+    let _ = stop_tx.send(());
+    if let Err(e) = reconciling.await {
+        warn!(error = %e, "controller task ended abnormally");
+    }
+    // Dropping the receiver lets the lease task release the Lease for the next replica.
+    drop(leading);
+    let _ = lease_task.await;
+    metrics.leader.set(0);
+    outcome
+}
