@@ -17,6 +17,8 @@ command -v bpftool >/dev/null || need+=(bpftool)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 command -v strace >/dev/null || need+=(strace)
 command -v python3 >/dev/null || need+=(python3)
+# protoc: the gRPC and CRI clients generate their code from .proto files at build time.
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   apt-get update -qq

@@ -16,6 +16,9 @@ pub struct Args {
     /// This replica's identity in the Lease (defaults to the pod name, else host and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Reconcile Recordings of this namespace only (default: every namespace).
+    #[arg(long, value_name = "NAMESPACE")]
+    watch_namespace: Option<String>,
     /// Image with the diffkeeper binary, run by snapshot Pods.
     #[arg(
         long,
@@ -42,6 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         http_addr: args.http_addr,
         lease_namespace: args.lease_namespace,
         identity,
+        namespace: args.watch_namespace,
         snapshot: SnapshotTemplate {
             image: args.snapshot_image,
             service_account: args.snapshot_service_account,

@@ -65,13 +65,23 @@ pub struct Context {
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
+    namespace: Option<String>,
     metrics: Arc<Metrics>,
     template: SnapshotTemplate,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let recordings = Api::<Recording>::all(client.clone());
-    let records = Api::<ContainerRecord>::all(client.clone());
-    let pods = Api::<Pod>::all(client.clone());
+    let (recordings, records, pods) = match &namespace {
+        Some(ns) => (
+            Api::<Recording>::namespaced(client.clone(), ns),
+            Api::<ContainerRecord>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
     let controller = Controller::new(recordings, watcher::Config::default().any_semantic());
     let store = controller.store();
     let ctx = Arc::new(Context {

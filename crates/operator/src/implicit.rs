@@ -14,8 +14,11 @@ use serde_json::json;
 use tracing::{info, warn};
 
 /// Watches pods and makes sure every namespace with an annotated pod has its implicit Recording.
-pub async fn run(client: Client) {
-    let pods: Api<Pod> = Api::all(client.clone());
+pub async fn run(client: Client, namespace: Option<String>) {
+    let pods: Api<Pod> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let mut stream = watcher(pods, watcher::Config::default().any_semantic())
         .default_backoff()
         .applied_objects()

@@ -25,6 +25,9 @@ pub struct OperatorConfig {
     pub lease_namespace: String,
     /// This replica's name in the Lease (the pod name in a cluster).
     pub identity: String,
+    /// Reconcile only this namespace (a namespaced install, or one test among others); None
+    /// watches the whole cluster.
+    pub namespace: Option<String>,
     pub snapshot: SnapshotTemplate,
 }
 
@@ -85,13 +88,14 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let reconciling = tokio::spawn(controller::run(
         client.clone(),
+        config.namespace.clone(),
         metrics.clone(),
         config.snapshot.clone(),
         async {
             let _ = stop_rx.await;
         },
     ));
-    let implicit = tokio::spawn(implicit::run(client));
+    let implicit = tokio::spawn(implicit::run(client, config.namespace.clone()));
     let outcome = tokio::select! {
         _ = &mut shutdown => Ok(()),
         _ = leading.wait_for(|leader| !*leader) => Err(OperatorError::LostLease),
