@@ -1,13 +1,31 @@
 #!/usr/bin/env bash
-# Every test DiffKeeper has, as CI runs it: formatting, lints, then the whole workspace's tests,
-# which load the real eBPF programs into the running kernel (so: as root).
+# Every test DiffKeeper has, as CI runs it: formatting, lints, then the whole workspace's tests.
+# They load the real eBPF programs into the running kernel, run real containers through
+# containerd, and talk to a real Kubernetes API server (so: as root). This script installs what
+# they need, starts the test API server for them, and stops it at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/e2e-apiserver.sh install
+bash scripts/e2e-runtime.sh install
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+cluster=$(mktemp -d /tmp/diffkeeper-test-cluster.XXXXXX)
+cleanup() {
+  bash scripts/e2e-apiserver.sh stop "$cluster" || true
+  rm -rf "$log" "$cluster"
+}
+trap cleanup EXIT
+# The cluster tests use whatever KUBECONFIG names; here, the test API server (see
+# e2e/apiserver/README.md). Point KUBECONFIG at kind or k3s instead to run them there.
+bash scripts/e2e-apiserver.sh start "$cluster"
+set -a
+# shellcheck disable=SC1091
+source "$cluster/env"
+set +a
+
 set +e
 cargo test --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

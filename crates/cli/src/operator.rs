@@ -10,9 +10,9 @@ pub struct Args {
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
     http_addr: SocketAddr,
-    /// Namespace of the leader-election Lease (the operator's own namespace).
+    /// The operator's own namespace: its leader-election Lease and the agents' CA Secret.
     #[arg(long, env = "POD_NAMESPACE", default_value = "diffkeeper")]
-    lease_namespace: String,
+    operator_namespace: String,
     /// This replica's identity in the Lease (defaults to the pod name, else host and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -43,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     });
     let config = OperatorConfig {
         http_addr: args.http_addr,
-        lease_namespace: args.lease_namespace,
+        operator_namespace: args.operator_namespace,
         identity,
         namespace: args.watch_namespace,
         snapshot: SnapshotTemplate {

@@ -11,8 +11,9 @@ use cluster::{client, eventually, install_crds, Operator, TestNamespace};
 use diffkeeper_api::{
     ContainerRecord, Recording, SnapshotPhase, DEATH_LABEL, NODE_DATA_FINALIZER, RECORDING_LABEL,
 };
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
@@ -255,6 +256,24 @@ async fn a_recorded_death_gets_exactly_one_snapshot_even_across_operator_restart
         .finalizers()
         .iter()
         .any(|f| f == diffkeeper_api::RECORDING_FINALIZER));
+    // Snapshot Pods of this namespace get an identity the agent can authorize, and the CA.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns.name);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    accounts
+        .get("diffkeeper-snapshot")
+        .await
+        .expect("snapshot ServiceAccount");
+    let binding = bindings
+        .get("diffkeeper-snapshot")
+        .await
+        .expect("snapshot RoleBinding");
+    assert_eq!(binding.role_ref.name, "diffkeeper-snapshot");
+    let ca = configmaps
+        .get("diffkeeper-agent-ca")
+        .await
+        .expect("CA ConfigMap");
+    assert!(ca.data.unwrap()["ca.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
 
     // The agent on node-a starts recording the container: the operator sums what it reports.
     let container_id = "containerd://0123456789abcdef";
@@ -417,6 +436,24 @@ async fn a_recorded_death_gets_exactly_one_snapshot_even_across_operator_restart
         "snapshot PVC removed"
     );
     assert!(pods.get("bystander").await.is_ok(), "nothing else touched");
+    assert!(
+        accounts
+            .get_opt("diffkeeper-snapshot")
+            .await
+            .unwrap()
+            .is_none(),
+        "the last Recording took its ServiceAccount"
+    );
+    assert!(bindings
+        .get_opt("diffkeeper-snapshot")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(configmaps
+        .get_opt("diffkeeper-agent-ca")
+        .await
+        .unwrap()
+        .is_none());
     drop(operator);
 }
 

@@ -2,8 +2,8 @@
 //! snapshot Pods that change what they should say), reconcile each one behind a finalizer, snapshot
 //! every recorded container death exactly once, and write the status by server-side apply.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diffkeeper_api::{
@@ -25,6 +25,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::access::{self, AccessError};
 use crate::metrics::Metrics;
 use crate::snapshot::{death_of, pod_for, pvc_for, snapshot_record, Death, SnapshotTemplate};
 
@@ -40,6 +41,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("waiting for agents to release {0} ContainerRecord(s)")]
     AwaitingAgents(usize),
+    #[error("snapshot access: {0}")]
+    Access(#[from] AccessError),
 }
 
 impl Error {
@@ -48,6 +51,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
             Error::AwaitingAgents(_) => "awaiting_agents",
+            Error::Access(_) => "access",
         }
     }
 }
@@ -60,6 +64,10 @@ pub struct Context {
     pub template: SnapshotTemplate,
     /// All Recordings, to pick the one owning a pod when several select it.
     pub recordings: Store<Recording>,
+    /// The agents' CA certificate (PEM), published to every namespace with a Recording.
+    pub ca_pem: String,
+    /// Namespaces already given what snapshot Pods need, so a reconcile does not re-apply it.
+    pub provisioned: Mutex<BTreeSet<String>>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -68,6 +76,7 @@ pub async fn run(
     namespace: Option<String>,
     metrics: Arc<Metrics>,
     template: SnapshotTemplate,
+    ca_pem: String,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (recordings, records, pods) = match &namespace {
@@ -96,6 +105,8 @@ pub async fn run(
         metrics,
         template,
         recordings: store.clone(),
+        ca_pem,
+        provisioned: Mutex::new(BTreeSet::new()),
     });
     let selecting = store.clone();
     controller
@@ -120,8 +131,13 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "reconcile failed");
+            match result {
+                Ok(_) => {}
+                // A Recording deleted while its reconcile was queued: nothing left to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(%obj, "reconcile of a deleted Recording skipped")
+                }
+                Err(e) => warn!(error = %e, "reconcile failed"),
             }
         })
         .await;
@@ -173,6 +189,7 @@ async fn apply(recording: &Recording, ctx: &Context) -> Result<Action, Error> {
     let records: Api<ContainerRecord> = Api::namespaced(ctx.client.clone(), &namespace);
     let previous = recording.status.clone().unwrap_or_default();
 
+    provision(&namespace, ctx).await?;
     let problems = spec_problems(recording);
     let matched = matched_pods(recording, &pods, ctx).await?;
     let records = records
@@ -342,6 +359,27 @@ async fn apply(recording: &Recording, ctx: &Context) -> Result<Action, Error> {
     } else {
         Duration::from_secs(300)
     }))
+}
+
+/// Gives the namespace what its snapshot Pods need, once per operator run.
+async fn provision(namespace: &str, ctx: &Context) -> Result<(), Error> {
+    if ctx.provisioned.lock().unwrap().contains(namespace) {
+        return Ok(());
+    }
+    let t = &ctx.template;
+    access::ensure_namespace(
+        &ctx.client,
+        namespace,
+        &t.service_account,
+        &t.agent_ca_configmap,
+        &ctx.ca_pem,
+    )
+    .await?;
+    ctx.provisioned
+        .lock()
+        .unwrap()
+        .insert(namespace.to_string());
+    Ok(())
 }
 
 /// What the API server's schema cannot check: globs that do not compile.
@@ -612,6 +650,22 @@ async fn cleanup(recording: &Recording, ctx: &Context) -> Result<Action, Error> 
                 .await?;
             }
         }
+    }
+    let others = ctx.recordings.state().iter().any(|r| {
+        r.namespace().as_deref() == Some(namespace.as_str())
+            && r.uid() != recording.uid()
+            && r.metadata.deletion_timestamp.is_none()
+    });
+    if !others {
+        let t = &ctx.template;
+        access::remove_namespace(
+            &ctx.client,
+            &namespace,
+            &t.service_account,
+            &t.agent_ca_configmap,
+        )
+        .await?;
+        ctx.provisioned.lock().unwrap().remove(&namespace);
     }
     info!(recording = %name, on_delete = ?recording.spec.retention.on_delete, "recording deleted, cleaned up");
     Ok(Action::await_change())

@@ -1,6 +1,7 @@
 //! The DiffKeeper operator: one leader at a time reconciles Recordings, snapshots recorded
 //! containers when they die, and keeps the implicit Recording for annotated pods.
 
+pub mod access;
 pub mod controller;
 pub mod implicit;
 pub mod metrics;
@@ -21,8 +22,8 @@ pub use snapshot::SnapshotTemplate;
 pub struct OperatorConfig {
     /// Where /metrics, /healthz and /readyz are served.
     pub http_addr: SocketAddr,
-    /// The namespace of the leader Lease (the operator's own).
-    pub lease_namespace: String,
+    /// The operator's own namespace: its leader Lease and the agents' CA Secret live there.
+    pub operator_namespace: String,
     /// This replica's name in the Lease (the pod name in a cluster).
     pub identity: String,
     /// Reconcile only this namespace (a namespaced install, or one test among others); None
@@ -37,6 +38,8 @@ pub enum OperatorError {
     Lease(#[from] kube_lease_manager::LeaseManagerError),
     #[error("lost the leader Lease to another replica; exiting so only one replica reconciles")]
     LostLease,
+    #[error("provisioning the agents' CA: {0}")]
+    Ca(#[from] access::AccessError),
     #[error("serving metrics on {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -64,14 +67,14 @@ pub async fn run(
     metrics.ready.store(true, Ordering::Relaxed);
 
     let lease = LeaseManagerBuilder::new(client.clone(), "diffkeeper-operator")
-        .with_namespace(&config.lease_namespace)
+        .with_namespace(&config.operator_namespace)
         .with_identity(&config.identity)
         .with_duration(15)
         .with_grace(5)
         .build()
         .await?;
     let (mut leading, lease_task) = lease.watch().await;
-    info!(identity = %config.identity, namespace = %config.lease_namespace, "waiting for the leader Lease");
+    info!(identity = %config.identity, namespace = %config.operator_namespace, "waiting for the leader Lease");
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
         _ = &mut shutdown => return Ok(()),
@@ -84,6 +87,7 @@ pub async fn run(
     }
     info!(identity = %config.identity, "leading: reconciling Recordings");
     metrics.leader.set(1);
+    let ca_pem = access::ensure_ca(&client, &config.operator_namespace).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let reconciling = tokio::spawn(controller::run(
@@ -91,6 +95,7 @@ pub async fn run(
         config.namespace.clone(),
         metrics.clone(),
         config.snapshot.clone(),
+        ca_pem,
         async {
             let _ = stop_rx.await;
         },

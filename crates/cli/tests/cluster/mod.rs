@@ -134,7 +134,7 @@ impl Operator {
                 "--watch-namespace",
                 namespace,
             ])
-            .args(["--lease-namespace", namespace, "--identity", identity])
+            .args(["--operator-namespace", namespace, "--identity", identity])
             .args(["--snapshot-image", "diffkeeper:test"])
             .env("DIFFKEEPER_LOG", "info,kube=warn")
             .stdin(Stdio::null())
