@@ -64,3 +64,22 @@ pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml_ng::Error> {
         })
         .collect()
 }
+
+/// Kubernetes knows only the int32 and int64 integer formats; schemars writes uint32/uint64 for
+/// unsigned fields, which `kubectl` warns about on every apply. Same range, said the Kubernetes way.
+fn kubernetes_integer_formats(schema: &mut schemars::Schema) {
+    if let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        for prop in props.values_mut() {
+            let Some(obj) = prop.as_object_mut() else {
+                continue;
+            };
+            let format = match obj.get("format").and_then(|f| f.as_str()) {
+                Some("uint32") => "int32",
+                Some("uint64") => "int64",
+                _ => continue,
+            };
+            obj.insert("format".into(), format.into());
+            obj.insert("minimum".into(), 0.into());
+        }
+    }
+}

@@ -59,6 +59,7 @@ pub struct PodRef {
 /// What the agent reports about a recorded container.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::kubernetes_integer_formats)]
 pub struct ContainerRecordStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RecordPhase>,

@@ -145,6 +145,7 @@ pub enum OnDelete {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!self.onTermination || self.keep >= 1")
     .message("spec.snapshot.keep must be at least 1 when onTermination is true"))]
+#[schemars(transform = crate::kubernetes_integer_formats)]
 pub struct SnapshotPolicy {
     /// Take a snapshot when a recorded container dies (pod Failed, Succeeded or deleted, or a
     /// container restart).
@@ -246,6 +247,7 @@ impl SnapshotMoment {
 /// What the operator reports about a Recording.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::kubernetes_integer_formats)]
 pub struct RecordingStatus {
     /// The generation the operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,6 +279,7 @@ pub struct RecordingStatus {
 /// One dead container's files, kept in a PVC.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::kubernetes_integer_formats)]
 pub struct SnapshotRecord {
     pub pod: String,
     pub pod_uid: String,
