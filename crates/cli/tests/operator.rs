@@ -367,6 +367,26 @@ async fn a_recorded_death_gets_exactly_one_snapshot_even_across_operator_restart
     .await;
     assert_eq!((done.files, done.bytes), (3, 42));
 
+    // Its metrics and health endpoints tell a scraper and the kubelet the same story.
+    let (code, _) = cluster::http_get(&operator.http, "/readyz");
+    assert_eq!(code, 200, "/readyz");
+    let (code, metrics) = cluster::http_get(&operator.http, "/metrics");
+    assert_eq!(code, 200, "/metrics");
+    // (How many snapshots this replica started depends on when its predecessor was killed.)
+    for line in [
+        "diffkeeper_operator_leader 1",
+        "diffkeeper_operator_snapshots_started_total ",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "/metrics lacks {line:?}:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("diffkeeper_operator_reconciliations_total"),
+        "{metrics}"
+    );
+
     // A third replica after a clean stop: still exactly one snapshot of that death.
     assert!(operator.stop().success(), "operator exits 0 on SIGTERM");
     let operator = Operator::start(&ns.name, "third");

@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Toleration, Volume,
     VolumeMount, VolumeResourceRequirements,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
@@ -336,7 +335,101 @@ pub fn death_id_of(obj: &impl Resource) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// A quantity for log lines and tests.
-pub fn size_of(recording: &Recording) -> &Quantity {
-    &recording.spec.snapshot.size
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(phase: Option<&str>) -> ContainerRecord {
+        serde_json::from_value(json!({
+            "apiVersion": "diffkeeper.io/v1alpha1", "kind": "ContainerRecord",
+            "metadata": { "name": "r", "namespace": "ns" },
+            "spec": { "recording": "rec", "pod": { "name": "p", "uid": "u1" }, "container": "app",
+                      "containerId": "containerd://old", "node": "n1" },
+            "status": { "phase": phase },
+        }))
+        .unwrap()
+    }
+
+    fn pod(phase: &str, status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": { "name": "p", "namespace": "ns", "uid": "u1" },
+            "status": { "phase": phase, "containerStatuses": [status] },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_running_incarnation_is_alive() {
+        let p = pod(
+            "Running",
+            json!({ "name": "app", "image": "", "imageID": "", "ready": true, "restartCount": 0,
+            "containerID": "containerd://old", "state": { "running": {} } }),
+        );
+        assert!(death_of(&record(Some("Recording")), Some(&p)).is_none());
+    }
+
+    #[test]
+    fn a_restart_is_the_death_of_the_previous_incarnation_only() {
+        let p = pod(
+            "Running",
+            json!({ "name": "app", "image": "", "imageID": "", "ready": true, "restartCount": 1,
+            "containerID": "containerd://new", "state": { "running": {} },
+            "lastState": { "terminated": { "exitCode": 1, "containerID": "containerd://old",
+                                           "finishedAt": "2026-11-25T10:00:04Z" } } }),
+        );
+        let death = death_of(&record(Some("Recording")), Some(&p)).expect("old incarnation died");
+        assert_eq!(death.cause, Cause::Restarted);
+        assert_eq!(death.key.container_id, "containerd://old");
+        assert!(death.died_at.is_some());
+        // The new incarnation's own record is alive.
+        let mut current = record(Some("Recording"));
+        current.spec.container_id = "containerd://new".into();
+        assert!(death_of(&current, Some(&p)).is_none());
+    }
+
+    #[test]
+    fn a_deleted_pod_or_a_finished_one_or_an_agent_report_is_a_death() {
+        assert_eq!(
+            death_of(&record(None), None).unwrap().cause,
+            Cause::PodDeleted
+        );
+        let finished = pod(
+            "Failed",
+            json!({ "name": "other", "image": "", "imageID": "", "ready": false, "restartCount": 0 }),
+        );
+        assert_eq!(
+            death_of(&record(None), Some(&finished)).unwrap().cause,
+            Cause::PodFinished
+        );
+        let running = pod(
+            "Running",
+            json!({ "name": "other", "image": "", "imageID": "", "ready": true, "restartCount": 0 }),
+        );
+        assert_eq!(
+            death_of(&record(Some("Ended")), Some(&running))
+                .unwrap()
+                .cause,
+            Cause::EndedOnNode
+        );
+    }
+
+    #[test]
+    fn the_same_death_always_has_the_same_valid_name() {
+        let d = death_of(&record(None), None).unwrap();
+        let name = d
+            .key
+            .object_name("a-very-long-pod-name-that-goes-on-and-on-and-on-and-on-and-on");
+        assert_eq!(
+            name,
+            death_of(&record(None), None)
+                .unwrap()
+                .key
+                .object_name("a-very-long-pod-name-that-goes-on-and-on-and-on-and-on-and-on")
+        );
+        assert!(
+            name.len() <= 63 && name.starts_with("snap-") && !name.contains("--"),
+            "{name}"
+        );
+    }
 }
