@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use diffkeeper_api::{
     ContainerRecord, DeathKey, RecordPhase, Recording, SnapshotMoment, SnapshotPhase,
-    SnapshotRecord, TreeScope, DEATH_LABEL,
+    SnapshotRecord, TreeScope,
 };
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerStatus, PersistentVolumeClaim,
@@ -324,15 +324,6 @@ pub fn snapshot_record(recording: &Recording, death: &Death, pod: Option<&Pod>) 
         phase,
         message,
     }
-}
-
-/// The death id a snapshot object carries.
-pub fn death_id_of(obj: &impl Resource) -> Option<&str> {
-    obj.meta()
-        .labels
-        .as_ref()?
-        .get(DEATH_LABEL)
-        .map(String::as_str)
 }
 
 #[cfg(test)]
