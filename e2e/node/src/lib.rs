@@ -1,7 +1,10 @@
 //! The node simulator of the end-to-end tests: kubelet's part on one node, played against a real
-//! containerd through the CRI (see `scripts/e2e-runtime.sh` for the containerd it talks to).
+//! API server and a real containerd through the CRI (see `scripts/e2e-runtime.sh` for the
+//! containerd it talks to, and README.md for what it does and does not do).
 //!
-//! - [`runtime`]: the CRI client — run a pod, read its status, stop and remove it.
+//! - [`kubelet`]: the kubelet stand-in — Node registration and heartbeat, the node's pods run,
+//!   reported on and deleted; the `diffkeeper-node-sim` binary runs it.
+//! - [`runtime`]: the CRI client — run a pod, read its status, restart, stop and remove it.
 //! - [`pod_spec`]: what a pod to run is, free of Kubernetes API types.
 //! - [`container_location`]: a running container's cgroup v2 id and overlay upper directory, read
 //!   from /proc only (the recording agent's view; meant to move into the agent crate).
@@ -9,6 +12,7 @@
 //! - [`runtime_env`]: the `DIR/env` file the runtime script writes.
 
 pub mod container_location;
+pub mod kubelet;
 pub mod mountinfo;
 pub mod pod_cgroups;
 pub mod pod_spec;
@@ -16,6 +20,7 @@ pub mod runtime;
 pub mod runtime_env;
 
 pub use container_location::{locate_container, ContainerLocation, LocateError};
+pub use kubelet::{ApiServerInfo, ImageAliases, Kubelet, KubeletConfig};
 pub use pod_spec::{BindMount, ContainerSpecLite, PodSpecLite};
 pub use runtime::{
     ContainerHandle, ContainerState, ContainerStatusLite, PodHandle, PodPhaseLite, PodStatusLite,

@@ -93,6 +93,8 @@ pub struct PodHandle {
 pub struct ContainerHandle {
     pub name: String,
     pub id: String,
+    /// Kubernetes' restart count for this incarnation: 0 for the first, one more per restart.
+    pub attempt: u32,
     /// The container's stdout and stderr in CRI log format, when the runtime keeps logs.
     pub log_path: Option<PathBuf>,
 }
@@ -116,6 +118,10 @@ pub struct ContainerStatusLite {
     pub finished_at: Option<SystemTime>,
     /// containerd's word for why it exited: `Completed`, `Error`, `OOMKilled`.
     pub reason: String,
+    /// The image the container runs, as the runtime resolved it (kubelet's `imageID`).
+    pub image_ref: String,
+    /// The incarnation (`ContainerMetadata.attempt`).
+    pub attempt: u32,
     pub message: String,
     /// The container's init process in the host's pid namespace, while it runs.
     pub pid: Option<u32>,
@@ -250,10 +256,7 @@ impl Runtime {
             }
         }
         let cgroup_parent = pod_cgroup_parent(&pod.uid);
-        let log_dir = self
-            .log_root
-            .as_ref()
-            .map(|root| root.join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid)));
+        let log_dir = self.log_dir(pod);
         let sandbox_config = sandbox_config(pod, &cgroup_parent, log_dir.as_deref());
         let sandbox_id = self
             .runtime
@@ -279,7 +282,7 @@ impl Runtime {
         };
         for spec in &pod.containers {
             let started = self
-                .start_container(&handle, &sandbox_config, pod, spec, log_dir.as_deref())
+                .start_container(&handle, &sandbox_config, pod, spec, log_dir.as_deref(), 0)
                 .await;
             match started {
                 Ok(container) => handle.containers.push(container),
@@ -294,6 +297,55 @@ impl Runtime {
         Ok(handle)
     }
 
+    /// Creates and starts one more incarnation (`attempt`) of a container in the pod's running
+    /// sandbox, as kubelet does when it restarts a container: the old one is left for the caller
+    /// to remove (kubelet keeps the last dead incarnation). `pod` is what `run_pod` was given.
+    pub async fn restart_container(
+        &self,
+        handle: &PodHandle,
+        pod: &PodSpecLite,
+        spec: &ContainerSpecLite,
+        attempt: u32,
+    ) -> Result<ContainerHandle, RuntimeError> {
+        if !self.has_image(&spec.image).await? {
+            return Err(RuntimeError::ImageMissing {
+                image: spec.image.clone(),
+            });
+        }
+        let log_dir = self.log_dir(pod);
+        let sandbox_config = sandbox_config(pod, &handle.cgroup_parent, log_dir.as_deref());
+        self.start_container(
+            handle,
+            &sandbox_config,
+            pod,
+            spec,
+            log_dir.as_deref(),
+            attempt,
+        )
+        .await
+    }
+
+    fn log_dir(&self, pod: &PodSpecLite) -> Option<PathBuf> {
+        self.log_root
+            .as_ref()
+            .map(|root| root.join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid)))
+    }
+
+    /// Removes one (stopped) container.
+    pub async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.runtime
+            .clone()
+            .remove_container(request(
+                cri::RemoveContainerRequest {
+                    container_id: id.to_string(),
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(call_failed("RemoveContainer"))?;
+        Ok(())
+    }
+
     async fn start_container(
         &self,
         pod: &PodHandle,
@@ -301,6 +353,7 @@ impl Runtime {
         spec_pod: &PodSpecLite,
         spec: &ContainerSpecLite,
         log_dir: Option<&Path>,
+        attempt: u32,
     ) -> Result<ContainerHandle, RuntimeError> {
         // containerd opens the log file but does not create its directory (kubelet does).
         let log_path = match log_dir {
@@ -311,11 +364,11 @@ impl Runtime {
                     path: container_dir.clone(),
                     source,
                 })?;
-                Some(container_dir.join("0.log"))
+                Some(container_dir.join(format!("{attempt}.log")))
             }
             None => None,
         };
-        let config = container_config(spec_pod, spec, log_path.is_some());
+        let config = container_config(spec_pod, spec, log_path.is_some(), attempt);
         let id = self
             .runtime
             .clone()
@@ -334,6 +387,7 @@ impl Runtime {
         let handle = ContainerHandle {
             name: spec.name.clone(),
             id,
+            attempt,
             log_path,
         };
         self.runtime
@@ -406,9 +460,15 @@ impl Runtime {
             _ => ContainerState::Unknown,
         };
         let verbose = VerboseInfo::parse(&response.info);
+        let (name, attempt) = status
+            .metadata
+            .map(|m| (m.name, m.attempt))
+            .unwrap_or_default();
         Ok(ContainerStatusLite {
             id: status.id,
-            name: status.metadata.map(|m| m.name).unwrap_or_default(),
+            name,
+            attempt,
+            image_ref: status.image_ref,
             exit_code: (state == ContainerState::Exited).then_some(status.exit_code),
             started_at: time_from_nanos(status.started_at),
             finished_at: time_from_nanos(status.finished_at),
@@ -454,7 +514,9 @@ impl Runtime {
         self.stop_sandbox(&pod.sandbox_id).await
     }
 
-    async fn stop_sandbox(&self, sandbox_id: &str) -> Result<(), RuntimeError> {
+    /// Stops the sandbox and kills whatever still runs in it (kubelet does this once a pod is
+    /// done); its containers stay until `remove_pod`.
+    pub async fn stop_sandbox(&self, sandbox_id: &str) -> Result<(), RuntimeError> {
         self.runtime
             .clone()
             .stop_pod_sandbox(request(
@@ -490,7 +552,8 @@ impl Runtime {
     }
 
     /// Every pod the runtime has, rebuilt from the labels `run_pod` set: what a restarted
-    /// kubelet stand-in resynchronizes from.
+    /// kubelet stand-in resynchronizes from. `containers` holds every container still in the
+    /// runtime, dead incarnations included, oldest first.
     pub async fn list_pods(&self) -> Result<Vec<PodHandle>, RuntimeError> {
         let sandboxes = self
             .runtime
@@ -534,6 +597,7 @@ impl Runtime {
                             .get(LABEL_CONTAINER_NAME)
                             .cloned()
                             .unwrap_or_default(),
+                        attempt: c.metadata.as_ref().map_or(0, |m| m.attempt),
                         id: c.id,
                         // The path is not in the listing; ContainerStatus has it if needed.
                         log_path: None,
@@ -615,6 +679,7 @@ fn container_config(
     pod: &PodSpecLite,
     spec: &ContainerSpecLite,
     keep_log: bool,
+    attempt: u32,
 ) -> cri::ContainerConfig {
     let mut labels = pod_labels(pod);
     // Pod labels belong on the sandbox; a container carries kubelet's identity labels only.
@@ -623,7 +688,7 @@ fn container_config(
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: spec.name.clone(),
-            attempt: 0,
+            attempt,
         }),
         image: Some(image_spec(&spec.image)),
         command: spec.command.clone(),
@@ -651,7 +716,7 @@ fn container_config(
         labels,
         // Relative to the sandbox's log directory.
         log_path: if keep_log {
-            format!("{}/0.log", spec.name)
+            format!("{}/{attempt}.log", spec.name)
         } else {
             String::new()
         },
@@ -716,6 +781,8 @@ mod tests {
             started_at: None,
             finished_at: None,
             reason: String::new(),
+            image_ref: String::new(),
+            attempt: 0,
             message: String::new(),
             pid: None,
             cgroups_path: None,
