@@ -16,6 +16,9 @@ use diffkeeper_node_sim::{
     RuntimeEnv,
 };
 
+mod common;
+use common::{is_running, mounts_under, processes_mentioning, wait_for};
+
 const FIX: &str = "run as root, after `sudo bash scripts/e2e-runtime.sh install` (Debian packages \
                    containerd, runc, umoci, busybox-static, jq; builds the test images)";
 
@@ -87,59 +90,6 @@ fn unique_uid() -> String {
         .unwrap()
         .as_nanos();
     format!("e2e-{}-{nanos:x}", std::process::id())
-}
-
-async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl AsyncFnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await? {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    Ok(read_mountinfo(None)?
-        .into_iter()
-        .map(|mount| mount.mount_point)
-        .filter(|point| point.starts_with(dir))
-        .collect())
-}
-
-/// Alive and not a zombie: orphans of the script (containerd, shims, container processes whose
-/// shim was killed) wait for pid 1 to reap them, which takes it a while here.
-fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
-}
-
-/// Processes whose command line mentions `dir`: containerd and its shims.
-fn processes_mentioning(dir: &Path) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|entry| {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline
-                .contains(&needle)
-                .then(|| format!("{}: {cmdline}", entry.file_name().to_string_lossy()))
-        })
-        .collect()
 }
 
 fn container_log(pod: &PodHandle) -> String {

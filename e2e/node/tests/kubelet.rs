@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use diffkeeper_node_sim::mountinfo::read_mountinfo;
 use diffkeeper_node_sim::pod_cgroups::{pod_cgroup_dirs, pod_cgroup_parent};
 use diffkeeper_node_sim::{Runtime, RuntimeEnv};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -19,6 +18,9 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use serde_json::json;
+
+mod common;
+use common::{is_running, mounts_under, processes_mentioning, wait_for};
 
 const FIX: &str = "run as root, after `bash scripts/e2e-apiserver.sh install` and \
                    `bash scripts/e2e-runtime.sh install`";
@@ -55,58 +57,6 @@ fn read_env(path: &Path) -> Result<BTreeMap<String, String>> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect())
-}
-
-/// Alive and not a zombie.
-fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
-}
-
-fn processes_mentioning(dir: &Path) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter(|e| is_running(e.file_name().to_string_lossy().parse().unwrap_or(0)))
-        .filter_map(|e| {
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline
-                .contains(&needle)
-                .then(|| format!("{}: {cmdline}", e.file_name().to_string_lossy()))
-        })
-        .collect()
-}
-
-fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    Ok(read_mountinfo(None)?
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(dir))
-        .collect())
-}
-
-async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl AsyncFnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await? {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The tests share the host's kubepods/ cgroup trees: one at a time.
