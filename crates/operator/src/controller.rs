@@ -200,10 +200,18 @@ async fn apply(recording: &Recording, ctx: &Context) -> Result<Action, Error> {
     let mut snapshots = Vec::new();
     let mut waiting_for_agent = Vec::new();
     for record in &records {
-        let pod = pods
-            .get_opt(&record.spec.pod.name)
-            .await?
-            .filter(|p| p.uid().as_deref() == Some(&record.spec.pod.uid));
+        // Most records' pods were just listed; only a pod that no longer matches (relabelled,
+        // or gone) costs a GET of its own.
+        let listed = matched
+            .iter()
+            .find(|p| p.uid().as_deref() == Some(&record.spec.pod.uid));
+        let pod = match listed {
+            Some(pod) => Some(pod.clone()),
+            None => pods
+                .get_opt(&record.spec.pod.name)
+                .await?
+                .filter(|p| p.uid().as_deref() == Some(&record.spec.pod.uid)),
+        };
         let Some(death) = death_of(record, pod.as_ref()) else {
             continue;
         };
@@ -509,6 +517,13 @@ async fn snapshot_statuses(
         .into_iter()
         .map(|p| (p.name_any(), p))
         .collect();
+    let snapshot_pods: BTreeMap<String, Pod> = pods
+        .list(&ListParams::default().labels(&format!("{selector},{DEATH_LABEL}")))
+        .await?
+        .items
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect();
     let mut out = Vec::new();
     for death in deaths {
         let name = death.key.object_name(&death.pod_name);
@@ -516,8 +531,8 @@ async fn snapshot_statuses(
             continue; // pruned by `keep`, or deleted by a person: no longer a snapshot to report
         }
         let before = previous.snapshots.iter().find(|s| s.pvc == name);
-        let pod = pods.get_opt(&name).await?;
-        let mut line = snapshot_record(recording, &death, pod.as_ref());
+        let pod = snapshot_pods.get(&name);
+        let mut line = snapshot_record(recording, &death, pod);
         if pod.is_none() {
             if let Some(before) = before.filter(|b| b.phase != SnapshotPhase::Pending) {
                 line = before.clone(); // the Pod was cleaned up after it finished: keep its result
