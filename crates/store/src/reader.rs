@@ -21,7 +21,8 @@ pub struct Store {
     info: RecordingInfo,
     span: Span,
     _db: sled::Db,
-    _lock: DirLock,
+    /// `None` for a view a live writer lent out: the writer holds the dir's lock.
+    _lock: Option<DirLock>,
 }
 
 impl Store {
@@ -31,6 +32,16 @@ impl Store {
         require_recording_dir(dir)?;
         let lock = DirLock::acquire(dir)?;
         let db = open_db(dir, READER_CACHE_BYTES)?;
+        Self::over(dir, db, Some(lock))
+    }
+
+    /// A view of what `db` had committed when called; later commits stay invisible to it, so
+    /// an export from a live recording is one consistent moment.
+    pub(crate) fn over(
+        dir: &Path,
+        db: sled::Db,
+        lock: Option<DirLock>,
+    ) -> Result<Store, StoreError> {
         let meta = read_meta(dir, &db)?;
         let records = Records::new((*db).clone(), meta.committed);
         let start = meta.info.started_mono_ns;

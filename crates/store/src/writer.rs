@@ -526,6 +526,12 @@ impl Writer {
         &self.dir
     }
 
+    /// A read view of everything committed so far, for serving a recording that is still being
+    /// written (the dir's lock keeps any other process out, so readers must come from here).
+    pub fn reader(&self) -> Result<crate::Store, StoreError> {
+        crate::Store::over(&self.dir, self.db.clone(), None)
+    }
+
     /// Records the end of the recording, flushes, and releases the state dir.
     pub fn finish(mut self, end_mono_ns: u64) -> Result<(), StoreError> {
         self.commit()?;
