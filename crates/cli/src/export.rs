@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use bytesize::ByteSize;
-use diffkeeper_export::{compile_globs, export_dir, export_tar, ContentError, ExportOptions};
-use diffkeeper_store::{format_wall, Entry, MarkerKind, OpKind, RecPath, Store};
+use diffkeeper_export::{compile_globs, export_store_dir, export_store_tar, ExportOptions};
+use diffkeeper_store::{format_wall, MarkerKind, OpKind, RecPath, Store};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -34,31 +34,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let store = crate::open_store(&a.state)?;
     let point = crate::moment(&store, &a.time)?;
     let span = store.span();
-    let tree = store
-        .tree_at(point.seq)
-        .with_context(|| format!("rebuilding the tree at @seq:{}", point.seq))?;
     let opts = ExportOptions {
         paths: compile_globs(&a.paths)?,
         progress: true,
     };
     let seq = point.seq;
-    let mut content = |_: &RecPath, e: &Entry| -> Result<Vec<u8>, ContentError> {
-        Ok(store.read_content(e.node, seq)?)
-    };
     let summary = match a.format {
-        Format::Dir => export_dir(&tree.entries, &mut content, &a.out, &opts)?,
+        Format::Dir => export_store_dir(&store, seq, None, &a.out, &opts)?,
         Format::Tar if a.out.as_os_str() == "-" => {
-            export_tar(&tree.entries, &mut content, std::io::stdout().lock(), &opts)?
+            export_store_tar(&store, seq, None, std::io::stdout().lock(), &opts)?
         }
         Format::Tar => {
             let file = std::fs::File::create(&a.out)
                 .with_context(|| format!("creating {}", a.out.display()))?;
-            export_tar(
-                &tree.entries,
-                &mut content,
-                std::io::BufWriter::new(file),
-                &opts,
-            )?
+            export_store_tar(&store, seq, None, std::io::BufWriter::new(file), &opts)?
         }
     };
     eprintln!(

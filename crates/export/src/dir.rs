@@ -10,7 +10,7 @@ use diffkeeper_store::model::RecPath;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
-use std::io::Write;
+use std::io::Read;
 use std::path::Path;
 use tracing::{debug, warn};
 
@@ -136,7 +136,12 @@ impl Destination for DirDestination {
         Ok(Written::Done)
     }
 
-    fn file(&mut self, item: &Item, data: &[u8]) -> Result<Written, ExportError> {
+    fn file(
+        &mut self,
+        item: &Item,
+        data: &mut dyn Read,
+        _len: u64,
+    ) -> Result<Written, ExportError> {
         let path = item.path.as_ref();
         let opened = self.parent_of(path).and_then(|(parent, name)| {
             rustix::fs::openat(
@@ -150,7 +155,7 @@ impl Destination for DirDestination {
             Ok(fd) => std::fs::File::from(fd),
             Err(errno) => return refused_or_fatal(errno, "create file", path),
         };
-        file.write_all(data).map_err(|source| ExportError::Write {
+        std::io::copy(data, &mut file).map_err(|source| ExportError::Write {
             action: "write file",
             path: path.clone(),
             source,
@@ -212,7 +217,11 @@ impl Destination for DirDestination {
 }
 
 /// Opens `path` below `root` one component at a time, refusing symlinks at every step.
-fn open_below(root: BorrowedFd<'_>, path: &RecPath, last_flags: OFlags) -> Result<OwnedFd, Errno> {
+pub(crate) fn open_below(
+    root: BorrowedFd<'_>,
+    path: &RecPath,
+    last_flags: OFlags,
+) -> Result<OwnedFd, Errno> {
     let mut components = path.components().peekable();
     let mut current: Option<OwnedFd> = None;
     while let Some(component) = components.next() {

@@ -3,21 +3,26 @@
 //! Both outputs share one walk over the tree (`walk`): it selects entries, refuses paths that
 //! could escape (a component like `..`, or anything below a recorded symlink or file), fetches
 //! file contents and hands each entry to a `Destination`. The destinations only know how to
-//! write one entry safely.
+//! write one entry safely. [`export_store_dir`] and [`export_store_tar`] build the tree from a
+//! recording's store, optionally laid over the container image's layers (see `image`).
 
 mod dir;
+mod image;
 mod pattern;
+mod store_export;
 mod tar_stream;
 
 use diffkeeper_store::model::{Entry, EntryKind, RecPath};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use tracing::{debug, info, warn};
 
+pub use image::ImageLayers;
 pub use pattern::compile_globs;
+pub use store_export::{export_store_dir, export_store_tar};
 
 /// Boxed error a [`ContentSource`] may return; kept as a trait object so the store can report
 /// whatever went wrong (I/O, corruption, a missing chunk) without this crate knowing its types.
@@ -132,6 +137,42 @@ pub enum ExportError {
         "cannot finish the tar stream: {source}; check that the output file or pipe is still writable"
     )]
     TarFinish { source: std::io::Error },
+
+    #[error("cannot read the recording at @seq:{seq}: {source}")]
+    Store {
+        seq: diffkeeper_store::Seq,
+        source: diffkeeper_store::StoreError,
+    },
+
+    #[error(
+        "image layer {} is gone (the container's image was probably garbage-collected, or this is \
+         not the node that ran the container); export the recorded changes alone with \
+         `--tree changes`",
+        path.display()
+    )]
+    ImageLayerMissing { path: PathBuf },
+
+    #[error(
+        "cannot read image layer {}: {source}; check that it is readable here, or export the \
+         recorded changes alone with `--tree changes`",
+        path.display()
+    )]
+    ImageLayer {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot read the image's {path} from layer {}: {source}; the image may have been \
+         garbage-collected or changed during the export; export again, or export the recorded \
+         changes alone with `--tree changes`",
+        layer.display()
+    )]
+    ImageContent {
+        path: RecPath,
+        layer: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Writes the selected entries of a recorded tree into `out`, mirroring absolute paths below it
@@ -148,7 +189,7 @@ pub fn export_dir(
     opts: &ExportOptions,
 ) -> Result<ExportSummary, ExportError> {
     let destination = dir::DirDestination::create(out)?;
-    let summary = walk(entries, src, destination, opts)?;
+    let summary = walk(entries, &mut SourceFeed(src), destination, opts)?;
     info!(
         out = %out.display(),
         files = summary.files,
@@ -173,7 +214,7 @@ pub fn export_tar<W: std::io::Write>(
     opts: &ExportOptions,
 ) -> Result<ExportSummary, ExportError> {
     let destination = tar_stream::TarDestination::new(out);
-    let summary = walk(entries, src, destination, opts)?;
+    let summary = walk(entries, &mut SourceFeed(src), destination, opts)?;
     info!(
         files = summary.files,
         dirs = summary.dirs,
@@ -184,6 +225,83 @@ pub fn export_tar<W: std::io::Write>(
         "exported recorded tree as tar"
     );
     Ok(summary)
+}
+
+/// The bytes of one file as the walk receives them.
+pub(crate) enum FileContent {
+    Whole(Vec<u8>),
+    /// Copied while writing, so a large image file never sits in memory whole. The stream must
+    /// deliver exactly `len` bytes (the size the tree was planned with: it is in the tar header
+    /// before the first byte is read).
+    Stream {
+        reader: Box<dyn Read>,
+        len: u64,
+        /// The image layer it comes from, for error messages.
+        layer: PathBuf,
+    },
+}
+
+/// Where the walk gets file contents: a caller's [`ContentSource`], or a store and image layers.
+pub(crate) trait FileFeed {
+    fn open(&mut self, path: &RecPath, entry: &Entry) -> Result<FileContent, ExportError>;
+}
+
+/// A caller's [`ContentSource`] as a feed of whole contents.
+struct SourceFeed<'a>(&'a mut dyn ContentSource);
+
+impl FileFeed for SourceFeed<'_> {
+    fn open(&mut self, path: &RecPath, entry: &Entry) -> Result<FileContent, ExportError> {
+        self.0
+            .content(path, entry)
+            .map(FileContent::Whole)
+            .map_err(|source| ExportError::Content {
+                path: path.clone(),
+                source,
+            })
+    }
+}
+
+/// Hands out exactly `remaining` bytes of a stream and keeps the stream's own failure aside, so
+/// the walk can blame the source (an image file that vanished or shrank) rather than the
+/// destination the bytes were being written to.
+struct ExactLen {
+    inner: Box<dyn Read>,
+    remaining: u64,
+    source_error: Option<std::io::Error>,
+}
+
+impl Read for ExactLen {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        match self.inner.read(&mut buf[..want]) {
+            Ok(0) => {
+                let short = std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the file ended {} bytes early (it changed since the export scanned it)",
+                        self.remaining
+                    ),
+                );
+                self.source_error = Some(short);
+                Err(std::io::Error::other("the source file ended early"))
+            }
+            Ok(n) => {
+                self.remaining -= n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let kind = e.kind();
+                self.source_error = Some(e);
+                Err(std::io::Error::new(kind, "reading the source file failed"))
+            }
+        }
+    }
 }
 
 /// One thing to write: a recorded entry, or a directory the tree does not list but that is
@@ -216,7 +334,8 @@ pub(crate) enum Written {
 /// below it.
 pub(crate) trait Destination {
     fn dir(&mut self, item: &Item) -> Result<Written, ExportError>;
-    fn file(&mut self, item: &Item, data: &[u8]) -> Result<Written, ExportError>;
+    /// `data` yields exactly `len` bytes, or fails.
+    fn file(&mut self, item: &Item, data: &mut dyn Read, len: u64) -> Result<Written, ExportError>;
     fn symlink(&mut self, item: &Item, target: &[u8]) -> Result<Written, ExportError>;
     /// Called once after the last item (directory metadata, archive trailer).
     fn finish(self) -> Result<(), ExportError>;
@@ -228,7 +347,7 @@ const SYNTHESIZED_DIR_MODE: u32 = 0o755;
 
 fn walk<D: Destination>(
     entries: &BTreeMap<RecPath, Entry>,
-    src: &mut dyn ContentSource,
+    src: &mut dyn FileFeed,
     mut dest: D,
     opts: &ExportOptions,
 ) -> Result<ExportSummary, ExportError> {
@@ -263,27 +382,11 @@ fn walk<D: Destination>(
                 let entry = item
                     .entry
                     .expect("file items always come from a recorded entry");
-                let data =
-                    src.content(&item.path, entry)
-                        .map_err(|source| ExportError::Content {
-                            path: item.path.clone().into_owned(),
-                            source,
-                        })?;
-                if let EntryKind::File { size } = entry.kind {
-                    if size != data.len() as u64 {
-                        warn!(
-                            path = %item.path,
-                            recorded_size = size,
-                            content_len = data.len(),
-                            "content length differs from the recorded size; exporting the content as given"
-                        );
-                    }
-                }
-                let written = dest.file(item, &data)?;
+                let (written, len) = write_file(&mut dest, item, entry, src)?;
                 if let Written::Done = written {
-                    summary.bytes += data.len() as u64;
+                    summary.bytes += len;
                 }
-                bar.inc(data.len() as u64);
+                bar.inc(len);
                 written
             }
         };
@@ -310,6 +413,47 @@ fn walk<D: Destination>(
     dest.finish()?;
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// Fetches one file's content and writes it; returns what the destination said and the length.
+fn write_file<D: Destination>(
+    dest: &mut D,
+    item: &Item,
+    entry: &Entry,
+    src: &mut dyn FileFeed,
+) -> Result<(Written, u64), ExportError> {
+    match src.open(&item.path, entry)? {
+        FileContent::Whole(data) => {
+            if let EntryKind::File { size } = entry.kind {
+                if size != data.len() as u64 {
+                    warn!(
+                        path = %item.path,
+                        recorded_size = size,
+                        content_len = data.len(),
+                        "content length differs from the recorded size; exporting the content as given"
+                    );
+                }
+            }
+            let len = data.len() as u64;
+            Ok((dest.file(item, &mut data.as_slice(), len)?, len))
+        }
+        FileContent::Stream { reader, len, layer } => {
+            let mut stream = ExactLen {
+                inner: reader,
+                remaining: len,
+                source_error: None,
+            };
+            let written = dest.file(item, &mut stream, len);
+            if let Some(source) = stream.source_error.take() {
+                return Err(ExportError::ImageContent {
+                    path: item.path.clone().into_owned(),
+                    layer,
+                    source,
+                });
+            }
+            Ok((written?, len))
+        }
+    }
 }
 
 /// Turns the tree into the ordered list of items to write: the selected entries plus every

@@ -6,7 +6,7 @@
 //! symlink target is data, not a path to clean up.
 
 use crate::{split_ns, Destination, ExportError, Item, Written};
-use std::io::Write;
+use std::io::{Read, Write};
 use tar::{Builder, EntryType, Header};
 use tracing::warn;
 
@@ -28,7 +28,8 @@ impl<W: Write> TarDestination<W> {
         &mut self,
         item: &Item,
         entry_type: EntryType,
-        data: &[u8],
+        data: &mut dyn Read,
+        len: u64,
         link_target: Option<&[u8]>,
     ) -> Result<Written, ExportError> {
         let path = item.path.as_ref();
@@ -47,7 +48,7 @@ impl<W: Write> TarDestination<W> {
         header.set_mode(item.mode);
         header.set_uid(0);
         header.set_gid(0);
-        header.set_size(data.len() as u64);
+        header.set_size(len);
 
         let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
         set_name_field(&mut header.as_old_mut().name, &name, "path", &mut pax);
@@ -125,15 +126,16 @@ fn pax_time(secs: i64, nanos: u32) -> String {
 
 impl<W: Write> Destination for TarDestination<W> {
     fn dir(&mut self, item: &Item) -> Result<Written, ExportError> {
-        self.append(item, EntryType::Directory, &[], None)
+        self.append(item, EntryType::Directory, &mut std::io::empty(), 0, None)
     }
 
-    fn file(&mut self, item: &Item, data: &[u8]) -> Result<Written, ExportError> {
-        self.append(item, EntryType::Regular, data, None)
+    fn file(&mut self, item: &Item, data: &mut dyn Read, len: u64) -> Result<Written, ExportError> {
+        self.append(item, EntryType::Regular, data, len, None)
     }
 
     fn symlink(&mut self, item: &Item, target: &[u8]) -> Result<Written, ExportError> {
-        self.append(item, EntryType::Symlink, &[], Some(target))
+        let mut nothing = std::io::empty();
+        self.append(item, EntryType::Symlink, &mut nothing, 0, Some(target))
     }
 
     fn finish(self) -> Result<(), ExportError> {

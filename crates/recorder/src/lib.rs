@@ -3,6 +3,7 @@
 
 mod cgroup;
 mod local;
+mod overlay;
 mod translate;
 
 pub use cgroup::{cgroup2_mount, CgroupError, RecordingCgroup};

@@ -36,17 +36,20 @@ pub struct RecorderStats {
 
 /// Translates events of one recording into store appends.
 pub struct Recorder {
-    writer: Writer,
+    pub(crate) writer: Writer,
     /// Host directory under which recorded paths live: "/" for a local recording, a
     /// container's root (e.g. /proc/PID/root) otherwise.
     root: PathBuf,
-    nodes: HashMap<FileKey, NodeId>,
+    pub(crate) nodes: HashMap<FileKey, NodeId>,
     dirty: HashMap<FileKey, DirtyReason>,
     /// Directories every name of which belongs to the recording (baseline roots, directories
     /// the workload made): a rescan adopts names found there that the log lacks.
-    owned_dirs: BTreeSet<RecPath>,
+    pub(crate) owned_dirs: BTreeSet<RecPath>,
     /// Host paths never to record (the state dir itself).
     excluded: Vec<PathBuf>,
+    /// The root is an overlay whose image the recording does not hold (set by
+    /// `baseline_overlay`): a directory the recording has may hold image entries it lacks.
+    pub(crate) overlay: bool,
     rescan_needed: bool,
     lost_seen: u64,
     lost_ns_seen: u64,
@@ -62,6 +65,7 @@ impl Recorder {
             dirty: HashMap::new(),
             owned_dirs: BTreeSet::new(),
             excluded,
+            overlay: false,
             rescan_needed: false,
             lost_seen: 0,
             lost_ns_seen: 0,
@@ -90,12 +94,23 @@ impl Recorder {
         self.writer
     }
 
-    fn host_path(&self, path: &RecPath) -> PathBuf {
+    pub(crate) fn host_path(&self, path: &RecPath) -> PathBuf {
         let rel = Path::new(std::ffi::OsStr::from_bytes(&path.as_bytes()[1..]));
         self.root.join(rel)
     }
 
-    fn append(&mut self, time: u64, process: Option<Process>, op: Op) -> Result<(), RecordError> {
+    /// Whether `path` lies in a host directory never to record.
+    pub(crate) fn is_excluded(&self, path: &RecPath) -> bool {
+        let host = self.host_path(path);
+        self.excluded.iter().any(|x| host.starts_with(x))
+    }
+
+    pub(crate) fn append(
+        &mut self,
+        time: u64,
+        process: Option<Process>,
+        op: Op,
+    ) -> Result<(), RecordError> {
         self.writer.append(Event { time, process, op })?;
         Ok(())
     }
@@ -128,7 +143,7 @@ impl Recorder {
 
     /// Records what is on disk at `path` (and below, for a directory) as exact entries, and
     /// marks directories as owned. Returns the number of entries recorded.
-    fn adopt_tree(
+    pub(crate) fn adopt_tree(
         &mut self,
         path: &RecPath,
         time: u64,
@@ -287,15 +302,7 @@ impl Recorder {
                 else {
                     return Ok(());
                 };
-                if !exchange {
-                    self.rebase_owned(&from, &to);
-                }
-                let op = if exchange {
-                    Op::Exchange { a: from, b: to }
-                } else {
-                    Op::Rename { from, to }
-                };
-                self.append(time, process, op)?;
+                self.record_rename(from, to, exchange, time, process)?;
             }
             Change::Unlink { path } => {
                 if let Some(path) = self.normalize(&path, false) {
@@ -341,6 +348,9 @@ impl Recorder {
                     if self.writer.entry(&path).is_some() {
                         let target = Target::Path(path);
                         self.append(time, process, Op::Chmod { target, mode })?;
+                    } else if self.overlay {
+                        // An image entry: the export would show the image's mode otherwise.
+                        self.adopt_image_entry(&path, time, process.as_ref())?;
                     }
                 }
             }
@@ -401,6 +411,49 @@ impl Recorder {
             }
             Change::NamespaceLost => self.rescan_needed = true,
             Change::Fork { .. } | Change::Exec => {}
+        }
+        Ok(())
+    }
+
+    /// A rename (or, with `exchange`, a swap) the kernel reported.
+    pub(crate) fn record_rename(
+        &mut self,
+        from: RecPath,
+        to: RecPath,
+        exchange: bool,
+        time: u64,
+        process: Option<Process>,
+    ) -> Result<(), RecordError> {
+        // On an overlay the log may hold only part of what moves (or nothing of it: an image
+        // entry); the export hides the image at both names, so what is there now must come
+        // from the log.
+        let partial = self.overlay
+            && !(self.fully_recorded(&from) && (!exchange || self.fully_recorded(&to)));
+        let from_known = self.writer.entry(&from).is_some();
+        if exchange {
+            let op = Op::Exchange {
+                a: from.clone(),
+                b: to.clone(),
+            };
+            self.append(time, process.clone(), op)?;
+            if partial {
+                self.retake(&from, time, process.as_ref())?;
+                self.retake(&to, time, process.as_ref())?;
+            }
+            return Ok(());
+        }
+        self.rebase_owned(&from, &to);
+        let op = Op::Rename {
+            from,
+            to: to.clone(),
+        };
+        self.append(time, process.clone(), op)?;
+        if partial && from_known {
+            self.complete(&to, time, process.as_ref())?;
+        } else if partial {
+            // The store could not move what it never saw, so `to` still holds whatever the
+            // log had there before.
+            self.retake(&to, time, process.as_ref())?;
         }
         Ok(())
     }
