@@ -78,6 +78,12 @@ impl DeathKey {
 
     /// The name of the snapshot PVC and Pod: readable prefix, unique suffix, a valid DNS label.
     pub fn object_name(&self, pod_name: &str) -> String {
+        format!("snap-{}", self.record_name(pod_name))
+    }
+
+    /// The name of the incarnation's ContainerRecord (the agent's report): the same id, so one
+    /// look at a record finds its snapshot.
+    pub fn record_name(&self, pod_name: &str) -> String {
         let readable: String = format!("{pod_name}-{}", self.container)
             .chars()
             .map(|c| {
@@ -89,7 +95,7 @@ impl DeathKey {
             })
             .take(63 - "snap--".len() - 16)
             .collect();
-        format!("snap-{}-{}", readable.trim_matches('-'), self.id())
+        format!("{}-{}", readable.trim_matches('-'), self.id())
     }
 
     /// The labels that find a death's objects.

@@ -1,10 +1,12 @@
 //! The diffkeeper command: record a workload's file changes, then export, log and diff any moment.
 
+mod agent;
 mod diff;
 mod export;
 mod log;
 mod operator;
 mod record;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -33,6 +35,12 @@ enum Command {
     Diff(diff::Args),
     /// Run the Kubernetes operator: reconcile Recordings, snapshot dead containers into PVCs.
     Operator(operator::Args),
+    /// Fetch a recorded container's files at a moment from its node's agent into a directory
+    /// (what the operator's snapshot Pods run).
+    Snapshot(snapshot::Args),
+    /// Run the node agent: record the containers Recordings select on this node, serve their
+    /// histories over gRPC.
+    Agent(agent::Args),
 }
 
 /// The state dir of a recording, shared by all subcommands.
@@ -58,6 +66,8 @@ fn main() {
         Command::Log(a) => log::run(a).map(|()| 0),
         Command::Diff(a) => diff::run(a).map(|()| 0),
         Command::Operator(a) => operator::run(a).map(|()| 0),
+        Command::Snapshot(a) => snapshot::run(a).map(|()| 0),
+        Command::Agent(a) => agent::run(a).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

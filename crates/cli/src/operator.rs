@@ -62,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// SIGTERM (a pod being stopped) or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     tokio::select! {

@@ -2,9 +2,9 @@
 //! cgroup v2 id its eBPF filter matches (what `bpf_get_current_cgroup_id()` returns for the
 //! container's tasks) and the overlay upper directory that holds every file the container wrote.
 //!
-//! Only `/proc` and the cgroup2 filesystem are read, never the runtime, so this module can move
-//! into the agent crate as it is: the agent learns a container's pid (from the CRI or an event)
-//! and calls [`locate_container`].
+//! Only `/proc` and the cgroup2 filesystem are read, never the runtime: the agent learns a
+//! container's pid from its cgroup ([`crate::container_cgroup`]) and the end-to-end node from
+//! the CRI, and both call [`locate_container`].
 
 use std::io;
 use std::os::unix::fs::MetadataExt;

@@ -80,6 +80,12 @@ impl Store {
         })
     }
 
+    /// Another view of the same recording, sharing this one's database and lock: a server
+    /// hands one to each request instead of reopening the dir (which the lock would refuse).
+    pub fn view(&self) -> Result<Store, StoreError> {
+        Store::over(&self.dir, self._db.clone(), None)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

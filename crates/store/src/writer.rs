@@ -526,6 +526,11 @@ impl Writer {
         &self.dir
     }
 
+    /// The time of the last appended event, if any.
+    pub fn last_time(&self) -> Option<u64> {
+        self.last_time
+    }
+
     /// A read view of everything committed so far, for serving a recording that is still being
     /// written (the dir's lock keeps any other process out, so readers must come from here).
     pub fn reader(&self) -> Result<crate::Store, StoreError> {

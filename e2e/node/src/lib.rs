@@ -6,20 +6,19 @@
 //!   reported on and deleted; the `diffkeeper-node-sim` binary runs it.
 //! - [`runtime`]: the CRI client — run a pod, read its status, restart, stop and remove it.
 //! - [`pod_spec`]: what a pod to run is, free of Kubernetes API types.
-//! - [`container_location`]: a running container's cgroup v2 id and overlay upper directory, read
-//!   from /proc only (the recording agent's view; meant to move into the agent crate).
+//! - [`container_location`], [`mountinfo`]: re-exported from `diffkeeper-locate`, the agent's
+//!   view of a running container (cgroup v2 id, overlay layers), read from /proc only.
 //! - [`pod_cgroups`]: the pod cgroup cleanup kubelet does and the runtime does not.
 //! - [`runtime_env`]: the `DIR/env` file the runtime script writes.
 
-pub mod container_location;
 pub mod kubelet;
-pub mod mountinfo;
 pub mod pod_cgroups;
 pub mod pod_spec;
 pub mod runtime;
 pub mod runtime_env;
 
-pub use container_location::{locate_container, ContainerLocation, LocateError};
+pub use diffkeeper_locate::{container_location, mountinfo};
+pub use diffkeeper_locate::{locate_container, ContainerLocation, LocateError};
 pub use kubelet::{ApiServerInfo, ImageAliases, Kubelet, KubeletConfig};
 pub use pod_spec::{BindMount, ContainerSpecLite, PodSpecLite};
 pub use runtime::{

@@ -1,0 +1,329 @@
+//! The capture thread: the node's one [`Probe`] and a [`Recorder`] per recorded container.
+//!
+//! Kernel events carry the cgroup id of the task that made them; that id picks the container's
+//! recorder. Adding a container is a map insert in the kernel, never a new program. The thread
+//! owns every live writer, so read views of live histories are lent out by it, on request.
+
+use crate::catalog::{Catalog, Progress};
+use diffkeeper_capture::{Event as Captured, Probe, ProbeConfig};
+use diffkeeper_recorder::{monotonic_ns, wall_ns, Recorder};
+use diffkeeper_store::{
+    Event, MarkerKind, Op, RecordingInfo, Store, StoreError, Writer, WriterOptions,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// A recorded container as the capture thread needs to know it.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    /// The incarnation's id in the catalog.
+    pub id: String,
+    pub store_dir: PathBuf,
+    pub info: RecordingInfo,
+    pub cgroup_id: u64,
+    pub cgroup_level: u32,
+    pub cgroup_dir: PathBuf,
+    /// The container's root as the host sees it (`/proc/<pid>/root`): where files are read back.
+    pub root: PathBuf,
+    pub upper_dir: PathBuf,
+    pub lower_dirs: Vec<PathBuf>,
+    /// A history the agent was writing when it stopped: continue it, after a gap marker.
+    pub resume_after: Option<GapCause>,
+}
+
+/// Why a history has a hole the agent knows of.
+#[derive(Clone, Debug)]
+pub struct GapCause {
+    pub detail: String,
+}
+
+pub enum Command {
+    Attach {
+        attachment: Box<Attachment>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The container ended (its cgroup emptied, or the pod status says so).
+    End { id: String, note: String },
+    /// A read view of a live history, as committed now.
+    View {
+        id: String,
+        reply: std::sync::mpsc::SyncSender<Result<Store, String>>,
+    },
+    /// Stop recording (the Recording or the record is gone); keeps what was recorded.
+    Detach { id: String },
+}
+
+/// How often appended events are made durable: what an agent killed with SIGKILL can lose.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// The kernel wakes us only past a data threshold; this bounds the latency below it.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+/// Sled's page cache per live history: the agent keeps many stores open at once.
+const WRITER_CACHE_BYTES: u64 = 16 << 20;
+
+struct Live {
+    attachment: Attachment,
+    recorder: Recorder,
+}
+
+pub struct CaptureLoop {
+    probe: Probe,
+    live: HashMap<String, Live>,
+    by_cgroup: HashMap<u64, String>,
+    catalog: Catalog,
+    unrouted: u64,
+}
+
+impl CaptureLoop {
+    pub fn load(config: &ProbeConfig, catalog: Catalog) -> Result<CaptureLoop, crate::AgentError> {
+        Ok(CaptureLoop {
+            probe: Probe::load(config)?,
+            live: HashMap::new(),
+            by_cgroup: HashMap::new(),
+            catalog,
+            unrouted: 0,
+        })
+    }
+
+    /// Runs until every sender of `commands` is gone, then finishes the live histories' writes
+    /// (without marking them ended: a restarted agent continues them).
+    pub fn run(mut self, commands: Receiver<Command>) {
+        let mut last_flush = Instant::now();
+        let mut batch: Vec<Captured> = Vec::new();
+        loop {
+            match commands.recv_timeout(Duration::ZERO) {
+                Ok(command) => {
+                    self.handle(command);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Err(e) = self.probe.wait(POLL_EVERY) {
+                tracing::error!(error = %e, "waiting for kernel events");
+            }
+            self.probe.drain(|ev| batch.push(ev));
+            for ev in batch.drain(..) {
+                self.route(ev);
+            }
+            if last_flush.elapsed() >= FLUSH_EVERY {
+                self.tick();
+                last_flush = Instant::now();
+            }
+        }
+        let ids: Vec<String> = self.live.keys().cloned().collect();
+        for id in ids {
+            if let Some(mut live) = self.live.remove(&id) {
+                let _ = live.recorder.writer_mut().flush();
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Attach { attachment, reply } => {
+                let id = attachment.id.clone();
+                let result = self.attach(*attachment).map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    tracing::warn!(%id, error = %e, "could not start recording a container");
+                }
+                let _ = reply.send(result);
+            }
+            Command::End { id, note } => self.end(&id, &note),
+            Command::View { id, reply } => {
+                let view = match self.live.get(&id) {
+                    Some(live) => live
+                        .recorder
+                        .writer()
+                        .reader()
+                        .map_err(|e| format!("reading the live history: {e}")),
+                    None => Err(format!("{id} is not being recorded")),
+                };
+                let _ = reply.send(view);
+            }
+            Command::Detach { id } => {
+                if let Some(live) = self.live.remove(&id) {
+                    self.by_cgroup.remove(&live.attachment.cgroup_id);
+                    let _ = self.probe.forget_cgroup(live.attachment.cgroup_id);
+                    let mut writer = live.recorder.into_writer();
+                    let _ = writer.flush();
+                }
+            }
+        }
+    }
+
+    fn attach(&mut self, a: Attachment) -> Result<(), crate::AgentError> {
+        let options = WriterOptions {
+            cache_bytes: WRITER_CACHE_BYTES,
+            ..WriterOptions::default()
+        };
+        let now = monotonic_ns();
+        let writer = match &a.resume_after {
+            Some(_) => Writer::resume_with(&a.store_dir, options)?,
+            None => Writer::create_with(&a.store_dir, a.info.clone(), options)?,
+        };
+        let mut recorder = Recorder::new(writer, a.root.clone(), Vec::new());
+        // Filter first, then look: a change made between the two is seen twice (harmless),
+        // never missed.
+        self.probe.record_cgroup(a.cgroup_id, a.cgroup_level)?;
+        self.by_cgroup.insert(a.cgroup_id, a.id.clone());
+        if let Some(gap) = &a.resume_after {
+            recorder.writer_mut().append(Event {
+                time: now,
+                process: None,
+                op: Op::Marker {
+                    kind: MarkerKind::Gap,
+                    detail: gap.detail.clone(),
+                },
+            })?;
+            // Whatever changed while nobody watched: deletions and changes of what the log
+            // knows, then everything the upper dir holds now.
+            recorder.reconcile(now)?;
+        }
+        let entries = recorder.baseline_overlay(&a.upper_dir, &a.lower_dirs, now)?;
+        recorder.writer_mut().flush()?;
+        for file in recorder.known_files().collect::<Vec<_>>() {
+            let _ = self.probe.mark_known(file);
+        }
+        tracing::info!(id = %a.id, cgroup = a.cgroup_id, entries, resumed = a.resume_after.is_some(), "recording container");
+        self.live.insert(
+            a.id.clone(),
+            Live {
+                attachment: a,
+                recorder,
+            },
+        );
+        Ok(())
+    }
+
+    fn route(&mut self, ev: Captured) {
+        let Some(id) = self.by_cgroup.get(&ev.origin.cgroup) else {
+            // A recorded container's sub-cgroup, or a container just forgotten.
+            self.unrouted += 1;
+            return;
+        };
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        if let Err(e) = live.recorder.apply(ev, &mut self.probe) {
+            tracing::error!(id = %live.attachment.id, error = %e, "recording an event");
+        }
+    }
+
+    /// Once a second: durability, losses, ended containers, progress for the status.
+    fn tick(&mut self) {
+        let now = monotonic_ns();
+        let mut ended = Vec::new();
+        for (id, live) in &mut self.live {
+            // The ring's loss counters are node-wide: every history gets the marker, since
+            // a lost record could have been anyone's.
+            if let Err(e) = live.recorder.check_losses(&mut self.probe, now) {
+                tracing::error!(%id, error = %e, "noting lost records");
+            }
+            if let Err(e) = live.recorder.writer_mut().flush() {
+                tracing::error!(%id, error = %e, "flushing a history");
+            }
+            if !populated(&live.attachment.cgroup_dir) {
+                ended.push(id.clone());
+            }
+            self.catalog
+                .set_progress(id, progress_of(&live.recorder, &live.attachment));
+        }
+        for id in ended {
+            self.end(&id, "the container's processes have all exited");
+        }
+        if self.unrouted > 0 {
+            tracing::debug!(
+                events = self.unrouted,
+                "events from cgroups below a container's own"
+            );
+        }
+    }
+
+    /// The container is gone: what is still in the ring is its last word.
+    fn end(&mut self, id: &str, note: &str) {
+        if !self.live.contains_key(id) {
+            return;
+        }
+        let mut batch = Vec::new();
+        self.probe.drain(|ev| batch.push(ev));
+        for ev in batch {
+            self.route(ev);
+        }
+        let Some(mut live) = self.live.remove(id) else {
+            return;
+        };
+        self.by_cgroup.remove(&live.attachment.cgroup_id);
+        let _ = self.probe.forget_cgroup(live.attachment.cgroup_id);
+        let end = monotonic_ns();
+        let progress = progress_of(&live.recorder, &live.attachment);
+        let result = (|| -> Result<(), StoreError> {
+            // The container's root is gone with it, so nothing can be read back any more:
+            // healing by reading files stops here (no reconcile against a vanished tree).
+            let _ = live.recorder.check_losses(&mut self.probe, end);
+            live.recorder.writer_mut().append(Event {
+                time: end,
+                process: None,
+                op: Op::Marker {
+                    kind: MarkerKind::Note,
+                    detail: format!("container ended: {note}"),
+                },
+            })?;
+            live.recorder.into_writer().finish(end)
+        })();
+        match result {
+            Ok(()) => tracing::info!(%id, "container ended; history complete"),
+            Err(e) => tracing::error!(%id, error = %e, "closing a history"),
+        }
+        self.catalog.set_progress(id, progress);
+        self.catalog.mark_ended(id, wall_ns());
+    }
+}
+
+fn progress_of(recorder: &Recorder, attachment: &Attachment) -> Progress {
+    let writer = recorder.writer();
+    let stats = writer.stats();
+    Progress {
+        events: stats.events,
+        bytes: dir_size(&attachment.store_dir),
+        drops_healed: recorder.stats().drops_healed,
+        last_event_mono_ns: writer.last_time(),
+    }
+}
+
+/// Whether the cgroup still has processes; a cgroup already removed has none.
+fn populated(cgroup_dir: &Path) -> bool {
+    std::fs::read_to_string(cgroup_dir.join("cgroup.events"))
+        .map(|text| text.lines().any(|l| l.trim() == "populated 1"))
+        .unwrap_or(false)
+}
+
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Starts the capture thread; dropping every sender stops it.
+pub fn spawn(
+    config: &ProbeConfig,
+    catalog: Catalog,
+) -> Result<(Sender<Command>, std::thread::JoinHandle<()>), crate::AgentError> {
+    let capture = CaptureLoop::load(config, catalog)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || capture.run(rx))
+        .map_err(crate::AgentError::Thread)?;
+    Ok((tx, handle))
+}

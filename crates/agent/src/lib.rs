@@ -1,0 +1,120 @@
+//! The node agent (`diffkeeper agent`): records the containers that Recordings select on one
+//! node with one set of eBPF programs, keeps their histories after they die, and serves them
+//! over gRPC.
+//!
+//! - [`control`]: what to record, from the node's pods and the Recordings; the ContainerRecords
+//!   that report it; retention.
+//! - [`capture`]: the thread that owns the probe and a recorder per container.
+//! - [`catalog`]: the histories on disk, one per container incarnation, and the server's view.
+//! - [`serving`]: the TLS identity and the gRPC server.
+
+mod capture;
+mod catalog;
+mod control;
+mod serving;
+
+pub use catalog::{Catalog, IncarnationMeta};
+pub use diffkeeper_capture::ProbeConfig;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub listen: SocketAddr,
+    /// The endpoint clients reach this agent at: `https://HOST:PORT`.
+    pub advertise: String,
+    pub state_dir: PathBuf,
+    /// `NAMESPACE/NAME` of the CA Secret the operator keeps.
+    pub ca_secret: String,
+    pub probe: ProbeConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Capture(#[from] diffkeeper_capture::CaptureError),
+    #[error(transparent)]
+    Record(#[from] diffkeeper_recorder::RecordError),
+    #[error(transparent)]
+    Store(#[from] diffkeeper_store::StoreError),
+    #[error(transparent)]
+    Rpc(#[from] diffkeeper_rpc::RpcError),
+    #[error("cannot use the state dir: {0}; check that --state-dir is a writable host directory")]
+    StateDir(std::io::Error),
+    #[error("reading the host's cgroups and mounts: {0}")]
+    Host(std::io::Error),
+    #[error("no cgroup2 hierarchy is mounted; the agent needs cgroup v2 (alone or beside v1) to tell containers apart")]
+    NoCgroup2,
+    #[error("cannot locate the container: {0}")]
+    Locate(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot start the capture thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Runs the agent until `shutdown` resolves. Histories of live containers are left resumable:
+/// the next agent on this node continues them after a gap marker.
+pub async fn run(
+    client: kube::Client,
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let catalog = Catalog::open(&config.state_dir).map_err(AgentError::StateDir)?;
+    let (capture, capture_thread) = capture::spawn(&config.probe, catalog.clone())?;
+    let identity = serving::identity(
+        &client,
+        &config.ca_secret,
+        &config.advertise,
+        &config.node_name,
+    )
+    .await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let history = Arc::new(catalog::History {
+        node: config.node_name.clone(),
+        catalog: catalog.clone(),
+        capture: Mutex::new(capture.clone()),
+    });
+    let server = {
+        let mut stopped = stopped.clone();
+        let authorizer = diffkeeper_rpc::Authorizer::kubernetes(client.clone());
+        let serve_config = diffkeeper_rpc::ServeConfig {
+            listen: config.listen,
+            identity,
+            max_request_bytes: 64 << 10,
+        };
+        tokio::spawn(diffkeeper_rpc::serve(
+            history,
+            authorizer,
+            serve_config,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ))
+    };
+    tracing::info!(listen = %config.listen, advertise = %config.advertise, "serving histories");
+    let control = control::Control::start(
+        client,
+        config.node_name.clone(),
+        config.advertise.clone(),
+        catalog,
+        capture,
+    )?;
+    let mut stopped_control = stopped.clone();
+    tokio::select! {
+        () = control.run(async move { let _ = stopped_control.wait_for(|s| *s).await; }) => {}
+        () = shutdown => {}
+    }
+    let _ = stop.send(true);
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => tracing::error!(error = %e, "the gRPC server panicked"),
+    }
+    // Every sender is gone with the control loop and the server: the thread flushes and ends.
+    let _ = tokio::task::spawn_blocking(move || capture_thread.join()).await;
+    Ok(())
+}

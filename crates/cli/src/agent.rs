@@ -1,0 +1,56 @@
+//! `diffkeeper agent`: the per-node recorder of a cluster (see the diffkeeper-agent crate).
+
+use anyhow::Context;
+use diffkeeper_agent::{AgentConfig, ProbeConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The node this agent records (the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Where the gRPC server listens (TLS only).
+    #[arg(long, default_value = "0.0.0.0:7443", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// The endpoint written into ContainerRecords for clients: https://NODE_IP:PORT.
+    #[arg(long, value_name = "URL")]
+    advertise: String,
+    /// Host directory keeping the histories; they outlive the containers and this agent.
+    #[arg(long, default_value = "/var/lib/diffkeeper", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// NAMESPACE/NAME of the Secret with the CA (ca.crt, ca.key) the operator keeps.
+    #[arg(long, default_value = "diffkeeper/diffkeeper-ca")]
+    ca_secret: String,
+    /// Kernel ring buffer size in bytes, shared by every recorded container of the node.
+    #[arg(long, default_value_t = 64 << 20)]
+    ring_size: u32,
+    /// Writes larger than this are read back from the file instead of copied from the syscall.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_write_capture: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let probe = ProbeConfig {
+        ring_bytes: args.ring_size,
+        max_write_capture: args.max_write_capture,
+        ..ProbeConfig::default()
+    };
+    let config = AgentConfig {
+        node_name: args.node_name,
+        listen: args.listen,
+        advertise: args.advertise,
+        state_dir: args.state_dir,
+        ca_secret: args.ca_secret,
+        probe,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (in a pod: its service account; else KUBECONFIG or ~/.kube/config)")?;
+        diffkeeper_agent::run(client, config, crate::operator::shutdown_signal())
+            .await
+            .context("agent")
+    })
+}
