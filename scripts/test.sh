@@ -10,6 +10,9 @@ bash scripts/e2e-apiserver.sh install
 bash scripts/e2e-runtime.sh install
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The end-to-end node test runs the built binaries (the agent, the operator, the snapshot image's
+# diffkeeper, the kubectl plugin) as a cluster would.
+cargo build --workspace --bins
 
 log=$(mktemp)
 cluster=$(mktemp -d /tmp/diffkeeper-test-cluster.XXXXXX)

@@ -3,11 +3,11 @@
 //! what both scripts' `install` brings; it fails (never skips) without them, saying what to run.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use diffkeeper_node_sim::pod_cgroups::{pod_cgroup_dirs, pod_cgroup_parent};
 use diffkeeper_node_sim::{Runtime, RuntimeEnv};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -20,91 +20,15 @@ use kube::Client;
 use serde_json::json;
 
 mod common;
-use common::{is_running, mounts_under, processes_mentioning, wait_for};
+use common::{
+    is_running, mounts_under, processes_mentioning, read_env, script, wait_for, Daemon, StopGuard,
+    FIX,
+};
 
-const FIX: &str = "run as root, after `bash scripts/e2e-apiserver.sh install` and \
-                   `bash scripts/e2e-runtime.sh install`";
 const NS: &str = "e2e";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn script(name: &str, args: &[&str]) -> Result<()> {
-    let output = Command::new("bash")
-        .arg(repo().join("scripts").join(name))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running bash scripts/{name}"))?;
-    if !output.status.success() {
-        bail!(
-            "scripts/{name} {} failed ({}):\n{}\nFix: {FIX}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
-}
-
-fn read_env(path: &Path) -> Result<BTreeMap<String, String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
-}
 
 /// The tests share the host's kubepods/ cgroup trees: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A running `diffkeeper-node-sim`.
-struct Simulator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Simulator {
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill has no memory preconditions; the pid is our child's.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-    }
-
-    /// Sends `signal` and waits for the exit.
-    fn stop(&mut self, signal: libc::c_int, timeout: Duration) -> Result<std::process::ExitStatus> {
-        self.signal(signal);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                self.signal(libc::SIGKILL);
-                let _ = self.child.wait();
-                bail!("the simulator did not exit within {timeout:?} of signal {signal}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.stop(libc::SIGTERM, Duration::from_secs(30));
-        }
-    }
-}
 
 /// API server, containerd and the simulator, all under one temp dir; torn down on drop.
 struct Cluster {
@@ -114,7 +38,7 @@ struct Cluster {
     runtime_env: RuntimeEnv,
     agent_token: String,
     node: String,
-    sim: Option<Simulator>,
+    sim: Option<Daemon>,
     up: Vec<(&'static str, PathBuf)>,
     timings: Vec<String>,
 }
@@ -210,20 +134,20 @@ impl Cluster {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting diffkeeper-node-sim")?;
-        self.sim = Some(Simulator { child, log });
+        self.sim = Some(Daemon {
+            child,
+            log,
+            name: "the simulator",
+        });
         Ok(())
     }
 
-    fn sim(&mut self) -> &mut Simulator {
+    fn sim(&mut self) -> &mut Daemon {
         self.sim.as_mut().expect("the simulator runs")
     }
 
     fn explain(&self, error: anyhow::Error) -> anyhow::Error {
-        let tail = self
-            .sim
-            .as_ref()
-            .map(Simulator::log_tail)
-            .unwrap_or_default();
+        let tail = self.sim.as_ref().map(Daemon::log_tail).unwrap_or_default();
         error.context(format!("--- diffkeeper-node-sim log (tail) ---\n{tail}"))
     }
 
@@ -342,23 +266,6 @@ impl Drop for Cluster {
             if let Err(error) = script(name, &["stop", dir.to_str().unwrap()]) {
                 eprintln!("cleanup: {error:#}");
             }
-        }
-    }
-}
-
-/// Stops what was started if a later start fails.
-struct StopGuard(Vec<(&'static str, PathBuf)>);
-
-impl StopGuard {
-    fn defuse(mut self) -> Vec<(&'static str, PathBuf)> {
-        std::mem::take(&mut self.0)
-    }
-}
-
-impl Drop for StopGuard {
-    fn drop(&mut self) {
-        for (name, dir) in std::mem::take(&mut self.0) {
-            let _ = script(name, &["stop", dir.to_str().unwrap()]);
         }
     }
 }

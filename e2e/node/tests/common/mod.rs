@@ -2,10 +2,12 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use diffkeeper_node_sim::mountinfo::read_mountinfo;
 
 /// Polls `probe` until it yields a value, or fails naming what never happened.
@@ -58,4 +60,108 @@ pub fn processes_mentioning(dir: &Path) -> Vec<String> {
             (is_running(pid) && cmdline.contains(&needle)).then(|| format!("{pid}: {cmdline}"))
         })
         .collect()
+}
+
+pub const FIX: &str = "run as root, after `bash scripts/e2e-apiserver.sh install` and \
+                   `bash scripts/e2e-runtime.sh install`";
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn script(name: &str, args: &[&str]) -> Result<()> {
+    let output = Command::new("bash")
+        .arg(repo().join("scripts").join(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running bash scripts/{name}"))?;
+    if !output.status.success() {
+        bail!(
+            "scripts/{name} {} failed ({}):\n{}\nFix: {FIX}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+pub fn read_env(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+/// A daemon the test started (the simulator, the agent, the operator), its stderr in `log`.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: &'static str,
+}
+
+impl Daemon {
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// Sends `signal` and waits for the exit.
+    pub fn stop(
+        &mut self,
+        signal: libc::c_int,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        self.signal(signal);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.signal(libc::SIGKILL);
+                let _ = self.child.wait();
+                bail!(
+                    "{} did not exit within {timeout:?} of signal {signal}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.stop(libc::SIGTERM, Duration::from_secs(30));
+        }
+    }
+}
+
+/// Stops what was started if a later start fails.
+pub struct StopGuard(pub Vec<(&'static str, PathBuf)>);
+
+impl StopGuard {
+    pub fn defuse(mut self) -> Vec<(&'static str, PathBuf)> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        for (name, dir) in std::mem::take(&mut self.0) {
+            let _ = script(name, &["stop", dir.to_str().unwrap()]);
+        }
+    }
 }

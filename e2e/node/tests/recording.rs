@@ -1,0 +1,713 @@
+//! The whole product on one node with real containers: a real API server, a real containerd
+//! driven through the CRI by the node simulator (kubelet's part), and the real operator, agent
+//! (eBPF on this kernel), snapshot Pods and kubectl plugin, each as its built binary.
+//!
+//! What it shows (issue 6):
+//! 1. a Recording selecting `app=flaky` records a pod that writes for a few seconds and exits 1;
+//!    the operator's snapshot Pod writes the files at the moment of death into a PVC, byte-identical
+//!    to what the container had; a pod without the label on the same node is never recorded;
+//! 2. the same for a pod with the annotation `diffkeeper.io/record: "true"` and no Recording;
+//! 3. `kubectl diffkeeper export pod/<dead pod> --time=<a moment in the middle>` returns the files
+//!    the container itself copied aside at that moment;
+//! 4. gRPC calls without credentials, or with a token not allowed to export, are refused;
+//! 5. the agent killed with SIGKILL and restarted mid-recording keeps recording, keeps what it
+//!    had flushed, and the hole is a marked gap in the log.
+//!
+//! Needs root, BPF, and what `scripts/e2e-apiserver.sh install` and `scripts/e2e-runtime.sh
+//! install` bring, plus the workspace's binaries built (`cargo build --workspace --bins`); it
+//! fails, never skips, without them.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use diffkeeper_api::{ContainerRecord, Recording, SnapshotPhase};
+use diffkeeper_node_sim::RuntimeEnv;
+use diffkeeper_rpc::{export_request::Tree, ContainerSelector, ExportRequest, TimelineRequest};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use serde_json::json;
+
+mod common;
+use common::{read_env, repo, script, wait_for, Daemon, StopGuard, FIX};
+
+const NS: &str = "shop";
+const NODE: &str = "node-e2e";
+const IMAGE: &str = "docker.io/library/diffkeeper:e2e";
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// The workload: writes under /data in steps, and after each step copies /data aside into the
+/// hostPath volume /truth (the ground truth of that moment) and marks the step done. The first
+/// file is written before recording can have started: the agent's baseline must catch it.
+fn workload(steps: u32, pause: &str, exit: u32) -> String {
+    format!(
+        "mkdir -p /data && echo early > /data/early && sleep 2; i=1; \
+         while [ $i -le {steps} ]; do \
+           echo \"step $i $(cat /proc/sys/kernel/random/uuid)\" > /data/f$i; \
+           dd if=/dev/urandom of=/data/blob bs=1k count=$((i*8)) 2>/dev/null; \
+           echo \"line $i\" >> /data/log; \
+           mkdir -p /truth/$i && cp -a /data/. /truth/$i/ && touch /truth/$i.done; \
+           sleep {pause}; i=$((i+1)); \
+         done; \
+         rm /data/f1; mkdir /data/sub && echo last > /data/sub/last; \
+         mkdir -p /truth/final && cp -a /data/. /truth/final/; exit {exit}"
+    )
+}
+
+fn binary(name: &str) -> Result<PathBuf> {
+    // The simulator is this package's binary; the others are built beside it.
+    let dir = Path::new(env!("CARGO_BIN_EXE_diffkeeper-node-sim"))
+        .parent()
+        .context("target dir")?
+        .to_path_buf();
+    let path = dir.join(name);
+    ensure!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Node {
+    scratch: tempfile::TempDir,
+    client: Client,
+    kubeconfig: PathBuf,
+    api_env: BTreeMap<String, String>,
+    agent_port: u16,
+    agent: Option<Daemon>,
+    operator: Option<Daemon>,
+    sim: Option<Daemon>,
+    up: Vec<(&'static str, PathBuf)>,
+}
+
+impl Node {
+    async fn start() -> Result<Node> {
+        // SAFETY: geteuid has no preconditions.
+        ensure!(
+            unsafe { libc::geteuid() } == 0,
+            "this test runs real containers and eBPF: {FIX}"
+        );
+        script("e2e-apiserver.sh", &["install"])?;
+        script("e2e-runtime.sh", &["install"])?;
+        let scratch = tempfile::tempdir()?;
+        let api_dir = scratch.path().join("api");
+        let rt_dir = scratch.path().join("rt");
+        script("e2e-apiserver.sh", &["start", api_dir.to_str().unwrap()])?;
+        let guard = StopGuard(vec![("e2e-apiserver.sh", api_dir.clone())]);
+        script("e2e-runtime.sh", &["start", rt_dir.to_str().unwrap()])?;
+        let mut up = guard.defuse();
+        up.push(("e2e-runtime.sh", rt_dir.clone()));
+        let guard = StopGuard(up);
+        let diffkeeper = binary("diffkeeper")?;
+        script(
+            "e2e-image.sh",
+            &[
+                "build",
+                diffkeeper.to_str().unwrap(),
+                IMAGE,
+                rt_dir.to_str().unwrap(),
+            ],
+        )?;
+        let up = guard.defuse();
+        let api_env = read_env(&api_dir.join("env"))?;
+        let kubeconfig = PathBuf::from(&api_env["KUBECONFIG"]);
+        let config = kube::Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&kubeconfig)?,
+            &KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = Client::try_from(config)?;
+        let runtime_env = RuntimeEnv::load(&rt_dir)?;
+        let mut node = Node {
+            scratch,
+            client,
+            kubeconfig,
+            api_env,
+            agent_port: free_port()?,
+            agent: None,
+            operator: None,
+            sim: None,
+            up,
+        };
+        node.install().await?;
+        node.sim = Some(
+            node.daemon(
+                "the node simulator",
+                "sim",
+                Command::new(env!("CARGO_BIN_EXE_diffkeeper-node-sim"))
+                    .arg("--node-name")
+                    .arg(NODE)
+                    .arg("--kubeconfig")
+                    .arg(&node.kubeconfig)
+                    .arg("--containerd-socket")
+                    .arg(&runtime_env.containerd_address)
+                    .arg("--state-dir")
+                    .arg(node.scratch.path().join("sim"))
+                    .arg("--volumes-dir")
+                    .arg(node.volumes())
+                    .arg("--image-alias")
+                    .arg(format!("ghcr.io/diffkeeper/diffkeeper={IMAGE}"))
+                    .args(["--heartbeat-seconds", "2", "--poll-ms", "200"]),
+            )?,
+        );
+        node.operator = Some(
+            node.daemon(
+                "the operator",
+                "operator",
+                Command::new(&diffkeeper)
+                    .arg("operator")
+                    .arg(format!("--http-addr=127.0.0.1:{}", free_port()?))
+                    .args(["--operator-namespace", "diffkeeper", "--identity", "op-1"]),
+            )?,
+        );
+        node.start_agent()?;
+        Ok(node)
+    }
+
+    /// CRDs, namespaces, and the chart's ClusterRole that snapshot Pods are bound to.
+    async fn install(&self) -> Result<()> {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for crd in diffkeeper_api::crds() {
+            let name = crd.name_any();
+            crds.patch(
+                &name,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&crd),
+            )
+            .await?;
+            wait_for(&format!("CRD {name} established"), MINUTE, async || {
+                let crd = crds.get(&name).await?;
+                let established = crd.status.and_then(|s| s.conditions).is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+                Ok(established.then_some(()))
+            })
+            .await?;
+        }
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        for ns in ["diffkeeper", NS] {
+            namespaces
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+                )
+                .await?;
+        }
+        let rendered = std::fs::read_to_string(repo().join("deploy/diffkeeper.yaml"))?;
+        let roles: Api<ClusterRole> = Api::all(self.client.clone());
+        for doc in serde_yaml_ng::Deserializer::from_str(&rendered) {
+            let value = serde_json::to_value(serde_yaml_ng::Value::deserialize(doc)?)?;
+            if value["kind"] == "ClusterRole" && value["metadata"]["name"] == "diffkeeper-snapshot"
+            {
+                let role: ClusterRole = serde_json::from_value(value)?;
+                roles.create(&PostParams::default(), &role).await?;
+                return Ok(());
+            }
+        }
+        bail!("deploy/diffkeeper.yaml has no ClusterRole diffkeeper-snapshot")
+    }
+
+    fn volumes(&self) -> PathBuf {
+        self.scratch.path().join("volumes")
+    }
+
+    fn truth(&self, pod: &str) -> PathBuf {
+        self.scratch.path().join("truth").join(pod)
+    }
+
+    fn daemon(&self, name: &'static str, log: &str, command: &mut Command) -> Result<Daemon> {
+        let n = std::fs::read_dir(self.scratch.path())?.count();
+        let log = self.scratch.path().join(format!("{log}-{n}.log"));
+        let child = command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .env("DIFFKEEPER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Daemon { child, log, name })
+    }
+
+    fn start_agent(&mut self) -> Result<()> {
+        let port = self.agent_port;
+        self.agent = Some(
+            self.daemon(
+                "the agent",
+                "agent",
+                Command::new(binary("diffkeeper")?)
+                    .arg("agent")
+                    .args(["--node-name", NODE])
+                    .arg(format!("--listen=127.0.0.1:{port}"))
+                    .arg(format!("--advertise=https://127.0.0.1:{port}"))
+                    .arg("--state-dir")
+                    .arg(self.scratch.path().join("agent"))
+                    .args(["--ca-secret", "diffkeeper/diffkeeper-ca"]),
+            )?,
+        );
+        Ok(())
+    }
+
+    fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        let mut logs = String::new();
+        for daemon in [&self.agent, &self.operator, &self.sim]
+            .into_iter()
+            .flatten()
+        {
+            logs.push_str(&format!(
+                "\n--- {} (tail) ---\n{}",
+                daemon.name,
+                daemon.log_tail()
+            ));
+        }
+        error.context(logs)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn run_pod(
+        &self,
+        name: &str,
+        labels: serde_json::Value,
+        annotations: serde_json::Value,
+        script: &str,
+    ) -> Result<()> {
+        let truth = self.truth(name);
+        std::fs::create_dir_all(&truth)?;
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": labels, "annotations": annotations },
+            "spec": {
+                "nodeName": NODE,
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "app", "image": "busybox",
+                    "command": ["sh", "-c", script],
+                    "volumeMounts": [{ "name": "truth", "mountPath": "/truth" }],
+                }],
+                "volumes": [{ "name": "truth", "hostPath": { "path": truth, "type": "Directory" } }],
+            },
+        }))?;
+        self.pods().create(&PostParams::default(), &pod).await?;
+        Ok(())
+    }
+
+    async fn wait_phase(&self, name: &str, phase: &str, timeout: Duration) -> Result<Pod> {
+        let pods = self.pods();
+        wait_for(&format!("pod {name} {phase}"), timeout, async || {
+            let pod = pods.get(name).await?;
+            let now = pod.status.as_ref().and_then(|s| s.phase.clone());
+            Ok((now.as_deref() == Some(phase)).then_some(pod))
+        })
+        .await
+    }
+
+    async fn records_of(&self, pod: &str) -> Result<Vec<ContainerRecord>> {
+        let api: Api<ContainerRecord> = Api::namespaced(self.client.clone(), NS);
+        Ok(api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|r| r.spec.pod.name == pod)
+            .collect())
+    }
+
+    /// Waits for the snapshot of `pod` to succeed in `recording`'s status; returns its PVC dir.
+    async fn snapshot_of(&self, recording: &str, pod: &str) -> Result<PathBuf> {
+        let api: Api<Recording> = Api::namespaced(self.client.clone(), NS);
+        let snapshot = wait_for(
+            &format!("the snapshot of {pod} in Recording {recording}"),
+            2 * MINUTE,
+            async || {
+                let Some(rec) = api.get_opt(recording).await? else {
+                    return Ok(None);
+                };
+                let snap = rec
+                    .status
+                    .unwrap_or_default()
+                    .snapshots
+                    .into_iter()
+                    .find(|s| s.pod == pod);
+                match snap {
+                    Some(s) if s.phase == SnapshotPhase::Failed => {
+                        bail!("the snapshot of {pod} failed: {:?}", s.message)
+                    }
+                    Some(s) if s.phase == SnapshotPhase::Succeeded => Ok(Some(s)),
+                    _ => Ok(None),
+                }
+            },
+        )
+        .await?;
+        ensure!(snapshot.files > 0, "an empty snapshot: {snapshot:?}");
+        Ok(self.volumes().join(NS).join(&snapshot.pvc))
+    }
+
+    async fn agent_ca(&self) -> Result<String> {
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), NS);
+        let map = wait_for("ConfigMap diffkeeper-agent-ca", MINUTE, async || {
+            Ok(maps.get_opt("diffkeeper-agent-ca").await?)
+        })
+        .await?;
+        map.data
+            .and_then(|d| d.get("ca.crt").cloned())
+            .context("diffkeeper-agent-ca has no ca.crt")
+    }
+
+    async fn connect(&self, token: Option<&str>) -> Result<diffkeeper_rpc::AgentConnection> {
+        let ca = self.agent_ca().await?;
+        Ok(diffkeeper_rpc::connect(
+            &format!("127.0.0.1:{}", self.agent_port),
+            ca.as_bytes(),
+            None,
+            token.map(String::from),
+        )
+        .await?)
+    }
+
+    async fn shut_down(mut self) -> Result<()> {
+        for daemon in [self.agent.take(), self.operator.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut daemon = daemon;
+            daemon.stop(libc::SIGTERM, Duration::from_secs(30))?;
+        }
+        // Pods first (the simulator stops them on SIGTERM), then the runtime and API server.
+        if let Some(mut sim) = self.sim.take() {
+            sim.stop(libc::SIGTERM, Duration::from_secs(60))?;
+        }
+        while let Some((name, dir)) = self.up.last().cloned() {
+            script(name, &["stop", dir.to_str().unwrap()])?;
+            self.up.pop();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.agent.take();
+        self.operator.take();
+        self.sim.take();
+        for (name, dir) in std::mem::take(&mut self.up).into_iter().rev() {
+            if let Err(error) = script(name, &["stop", dir.to_str().unwrap()]) {
+                eprintln!("cleanup: {error:#}");
+            }
+        }
+    }
+}
+
+/// Every file and directory below `dir`, relative, with file contents and symlink targets.
+fn tree(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let path = entry?.path();
+            let rel = path.strip_prefix(dir)?.to_path_buf();
+            let meta = std::fs::symlink_metadata(&path)?;
+            if meta.is_dir() {
+                out.insert(rel, b"<dir>".to_vec());
+                stack.push(path);
+            } else if meta.file_type().is_symlink() {
+                out.insert(
+                    rel,
+                    std::fs::read_link(&path)?
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                );
+            } else {
+                out.insert(rel, std::fs::read(&path)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn same_tree(what: &str, got: &Path, want: &Path) -> Result<()> {
+    let (got_tree, want_tree) = (tree(got)?, tree(want)?);
+    ensure!(
+        !want_tree.is_empty(),
+        "{what}: the ground truth {} is empty",
+        want.display()
+    );
+    if got_tree != want_tree {
+        let names = |t: &BTreeMap<PathBuf, Vec<u8>>| t.keys().cloned().collect::<Vec<_>>();
+        let differing: Vec<_> = want_tree
+            .iter()
+            .filter(|(k, v)| got_tree.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        bail!(
+            "{what}: {} differs from the ground truth {}\n got: {:?}\nwant: {:?}\ndiffering: {differing:?}",
+            got.display(),
+            want.display(),
+            names(&got_tree),
+            names(&want_tree),
+        );
+    }
+    Ok(())
+}
+
+/// The wall-clock moment a file was last modified, in ns since the epoch.
+fn mtime_ns(path: &Path) -> Result<i128> {
+    let meta = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    Ok(i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()))
+}
+
+async fn scenarios(node: &mut Node) -> Result<Vec<String>> {
+    let mut timings = Vec::new();
+    let t = Instant::now();
+    let recordings: Api<Recording> = Api::namespaced(node.client.clone(), NS);
+    recordings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+                "metadata": { "name": "flaky" },
+                "spec": { "selector": { "matchLabels": { "app": "flaky" } } },
+            }))?,
+        )
+        .await?;
+
+    // 1 + 2: a labelled pod, an annotated one, and a bystander, side by side.
+    node.run_pod(
+        "flaky",
+        json!({"app": "flaky"}),
+        json!({}),
+        &workload(4, "1", 1),
+    )
+    .await?;
+    node.run_pod(
+        "noted",
+        json!({"app": "other"}),
+        json!({"diffkeeper.io/record": "true"}),
+        &workload(2, "1", 1),
+    )
+    .await?;
+    node.run_pod(
+        "bystander",
+        json!({"app": "other"}),
+        json!({}),
+        &workload(2, "1", 0),
+    )
+    .await?;
+    node.wait_phase("flaky", "Failed", 2 * MINUTE).await?;
+    node.wait_phase("noted", "Failed", 2 * MINUTE).await?;
+    node.wait_phase("bystander", "Succeeded", 2 * MINUTE)
+        .await?;
+    let pvc = node.snapshot_of("flaky", "flaky").await?;
+    same_tree(
+        "flaky's snapshot",
+        &pvc.join("data"),
+        &node.truth("flaky").join("final"),
+    )?;
+    ensure!(
+        pvc.join("bin/busybox").is_file(),
+        "a full-tree snapshot holds the image's files too: no bin/busybox in {}",
+        pvc.display()
+    );
+    let pvc = node.snapshot_of("annotated-pods", "noted").await?;
+    same_tree(
+        "noted's snapshot",
+        &pvc.join("data"),
+        &node.truth("noted").join("final"),
+    )?;
+    let bystander = node.records_of("bystander").await?;
+    ensure!(
+        bystander.is_empty(),
+        "the bystander was recorded: {bystander:?}"
+    );
+    let mut admin = node
+        .connect(Some(&node.api_env["DK_E2E_ADMIN_TOKEN"]))
+        .await?;
+    let listed = admin
+        .list_containers(diffkeeper_rpc::ListContainersRequest::default())
+        .await?
+        .into_inner()
+        .containers;
+    let pods: Vec<&str> = listed.iter().map(|c| c.pod_name.as_str()).collect();
+    ensure!(
+        pods.contains(&"flaky") && pods.contains(&"noted") && !pods.contains(&"bystander"),
+        "the agent's containers: {pods:?}"
+    );
+    timings.push(format!("snapshots of two dead pods {:.1?}", t.elapsed()));
+
+    // 3: the plugin, through the API server for everything but the agent's address, for a pod
+    // that no longer exists, at the moment the container copied step 2 aside.
+    let t = Instant::now();
+    let pods_api = node.pods();
+    pods_api.delete("flaky", &DeleteParams::default()).await?;
+    wait_for("pod flaky deleted", MINUTE, async || {
+        Ok(pods_api.get_opt("flaky").await?.is_none().then_some(()))
+    })
+    .await?;
+    let moment = mtime_ns(&node.truth("flaky").join("2.done"))? + 300_000_000;
+    let out = node.scratch.path().join("exported");
+    let output = Command::new(binary("kubectl-diffkeeper")?)
+        .args(["export", "pod/flaky", "-n", NS])
+        .arg(format!("--time={}", diffkeeper_store::format_wall(moment)))
+        .arg("--out")
+        .arg(&out)
+        .arg(format!("--agent-address=127.0.0.1:{}", node.agent_port))
+        .arg("--kubeconfig")
+        .arg(&node.kubeconfig)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "kubectl diffkeeper export failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    same_tree(
+        "the plugin's export",
+        &out.join("data"),
+        &node.truth("flaky").join("2"),
+    )?;
+    timings.push(format!("plugin export {:.1?}", t.elapsed()));
+
+    // 4: refusals.
+    let flaky = node.records_of("flaky").await?;
+    let record = flaky.first().context("flaky's ContainerRecord")?;
+    let export = ExportRequest {
+        container: Some(ContainerSelector {
+            namespace: NS.into(),
+            pod_uid: record.spec.pod.uid.clone(),
+            container: "app".into(),
+            container_id: String::new(),
+        }),
+        time: "end".into(),
+        path_globs: Vec::new(),
+        tree: Tree::Changes as i32,
+    };
+    let mut anonymous = node.connect(None).await?;
+    let refused = anonymous.export(export.clone()).await;
+    let code = match refused {
+        Err(status) => status.code(),
+        Ok(stream) => match stream.into_inner().message().await {
+            Err(status) => status.code(),
+            Ok(_) => bail!("an export without credentials was served"),
+        },
+    };
+    ensure!(
+        code == tonic::Code::Unauthenticated,
+        "without a token: {code:?}"
+    );
+    let mut bob = node
+        .connect(Some(&node.api_env["DK_E2E_BOB_TOKEN"]))
+        .await?;
+    let code = match bob.export(export.clone()).await {
+        Err(status) => status.code(),
+        Ok(stream) => match stream.into_inner().message().await {
+            Err(status) => status.code(),
+            Ok(_) => bail!("an export by a user without `get recordings/export` was served"),
+        },
+    };
+    ensure!(
+        code == tonic::Code::PermissionDenied,
+        "bob's export: {code:?}"
+    );
+
+    // 5: the agent killed mid-recording, and restarted.
+    let t = Instant::now();
+    node.run_pod(
+        "killed",
+        json!({"app": "flaky"}),
+        json!({}),
+        &workload(10, "0.5", 1),
+    )
+    .await?;
+    let truth = node.truth("killed");
+    // Steps are half a second apart and the agent flushes every second: by step 5, what
+    // steps 1 and 2 wrote is durable.
+    wait_for("the killed pod's step 5", MINUTE, async || {
+        Ok(truth.join("5.done").exists().then_some(()))
+    })
+    .await?;
+    let records = node.records_of("killed").await?;
+    ensure!(records.len() == 1, "records of the killed pod: {records:?}");
+    node.agent
+        .as_mut()
+        .context("agent")?
+        .stop(libc::SIGKILL, Duration::from_secs(10))?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.start_agent()?;
+    node.wait_phase("killed", "Failed", 2 * MINUTE).await?;
+    let pvc = node.snapshot_of("flaky", "killed").await?;
+    same_tree(
+        "the killed agent's snapshot",
+        &pvc.join("data"),
+        &truth.join("final"),
+    )?;
+    let mut admin = node
+        .connect(Some(&node.api_env["DK_E2E_ADMIN_TOKEN"]))
+        .await?;
+    let mut timeline = admin
+        .timeline(TimelineRequest {
+            container: Some(ContainerSelector {
+                namespace: NS.into(),
+                pod_uid: records[0].spec.pod.uid.clone(),
+                container: "app".into(),
+                container_id: String::new(),
+            }),
+            ..TimelineRequest::default()
+        })
+        .await?
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = timeline.message().await? {
+        events.push(event);
+    }
+    let gap = events
+        .iter()
+        .position(|e| e.gap && e.note.contains("agent was not running"))
+        .with_context(|| format!("no gap marker for the agent's restart in {events:?}"))?;
+    for early in ["/data/f1", "/data/f2"] {
+        ensure!(
+            events[..gap].iter().any(|e| e.path == early),
+            "{early}, written and flushed before the kill, is missing before the gap"
+        );
+    }
+    ensure!(
+        events[gap..]
+            .iter()
+            .any(|e| e.path.starts_with("/data/f") && !e.gap),
+        "nothing was recorded after the restart"
+    );
+    timings.push(format!(
+        "agent SIGKILL + restart scenario {:.1?}",
+        t.elapsed()
+    ));
+    Ok(timings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_snapshots_real_containers_on_a_node() -> Result<()> {
+    let mut node = Node::start().await?;
+    match scenarios(&mut node).await {
+        Ok(timings) => {
+            node.shut_down().await?;
+            println!("timings: {}", timings.join("; "));
+            Ok(())
+        }
+        Err(error) => Err(node.explain(error)),
+    }
+}
