@@ -155,6 +155,13 @@ impl CaptureLoop {
     }
 
     fn attach(&mut self, a: Attachment) -> Result<(), crate::AgentError> {
+        if a.resume_after.is_some() && std::fs::read_dir(&a.root).is_err() {
+            // Comparing the log with a root that is gone would record every file as deleted.
+            return Err(crate::AgentError::Locate(format!(
+                "{} is gone: the container ended while the history was being continued",
+                a.root.display()
+            )));
+        }
         let options = WriterOptions {
             cache_bytes: WRITER_CACHE_BYTES,
             ..WriterOptions::default()

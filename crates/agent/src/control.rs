@@ -18,7 +18,7 @@ use diffkeeper_api::{
     NODE_DATA_FINALIZER, RECORDING_LABEL,
 };
 use diffkeeper_locate::{
-    cgroup_pids, find_container_cgroup, locate_container, mountinfo, ContainerId,
+    find_container_cgroup, init_pid, locate_container, mountinfo, ContainerId,
 };
 use diffkeeper_recorder::{monotonic_ns, wall_ns};
 use diffkeeper_store::{format_wall, RecordingInfo};
@@ -203,12 +203,13 @@ impl Control {
                     self.cgroup2_root.display()
                 ))
             })?;
-        let pid = cgroup_pids(&cgroup_dir)
+        let pid = init_pid(&cgroup_dir)
             .map_err(AgentError::Host)?
-            .into_iter()
-            .next()
             .ok_or_else(|| {
-                AgentError::Locate(format!("{} has no process", cgroup_dir.display()))
+                AgentError::Locate(format!(
+                    "{} has no init process (pid 1 of its namespace): the container is ending",
+                    cgroup_dir.display()
+                ))
             })?;
         let location = locate_container(pid).map_err(|e| AgentError::Locate(e.to_string()))?;
         let level = location
@@ -509,12 +510,7 @@ impl Control {
 
     /// The record is being deleted: stop, drop the history, then let the record go.
     async fn purge(&mut self, key: &str, record: &ContainerRecord) {
-        let id = DeathKey {
-            pod_uid: record.spec.pod.uid.clone(),
-            container: record.spec.container.clone(),
-            container_id: record.spec.container_id.clone(),
-        }
-        .id();
+        let id = DeathKey::of_record(record).id();
         if self.catalog.is_live(&id) {
             let _ = self.capture.send(Command::Detach { id: id.clone() });
         }

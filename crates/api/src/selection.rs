@@ -63,6 +63,15 @@ pub struct DeathKey {
 }
 
 impl DeathKey {
+    /// The incarnation a ContainerRecord reports on.
+    pub fn of_record(record: &crate::ContainerRecord) -> DeathKey {
+        DeathKey {
+            pod_uid: record.spec.pod.uid.clone(),
+            container: record.spec.container.clone(),
+            container_id: record.spec.container_id.clone(),
+        }
+    }
+
     /// A stable 16-hex-digit id (FNV-1a 64 of the three parts); stable across releases because it
     /// is part of object names.
     pub fn id(&self) -> String {

@@ -120,6 +120,26 @@ pub fn cgroup_pids(cgroup_dir: &Path) -> io::Result<Vec<u32>> {
         .collect())
 }
 
+/// The container's init: the process of the cgroup that is pid 1 in its own pid namespace. Its
+/// root is the container's root for as long as the container lives (when it exits, the kernel
+/// kills the rest of the namespace), unlike any other process of the cgroup, which may be a
+/// short-lived child. `None` when the cgroup holds no such process (it is ending).
+pub fn init_pid(cgroup_dir: &Path) -> io::Result<Option<u32>> {
+    for pid in cgroup_pids(cgroup_dir)? {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue; // exited since the list was read
+        };
+        let innermost = status
+            .lines()
+            .find_map(|line| line.strip_prefix("NSpid:"))
+            .and_then(|ids| ids.split_whitespace().last());
+        if innermost == Some("1") {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

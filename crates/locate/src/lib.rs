@@ -12,5 +12,5 @@ pub mod container_cgroup;
 pub mod container_location;
 pub mod mountinfo;
 
-pub use container_cgroup::{cgroup_pids, find_container_cgroup, ContainerId};
+pub use container_cgroup::{cgroup_pids, find_container_cgroup, init_pid, ContainerId};
 pub use container_location::{cgroup_id, locate_container, ContainerLocation, LocateError};

@@ -46,11 +46,7 @@ pub struct Death {
 /// uid, or None when no such pod exists.
 pub fn death_of(record: &ContainerRecord, pod: Option<&Pod>) -> Option<Death> {
     let spec = &record.spec;
-    let key = DeathKey {
-        pod_uid: spec.pod.uid.clone(),
-        container: spec.container.clone(),
-        container_id: spec.container_id.clone(),
-    };
+    let key = DeathKey::of_record(record);
     let agent_saw_end = record.status.as_ref().and_then(|s| s.ended_at.clone());
     let death = |cause, died_at: Option<Time>| {
         Some(Death {

@@ -720,6 +720,9 @@ impl Recorder {
         let host = self.host_path(path);
         let meta = match fs::symlink_metadata(&host) {
             Ok(m) => m,
+            // A container's root (/proc/PID/root) vanishes when it exits: then every name is
+            // missing, and none of them was deleted.
+            Err(_) if fs::metadata(&self.root).is_err() => return Ok(false),
             Err(_) => {
                 let op = match entry.kind {
                     EntryKind::Dir => Op::Rmdir { path: path.clone() },

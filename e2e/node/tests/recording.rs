@@ -28,7 +28,6 @@ use diffkeeper_api::{ContainerRecord, Recording, SnapshotPhase};
 use diffkeeper_node_sim::RuntimeEnv;
 use diffkeeper_rpc::{export_request::Tree, ContainerSelector, ExportRequest, TimelineRequest};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -179,7 +178,9 @@ impl Node {
         Ok(node)
     }
 
-    /// CRDs, namespaces, and the chart's ClusterRole that snapshot Pods are bound to.
+    /// CRDs, namespaces, and the chart's RBAC for what runs with its own identity here: the
+    /// agent (as the test API server's `system:serviceaccount:diffkeeper:agent`, so the chart's
+    /// least-privilege rules are what it gets) and the snapshot Pods' ClusterRole.
     async fn install(&self) -> Result<()> {
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         for crd in diffkeeper_api::crds() {
@@ -210,17 +211,50 @@ impl Node {
                 .await?;
         }
         let rendered = std::fs::read_to_string(repo().join("deploy/diffkeeper.yaml"))?;
-        let roles: Api<ClusterRole> = Api::all(self.client.clone());
+        let mut applied = Vec::new();
         for doc in serde_yaml_ng::Deserializer::from_str(&rendered) {
-            let value = serde_json::to_value(serde_yaml_ng::Value::deserialize(doc)?)?;
-            if value["kind"] == "ClusterRole" && value["metadata"]["name"] == "diffkeeper-snapshot"
-            {
-                let role: ClusterRole = serde_json::from_value(value)?;
-                roles.create(&PostParams::default(), &role).await?;
-                return Ok(());
+            let mut value = serde_json::to_value(serde_yaml_ng::Value::deserialize(doc)?)?;
+            let kind = value["kind"].as_str().unwrap_or_default().to_string();
+            let name = value["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let wanted = match kind.as_str() {
+                "ClusterRole" => name == "diffkeeper-agent" || name == "diffkeeper-snapshot",
+                "ClusterRoleBinding" | "Role" | "RoleBinding" => name == "diffkeeper-agent",
+                _ => false,
+            };
+            if !wanted {
+                continue;
             }
+            if let Some(subjects) = value["subjects"].as_array_mut() {
+                // The test API server's agent identity is the ServiceAccount `agent`.
+                for subject in subjects {
+                    subject["name"] = json!("agent");
+                }
+            }
+            let (group, version) = ("rbac.authorization.k8s.io", "v1");
+            let resource = kube::discovery::ApiResource {
+                kind: kind.clone(),
+                plural: format!("{}s", kind.to_lowercase()),
+                group: group.into(),
+                version: version.into(),
+                api_version: format!("{group}/{version}"),
+            };
+            let object: kube::api::DynamicObject = serde_json::from_value(value)?;
+            let api: Api<kube::api::DynamicObject> = match object.metadata.namespace.as_deref() {
+                Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+                None => Api::all_with(self.client.clone(), &resource),
+            };
+            api.create(&PostParams::default(), &object).await?;
+            applied.push(format!("{kind}/{name}"));
         }
-        bail!("deploy/diffkeeper.yaml has no ClusterRole diffkeeper-snapshot")
+        ensure!(
+            applied.len() == 5,
+            "deploy/diffkeeper.yaml should hold the agent's ClusterRole, ClusterRoleBinding, Role \
+             and RoleBinding and the snapshot ClusterRole; found {applied:?}"
+        );
+        Ok(())
     }
 
     fn volumes(&self) -> PathBuf {
@@ -234,8 +268,10 @@ impl Node {
     fn daemon(&self, name: &'static str, log: &str, command: &mut Command) -> Result<Daemon> {
         let n = std::fs::read_dir(self.scratch.path())?.count();
         let log = self.scratch.path().join(format!("{log}-{n}.log"));
+        if command.get_envs().all(|(key, _)| key != "KUBECONFIG") {
+            command.env("KUBECONFIG", &self.kubeconfig);
+        }
         let child = command
-            .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
             .env("DIFFKEEPER_LOG", "info")
             .stdin(Stdio::null())
@@ -632,7 +668,7 @@ async fn scenarios(node: &mut Node) -> Result<Vec<String>> {
         "killed",
         json!({"app": "flaky"}),
         json!({}),
-        &workload(10, "0.5", 1),
+        &workload(20, "0.5", 1),
     )
     .await?;
     let truth = node.truth("killed");
@@ -696,7 +732,79 @@ async fn scenarios(node: &mut Node) -> Result<Vec<String>> {
         "agent SIGKILL + restart scenario {:.1?}",
         t.elapsed()
     ));
+
+    // Retention: a Recording keeping histories 3 s after their container ends.
+    let t = Instant::now();
+    recordings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+                "metadata": { "name": "brief" },
+                "spec": {
+                    "selector": { "matchLabels": { "app": "brief" } },
+                    "retention": { "maxAge": "3s" },
+                    "snapshot": { "onTermination": false },
+                },
+            }))?,
+        )
+        .await?;
+    node.run_pod(
+        "brief",
+        json!({"app": "brief"}),
+        json!({}),
+        &workload(1, "0", 0),
+    )
+    .await?;
+    node.wait_phase("brief", "Succeeded", MINUTE).await?;
+    let histories = node.scratch.path().join("agent/containers");
+    let brief = wait_for("brief's ContainerRecord", MINUTE, async || {
+        Ok(node.records_of("brief").await?.into_iter().next())
+    })
+    .await?;
+    let brief = history_id(&brief);
+    ensure!(
+        histories.join(&brief).is_dir(),
+        "brief's history is not on the node"
+    );
+    wait_for("retention to drop brief's history", MINUTE, async || {
+        let gone = node.records_of("brief").await?.is_empty() && !histories.join(&brief).exists();
+        Ok(gone.then_some(()))
+    })
+    .await?;
+    timings.push(format!("retention {:.1?}", t.elapsed()));
+
+    // Deleting a Recording removes its records, and the agent their histories, before the
+    // Recording goes (the agent's finalizer on each record); other Recordings' stay.
+    let t = Instant::now();
+    let mut doomed = node.records_of("killed").await?;
+    doomed.extend(flaky);
+    ensure!(doomed.len() == 2, "flaky's records: {doomed:?}");
+    recordings.delete("flaky", &DeleteParams::default()).await?;
+    wait_for("Recording flaky to be deleted", MINUTE, async || {
+        Ok(recordings.get_opt("flaky").await?.is_none().then_some(()))
+    })
+    .await?;
+    for record in &doomed {
+        let id = history_id(record);
+        ensure!(
+            !histories.join(&id).exists(),
+            "history {id} outlived its Recording"
+        );
+    }
+    let noted = node.records_of("noted").await?;
+    let noted = noted.first().context("noted's record")?;
+    ensure!(
+        histories.join(history_id(noted)).is_dir(),
+        "the annotated pod's history went with another Recording"
+    );
+    timings.push(format!("Recording deletion {:.1?}", t.elapsed()));
     Ok(timings)
+}
+
+/// The directory name of a record's history on the node.
+fn history_id(record: &ContainerRecord) -> String {
+    diffkeeper_api::DeathKey::of_record(record).id()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
