@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use bytesize::ByteSize;
-use diffkeeper_rpc::{
-    export_request::Tree, ContainerSelector, ExportRequest, ExportSummary, RpcError,
-};
+use diffkeeper_rpc::{export_request::Tree, ExportRequest, ExportSummary, RpcError};
 use indicatif::{ProgressBar, ProgressStyle};
 use kube::ResourceExt;
 use serde_json::json;
@@ -78,12 +76,7 @@ pub async fn run(cluster: &ClusterArgs, args: Args) -> anyhow::Result<()> {
         route: &agent.route,
     };
     let request = ExportRequest {
-        container: Some(ContainerSelector {
-            namespace: record.namespace().unwrap_or_default(),
-            pod_uid: record.spec.pod.uid.clone(),
-            container: record.spec.container.clone(),
-            container_id: record.spec.container_id.clone(),
-        }),
+        container: Some(crate::target::selector(&record)),
         time: args.time.clone(),
         path_globs: args.paths.clone(),
         tree: match args.tree {

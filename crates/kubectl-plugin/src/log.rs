@@ -4,8 +4,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use diffkeeper_rpc::{ContainerSelector, TimelineEvent, TimelineRequest};
-use kube::ResourceExt;
+use diffkeeper_rpc::{TimelineEvent, TimelineRequest};
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -52,17 +51,12 @@ pub async fn run(cluster: &ClusterArgs, args: Args) -> anyhow::Result<()> {
     let mut agent = args.agent.connect(&cluster, &record, token).await?;
     let call = Call {
         permission: "get recordings/log",
-        granted_by: "a Role granting it from your cluster's admin",
+        granted_by: "the admin role",
         record: &record,
         route: &agent.route,
     };
     let request = TimelineRequest {
-        container: Some(ContainerSelector {
-            namespace: record.namespace().unwrap_or_default(),
-            pod_uid: record.spec.pod.uid.clone(),
-            container: record.spec.container.clone(),
-            container_id: record.spec.container_id.clone(),
-        }),
+        container: Some(crate::target::selector(&record)),
         from: args.from.clone().unwrap_or_default(),
         to: args.to.clone().unwrap_or_default(),
         path_globs: args.paths.clone(),

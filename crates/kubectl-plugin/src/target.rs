@@ -146,6 +146,16 @@ fn id_matches(recorded: &str, given: &str) -> bool {
 }
 
 /// How a record is named to people: `pod/NAME container C (containerd://0123456789ab)`.
+/// The agent's name for the incarnation a record reports on.
+pub fn selector(record: &ContainerRecord) -> diffkeeper_rpc::ContainerSelector {
+    diffkeeper_rpc::ContainerSelector {
+        namespace: record.namespace().unwrap_or_default(),
+        pod_uid: record.spec.pod.uid.clone(),
+        container: record.spec.container.clone(),
+        container_id: record.spec.container_id.clone(),
+    }
+}
+
 pub fn describe(record: &ContainerRecord) -> String {
     let id = &record.spec.container_id;
     let short = match id.split_once("://") {
