@@ -30,7 +30,7 @@ source "$cluster/env"
 set +a
 
 set +e
-cargo test --workspace 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # cargo prints one result line per test binary, the last often an empty doc-test run: sum them

@@ -311,9 +311,18 @@ async fn pods_scenario(c: &Cluster) -> Result<(Vec<String>, Vec<u32>, Vec<String
     let t = Instant::now();
     // The Node: registered Ready, with a heartbeat.
     let nodes: Api<Node> = Api::all(c.client.clone());
-    let node = wait_for("the Node to be registered", MINUTE, async || {
-        Ok(nodes.get_opt(&c.node).await?)
-    })
+    // The simulator, like a kubelet, creates the Node and then patches its status in a second
+    // request: a Node without conditions in between is registration in progress, not a defect.
+    let node = wait_for(
+        "the Node to be registered with its status",
+        MINUTE,
+        async || {
+            Ok(nodes
+                .get_opt(&c.node)
+                .await?
+                .filter(|n| n.status.as_ref().is_some_and(|s| s.conditions.is_some())))
+        },
+    )
     .await?;
     timings.push(format!("node registered {:.1?}", t.elapsed()));
     let status = serde_json::to_value(node.status.context("node status")?)?;
