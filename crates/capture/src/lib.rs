@@ -9,5 +9,5 @@ mod probe;
 mod wire;
 
 pub use event::{Assembler, Change, DirtyReason, Event, FileKey, Origin};
-pub use probe::{CaptureError, Counters, Probe, ProbeConfig};
+pub use probe::{CaptureError, Counters, Probe, ProbeConfig, RingReader};
 pub use wire::WireError;

@@ -118,9 +118,60 @@ impl From<FileKey> for KernelKey {
 /// The loaded, attached kernel programs and the reading end of their ring buffer.
 pub struct Probe {
     ebpf: Ebpf,
+    /// None once taken by [`Probe::take_reader`].
+    reader: Option<RingReader>,
+    levels: std::collections::HashMap<u64, u32>,
+}
+
+/// The reading end of the ring buffer. It can leave the probe (see [`Probe::take_reader`]) so
+/// the ring is drained on a thread of its own: a reader that also does the store's work stops
+/// draining during every commit, and a fast writer overruns the ring meanwhile.
+pub struct RingReader {
     ring: RingBuf<MapData>,
     assembler: Assembler,
-    levels: std::collections::HashMap<u64, u32>,
+}
+
+impl RingReader {
+    /// Waits up to `timeout` for records (the kernel wakes us only past a threshold, so callers
+    /// poll on a short timer anyway). Returns whether the ring signalled data.
+    pub fn wait(&self, timeout: Duration) -> Result<bool, CaptureError> {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(CaptureError::Poll(err));
+        }
+        Ok(n > 0)
+    }
+
+    /// Decodes every record waiting in the ring, in order, handing completed events to `sink`.
+    /// Returns the number of records consumed. A record's space goes back to the kernel once
+    /// `sink` returns, so a sink that blocks holds the kernel back (and it counts losses).
+    pub fn drain(&mut self, mut sink: impl FnMut(Event)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            n += 1;
+            if let Some(ev) = self.assembler.push(&item) {
+                // The record's space is released (item dropped) before the sink may block.
+                drop(item);
+                sink(ev);
+            }
+        }
+        n
+    }
+
+    /// Records that could not be decoded (wire version skew).
+    pub fn malformed(&self) -> u64 {
+        self.assembler.malformed
+    }
 }
 
 impl Probe {
@@ -159,8 +210,10 @@ impl Probe {
         tracing::debug!(ring_bytes = cfg.ring_bytes, "eBPF programs attached");
         Ok(Probe {
             ebpf,
-            ring,
-            assembler: Assembler::default(),
+            reader: Some(RingReader {
+                ring,
+                assembler: Assembler::default(),
+            }),
             levels: Default::default(),
         })
     }
@@ -205,42 +258,28 @@ impl Probe {
             .map_err(map_error(name))
     }
 
-    /// Waits up to `timeout` for records (the kernel wakes us only past a threshold, so callers
-    /// poll on a short timer anyway). Returns whether the ring signalled data.
+    /// Takes the ring's reading end, to drain it elsewhere; [`Probe::wait`] and
+    /// [`Probe::drain`] find nothing from then on.
+    pub fn take_reader(&mut self) -> Option<RingReader> {
+        self.reader.take()
+    }
+
+    /// [`RingReader::wait`] of the probe's own reader (false at once if it was taken).
     pub fn wait(&self, timeout: Duration) -> Result<bool, CaptureError> {
-        let mut pfd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(CaptureError::Poll(err));
+        match &self.reader {
+            Some(r) => r.wait(timeout),
+            None => Ok(false),
         }
-        Ok(n > 0)
     }
 
-    /// Decodes every record waiting in the ring, in order, handing completed events to `sink`.
-    /// Returns the number of records consumed.
-    pub fn drain(&mut self, mut sink: impl FnMut(Event)) -> usize {
-        let mut n = 0;
-        while let Some(item) = self.ring.next() {
-            n += 1;
-            if let Some(ev) = self.assembler.push(&item) {
-                sink(ev);
-            }
-        }
-        n
+    /// [`RingReader::drain`] of the probe's own reader (nothing if it was taken).
+    pub fn drain(&mut self, sink: impl FnMut(Event)) -> usize {
+        self.reader.as_mut().map_or(0, |r| r.drain(sink))
     }
 
-    /// Records that could not be decoded (wire version skew).
+    /// Records that could not be decoded (wire version skew), by the probe's own reader.
     pub fn malformed(&self) -> u64 {
-        self.assembler.malformed
+        self.reader.as_ref().map_or(0, RingReader::malformed)
     }
 
     pub fn counters(&self) -> Result<Counters, CaptureError> {
