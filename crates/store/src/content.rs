@@ -4,12 +4,18 @@
 //! resetting op (create, resync, truncate to 0) or else the newest keyframe, and replays only
 //! this node's content ops from there. Keyframes are whole (zstd) or bidiff patches against the
 //! node's previous keyframe; the patch chain is at most `full_keyframe_every` long.
+//!
+//! Data after a reset may be stored as a delta against another content (the previous version of
+//! the file, see `writer`), which is itself rebuilt here first. Each delta names its depth and
+//! its reference is rebuilt only from shallower data, so a rebuild follows at most
+//! [`codec::MAX_DELTA_DEPTH`] (in practice `WriterOptions::max_delta_depth`) references.
 
-use crate::codec::{self, Keyframe, PayloadBlock};
+use crate::codec::{self, Keyframe, PayloadBlock, StoredPayload};
 use crate::error::StoreError;
 use crate::model::{NodeId, Seq};
 use crate::records::{payload_in, Records};
 use std::io::{Cursor, Read};
+use std::sync::Arc;
 
 /// Where a rebuild started, kept when the caller wants to patch against it.
 pub(crate) struct KeyframeBase {
@@ -30,6 +36,17 @@ pub(crate) fn content_at(
     node: NodeId,
     seq: Seq,
     keep_base: bool,
+) -> Result<Rebuilt, StoreError> {
+    content_within(records, node, seq, keep_base, codec::MAX_DELTA_DEPTH)
+}
+
+/// [`content_at`] using only data of delta depth up to `depth`.
+fn content_within(
+    records: &Records,
+    node: NodeId,
+    seq: Seq,
+    keep_base: bool,
+    depth: u32,
 ) -> Result<Rebuilt, StoreError> {
     records.check_seq(seq)?;
     let keyframe = records.last_keyframe(node, seq)?;
@@ -52,11 +69,11 @@ pub(crate) fn content_at(
         (None, None) => (Vec::new(), None, &ops[..]),
     };
     // Consecutive ops mostly share a data block; fetch each block once.
-    let mut block: PayloadBlock = Vec::new();
+    let mut block: Arc<PayloadBlock> = Arc::default();
     for (op_seq, op) in ops {
         let payload = if op.has_payload() {
             if block.binary_search_by_key(op_seq, |(s, _)| *s).is_err() {
-                block = records.payload_block(node, *op_seq)?;
+                block = payload_block(records, node, *op_seq, depth)?;
             }
             payload_in(&block, *op_seq)?
         } else {
@@ -65,6 +82,54 @@ pub(crate) fn content_at(
         op.apply(&mut content, payload)?;
     }
     Ok(Rebuilt { content, base })
+}
+
+/// The data of `node`'s events in the record holding `seq`, decoding a delta only if its depth is
+/// at most `depth`.
+pub(crate) fn payload_block(
+    records: &Records,
+    node: NodeId,
+    seq: Seq,
+    depth: u32,
+) -> Result<Arc<PayloadBlock>, StoreError> {
+    let what = || format!("data of @seq:{seq}");
+    let (first, value) = records.payload_record(node, seq)?;
+    let raw = match codec::parse_payload(&what(), first, &value)? {
+        StoredPayload::Plain(raw) => raw,
+        StoredPayload::Delta { reference, frame } => {
+            // Each step back must be shallower and earlier, so even damaged records cannot make
+            // this recurse without end.
+            if reference.depth == 0 || reference.depth > depth || reference.seq >= first {
+                return Err(StoreError::corrupt(format!(
+                    "{} refers to node {} at @seq:{} with depth {} (allowed: {depth}, before \
+                     @seq:{first})",
+                    what(),
+                    reference.node,
+                    reference.seq,
+                    reference.depth
+                )));
+            }
+            let base = match records.cached_reference(reference.node, reference.seq) {
+                Some(base) => base,
+                None => {
+                    let base = Arc::new(
+                        content_within(
+                            records,
+                            reference.node,
+                            reference.seq,
+                            false,
+                            reference.depth - 1,
+                        )?
+                        .content,
+                    );
+                    records.cache_reference(reference.node, reference.seq, base.clone());
+                    base
+                }
+            };
+            codec::undelta(&what(), frame, &base)?
+        }
+    };
+    Ok(Arc::new(codec::decode_payload_block(&what(), &raw)?))
 }
 
 /// Decodes the keyframe at `seq`, following its patch chain down to a whole keyframe.

@@ -6,6 +6,7 @@
 
 mod codec;
 mod content;
+mod delta;
 mod error;
 mod lock;
 pub mod model;
@@ -90,6 +91,7 @@ fn require_recording_dir(dir: &Path) -> Result<(), StoreError> {
 /// Metadata every reader and resuming writer starts from.
 struct Meta {
     info: RecordingInfo,
+    format: u32,
     committed: u64,
     next_node: u64,
     end_mono_ns: Option<u64>,
@@ -109,7 +111,8 @@ fn read_meta(dir: &Path, db: &sled::Db) -> Result<Meta, StoreError> {
             .transpose()
     };
     let format = u64_of(codec::META_FORMAT, "the format version")?.unwrap_or(0);
-    if format != u64::from(codec::FORMAT_VERSION) {
+    let readable = u64::from(codec::OLDEST_READABLE_FORMAT)..=u64::from(codec::FORMAT_VERSION);
+    if !readable.contains(&format) {
         return Err(StoreError::UnsupportedFormat {
             found: format as u32,
             supported: codec::FORMAT_VERSION,
@@ -117,6 +120,7 @@ fn read_meta(dir: &Path, db: &sled::Db) -> Result<Meta, StoreError> {
     }
     Ok(Meta {
         info,
+        format: format as u32,
         committed: u64_of(codec::META_COMMITTED, "the committed seq")?.unwrap_or(0),
         next_node: u64_of(codec::META_NEXT_NODE, "the next node id")?.unwrap_or(1),
         end_mono_ns: u64_of(codec::META_END, "the end time")?,

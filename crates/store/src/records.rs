@@ -6,6 +6,7 @@ use crate::codec::{self, ContentOp, EventHeader, Keyframe, PayloadBlock};
 use crate::error::StoreError;
 use crate::model::{Event, NodeId, Seq};
 use crate::namespace::{Clock, Namespace};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +28,15 @@ pub(crate) struct Records {
     /// The last event block decoded by `header`: time lookups probe neighbouring seqs. Committed
     /// blocks are never rewritten, so this never goes stale.
     last_block: Mutex<Option<(Seq, Arc<Vec<EventHeader>>)>>,
+    /// Recently decoded reference contents of delta payloads, oldest first.
+    references: Mutex<VecDeque<CachedReference>>,
 }
+
+/// A reference content: `node`'s content right after `seq`.
+type CachedReference = ((NodeId, Seq), Arc<Vec<u8>>);
+
+const REFERENCE_CACHE_BYTES: usize = 4 << 20;
+const REFERENCE_CACHE_ENTRIES: usize = 64;
 
 fn decode_event_block(value: &[u8]) -> Result<Vec<EventHeader>, StoreError> {
     let raw = codec::unzstd(value)
@@ -51,6 +60,7 @@ impl Records {
             bytes: AtomicU64::new(0),
             count: AtomicU64::new(0),
             last_block: Mutex::new(None),
+            references: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -183,17 +193,56 @@ impl Records {
         )
     }
 
-    /// The data of `node`'s events in the block that holds `seq`.
-    pub(crate) fn payload_block(&self, node: NodeId, seq: Seq) -> Result<PayloadBlock, StoreError> {
-        let what = || format!("data of @seq:{seq}");
-        let (_, value) = self
+    /// The stored record holding the data of `node`'s event `seq`, with the seq it is keyed by.
+    pub(crate) fn payload_record(
+        &self,
+        node: NodeId,
+        seq: Seq,
+    ) -> Result<(Seq, sled::IVec), StoreError> {
+        let (key, value) = self
             .newest_at_or_before(&codec::payload_key(node, 0), &codec::payload_key(node, seq))?
-            .ok_or_else(|| StoreError::corrupt(format!("{} is missing", what())))?;
-        codec::decode(&what(), &codec::decode_payload(&what(), &value)?)
+            .ok_or_else(|| StoreError::corrupt(format!("data of @seq:{seq} is missing")))?;
+        Ok((codec::key_seq(&key)?, value))
+    }
+
+    /// The data of `node`'s events in the record that holds `seq`.
+    pub(crate) fn payload_block(
+        &self,
+        node: NodeId,
+        seq: Seq,
+    ) -> Result<Arc<PayloadBlock>, StoreError> {
+        crate::content::payload_block(self, node, seq, codec::MAX_DELTA_DEPTH)
     }
 
     pub(crate) fn payload(&self, node: NodeId, seq: Seq) -> Result<Vec<u8>, StoreError> {
-        payload_in(&self.payload_block(node, seq)?, seq).map(<[u8]>::to_vec)
+        let block = self.payload_block(node, seq)?;
+        payload_in(&block, seq).map(<[u8]>::to_vec)
+    }
+
+    /// A reference content decoded earlier, if it is still cached.
+    pub(crate) fn cached_reference(&self, node: NodeId, seq: Seq) -> Option<Arc<Vec<u8>>> {
+        let cache = self.references.lock().expect("reference cache lock");
+        cache
+            .iter()
+            .find(|(k, _)| *k == (node, seq))
+            .map(|(_, c)| c.clone())
+    }
+
+    /// Keeps a decoded reference content: reading versions in order (a log, successive exports)
+    /// then decodes each delta once instead of walking its whole chain every time.
+    pub(crate) fn cache_reference(&self, node: NodeId, seq: Seq, content: Arc<Vec<u8>>) {
+        if content.len() > REFERENCE_CACHE_BYTES / 4 {
+            return;
+        }
+        let mut cache = self.references.lock().expect("reference cache lock");
+        cache.push_back(((node, seq), content));
+        let mut bytes: usize = cache.iter().map(|(_, c)| c.len()).sum();
+        while bytes > REFERENCE_CACHE_BYTES || cache.len() > REFERENCE_CACHE_ENTRIES {
+            let Some((_, old)) = cache.pop_front() else {
+                break;
+            };
+            bytes -= old.len();
+        }
     }
 
     pub(crate) fn full_event(&self, seq: Seq, header: EventHeader) -> Result<Event, StoreError> {

@@ -4,6 +4,7 @@
 
 use crate::codec::{self, ContentOp, EventHeader, OpHeader, PayloadBlock};
 use crate::content::{self, KeyframePolicy};
+use crate::delta::{DeltaLimits, Reference, References};
 use crate::error::StoreError;
 use crate::lock::DirLock;
 use crate::model::{Entry, EntryKind, Event, NodeId, NodeKind, Op, RecPath, Seq};
@@ -39,6 +40,16 @@ pub struct WriterOptions {
     pub block_bytes: usize,
     /// sled page cache size.
     pub cache_bytes: u64,
+    /// Data written after a file's content is reset (create, truncate to 0, resync) is stored as
+    /// a delta against the previous version (see `delta`): at most this many deltas in a row,
+    /// then one version standalone. 0 stores every version standalone.
+    pub max_delta_depth: u32,
+    /// ...and no deeper than this many bytes of content rebuilt to decode a version.
+    pub delta_chain_bytes: u64,
+    /// Only files up to this size are kept in memory as references for the next version...
+    pub delta_file_bytes: usize,
+    /// ...within this much memory in total.
+    pub delta_memory_bytes: usize,
 }
 
 impl Default for WriterOptions {
@@ -54,6 +65,10 @@ impl Default for WriterOptions {
             block_events: codec::BLOCK_EVENTS,
             block_bytes: codec::BLOCK_BYTES,
             cache_bytes: 64 * 1024 * 1024,
+            max_delta_depth: 63,
+            delta_chain_bytes: 2 * 1024 * 1024,
+            delta_file_bytes: 1024 * 1024,
+            delta_memory_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -84,8 +99,16 @@ struct OpenBlock {
     first: Seq,
     headers: Vec<EventHeader>,
     ops: BTreeMap<NodeId, Vec<(Seq, ContentOp)>>,
-    payloads: BTreeMap<NodeId, PayloadBlock>,
+    payloads: BTreeMap<NodeId, Vec<Run>>,
     payload_bytes: usize,
+}
+
+/// Consecutive data of one node in a block, stored as one record keyed by its first seq.
+struct Run {
+    epoch: Option<u64>,
+    /// What the run is compressed against, when that pays off.
+    reference: Option<Reference>,
+    data: PayloadBlock,
 }
 
 pub struct Writer {
@@ -101,9 +124,12 @@ pub struct Writer {
     /// Sealed blocks not yet committed.
     pending: sled::Batch,
     pending_events: u64,
+    /// `stats.payload_bytes` at the last commit.
+    committed_payload_bytes: u64,
     block: OpenBlock,
     since_keyframe: HashMap<NodeId, SinceKeyframe>,
     touched: HashSet<NodeId>,
+    references: References,
     events_since_checkpoint: u64,
     stats: WriterStats,
     finished: bool,
@@ -177,6 +203,13 @@ impl Writer {
             // The recording goes on, so it is no longer finished.
             w.db.remove(codec::META_END)?;
         }
+        if meta.format < codec::FORMAT_VERSION {
+            // What this writer adds may use encodings the older format lacks.
+            w.db.insert(
+                codec::META_FORMAT,
+                &codec::u64_value(codec::FORMAT_VERSION.into()),
+            )?;
+        }
         info!(dir = %dir.display(), committed = meta.committed, "resumed recording");
         Ok(w)
     }
@@ -188,8 +221,15 @@ impl Writer {
         clock: Clock,
         lock: DirLock,
     ) -> Writer {
+        let limits = DeltaLimits {
+            max_file_bytes: opts.delta_file_bytes,
+            budget_bytes: opts.delta_memory_bytes,
+            max_depth: opts.max_delta_depth.min(codec::MAX_DELTA_DEPTH),
+            chain_bytes: opts.delta_chain_bytes,
+        };
         Writer {
             dir: dir.to_path_buf(),
+            references: References::new(limits),
             records: Records::new((*db).clone(), 0),
             db,
             opts,
@@ -200,6 +240,7 @@ impl Writer {
             next_node: 1,
             pending: sled::Batch::default(),
             pending_events: 0,
+            committed_payload_bytes: 0,
             block: OpenBlock::default(),
             since_keyframe: HashMap::new(),
             touched: HashSet::new(),
@@ -254,6 +295,7 @@ impl Writer {
         self.note_node_id(&event.op);
 
         let content_op = self.content_op(&event.op);
+        self.mirror(seq, &event.op, content_op.as_ref());
         let resync_inline = matches!(&event.op, Op::Resync { node, .. }
             if matches!(self.ns.node_entry(*node), Some(Entry { kind: EntryKind::Symlink { .. }, .. })));
         let (op, payload) = OpHeader::split(event.op, resync_inline);
@@ -270,10 +312,25 @@ impl Writer {
         if let (Some(data), Some(node)) = (payload, header.op.payload_node()) {
             self.stats.payload_bytes += data.len() as u64;
             self.block.payload_bytes += data.len();
-            self.block
-                .payloads
-                .entry(node)
-                .or_default()
+            let (epoch, reference) = match self.references.epoch(node) {
+                Some((epoch, reference)) => (Some(epoch), reference),
+                None => (None, None),
+            };
+            let runs = self.block.payloads.entry(node).or_default();
+            // Each reset starts a new record: a delta's reference content must come from before
+            // the record's first seq (data before the reset may be part of it), and data of a
+            // standalone reset must not land in a delta record, whose depth it would inherit.
+            let starts_run = runs.last().is_none_or(|last| last.epoch != epoch);
+            if starts_run {
+                runs.push(Run {
+                    epoch,
+                    reference: reference.cloned(),
+                    data: Vec::new(),
+                });
+            }
+            runs.last_mut()
+                .expect("a run was just ensured")
+                .data
                 .push((seq, data));
         }
         self.block.headers.push(header);
@@ -294,6 +351,37 @@ impl Writer {
         self.events_since_checkpoint += 1;
         self.stats.events = seq;
         Ok(seq)
+    }
+
+    /// Keeps the reference contents in step with event `seq` (before the name space applies it).
+    fn mirror(&mut self, seq: Seq, op: &Op, content_op: Option<&(NodeId, ContentOp)>) {
+        match op {
+            Op::Rename { from, to } => {
+                if let Some(Entry {
+                    node,
+                    kind: EntryKind::File { .. },
+                    ..
+                }) = self.ns.entry(from)
+                {
+                    self.references.named(*node, to);
+                }
+            }
+            Op::Link { node, path } => self.references.named(*node, path),
+            _ => {}
+        }
+        let Some((node, content_op)) = content_op else {
+            return;
+        };
+        let created_at = match op {
+            Op::Create { path, .. } => Some(path),
+            _ => None,
+        };
+        let payload: &[u8] = match op {
+            Op::Write { data, .. } | Op::Resync { data, .. } => data,
+            _ => &[],
+        };
+        self.references
+            .apply(seq, *node, content_op, created_at, payload);
     }
 
     /// Ids the caller chose itself (not from `new_node`) must not be handed out later.
@@ -378,10 +466,33 @@ impl Writer {
             self.pending
                 .insert(&codec::content_key(*node, first), codec::encode(ops));
         }
-        for (node, data) in &block.payloads {
-            let value = codec::encode_payload(&codec::encode(data));
-            self.pending
-                .insert(&codec::payload_key(*node, first), value);
+        for (node, runs) in &block.payloads {
+            for run in runs {
+                let Some((run_first, _)) = run.data.first() else {
+                    continue;
+                };
+                let raw = codec::encode_payload_block(&run.data);
+                let plain = codec::encode_payload(&raw);
+                let value = match &run.reference {
+                    Some(r) => {
+                        let reference = codec::DeltaRef {
+                            node: r.node,
+                            seq: r.seq,
+                            depth: r.depth,
+                        };
+                        let delta =
+                            codec::encode_payload_delta(&raw, *run_first, reference, &r.content);
+                        if delta.len() < plain.len() {
+                            delta
+                        } else {
+                            plain
+                        }
+                    }
+                    None => plain,
+                };
+                self.pending
+                    .insert(&codec::payload_key(*node, *run_first), value);
+            }
         }
     }
 
@@ -410,6 +521,7 @@ impl Writer {
         self.records.set_committed(self.last_seq);
         self.stats.committed_seq = self.last_seq;
         self.pending_events = 0;
+        self.committed_payload_bytes = self.stats.payload_bytes;
         if checkpoint_due {
             self.events_since_checkpoint = 0;
             self.stats.checkpoints += 1;
@@ -513,6 +625,12 @@ impl Writer {
             .iter()
             .filter(|(_, e)| matches!(e.kind, crate::model::EntryKind::File { .. }))
             .count() as u64
+    }
+
+    /// Payload bytes appended since the last commit, which memory holds until then: callers
+    /// that append fast commit on this, not only on a timer.
+    pub fn uncommitted_payload_bytes(&self) -> u64 {
+        self.stats.payload_bytes - self.committed_payload_bytes
     }
 
     pub fn stats(&self) -> WriterStats {

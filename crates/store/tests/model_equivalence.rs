@@ -355,6 +355,11 @@ fn options(small: u64) -> WriterOptions {
         block_events: small as usize * 3,
         block_bytes: small as usize * 100,
         cache_bytes: 1 << 20,
+        // Short chains and a small budget, so chain cuts and evictions happen too.
+        max_delta_depth: small as u32 - 1,
+        delta_chain_bytes: 4096,
+        delta_file_bytes: 400,
+        delta_memory_bytes: 2000,
     }
 }
 
