@@ -1,5 +1,7 @@
 //! diffkeeper-bench: measures what recording costs, side by side with not recording and strace.
 
+mod floor;
+
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use std::collections::BTreeMap;
@@ -439,12 +441,13 @@ impl Bench {
             .section("1b. Processes OUTSIDE the filter while programs are attached (64 B writes)");
         let dir = fresh(&self.root.join("outside"))?;
         let recdir = fresh(&self.root.join("outside-rec"))?;
-        let (mut a, mut b) = (vec![], vec![]);
+        // a: nothing attached; f: empty programs on the same tracepoints (the kernel's floor);
+        // b: a recorder attached for another cgroup.
+        let (mut a, mut f, mut b) = (vec![], vec![], vec![]);
         for rep in 0..self.args.micro_reps {
             let file = dir.join("w.bin");
             let cs = count.to_string();
             let argv = [self.w(), &cs, "64", file.to_str().unwrap()];
-            // Programs attached, filtering another cgroup.
             let state = self.root.join("outside-state");
             let _ = fs::remove_dir_all(&state);
             let ready = recdir.join("READY");
@@ -471,35 +474,58 @@ impl Bench {
             let ra = run(&mut self.plain(&dir, &argv), None)?.check("dk-writer")?;
             a.push(ra.ns_per_write()?);
             fs::remove_file(&file)?;
+            let floor = floor::Floor::attach()?;
+            let rf = run(&mut self.plain(&dir, &argv), None)?.check("dk-writer")?;
+            drop(floor);
+            f.push(rf.ns_per_write()?);
+            fs::remove_file(&file)?;
             eprintln!(
-                "outside rep {rep}: none {:.0} ns, attached {:.0} ns",
-                a[rep], b[rep]
+                "outside rep {rep}: none {:.0} ns, empty programs {:.0} ns, attached {:.0} ns",
+                a[rep], f[rep], b[rep]
             );
-            self.t.sample(
-                serde_json::json!({"bench": "outside", "none_ns": a[rep], "attached_ns": b[rep]}),
-            );
+            self.t
+                .sample(serde_json::json!({"bench": "outside", "none_ns": a[rep],
+                "floor_ns": f[rep], "attached_ns": b[rep]}));
         }
-        let diffs: Vec<f64> = b.iter().zip(&a).map(|(x, y)| x - y).collect();
-        let d = stats(&diffs);
-        self.t
-            .row("no recorder at all", &fmt_stats(stats(&a), "ns"), "", None);
+        let diff =
+            |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(p, q)| p - q).collect() };
+        let fmt_diff = |d: Stats| format!("{:+.0} ns [{:+.0}–{:+.0}]", d.med, d.min, d.max);
+        let total = stats(&diff(&b, &a));
         self.t.row(
-            "recorder attached, other cgroup",
+            "no programs attached",
+            &fmt_stats(stats(&a), "ns"),
+            "",
+            None,
+        );
+        self.t.row(
+            "empty programs on sys_enter/sys_exit",
+            &fmt_stats(stats(&f), "ns"),
+            "",
+            None,
+        );
+        self.t.row(
+            "DiffKeeper attached, other cgroup",
             &fmt_stats(stats(&b), "ns"),
             "",
             None,
         );
         self.t.row(
+            "  added by the empty programs (kernel floor)",
+            &fmt_diff(stats(&diff(&f, &a))),
+            "",
+            None,
+        );
+        self.t.row(
+            "  added by DiffKeeper beyond the floor",
+            &fmt_diff(stats(&diff(&b, &f))),
+            "",
+            None,
+        );
+        self.t.row(
             "added per syscall (median of pair diffs)",
-            &format!(
-                "{:+.0} ns [{:+.0}–{:+.0}] ({:.2}x)",
-                d.med,
-                d.min,
-                d.max,
-                ratio(&b, &a).med
-            ),
+            &format!("{} ({:.2}x)", fmt_diff(total), ratio(&b, &a).med),
             "<= +15 ns",
-            verdict(d.med <= 15.0),
+            verdict(total.med <= 15.0),
         );
         Ok(())
     }
@@ -1200,8 +1226,12 @@ impl Bench {
     // 6. memory --------------------------------------------------------------------------------
 
     fn memory(&mut self) {
-        self.t.section("6. Memory: recorder peak RSS");
         let rss = std::mem::take(&mut self.rss);
+        // Only sections 2 and 4 measure it: with neither run, there is nothing to show.
+        if rss.is_empty() {
+            return;
+        }
+        self.t.section("6. Memory: recorder peak RSS");
         for (scenario, v) in &rss {
             let hwm: Vec<f64> = v.iter().map(|x| x.0 as f64 * 1024.0).collect();
             let tv: Vec<f64> = v.iter().map(|x| x.1 as f64 * 1024.0).collect();
