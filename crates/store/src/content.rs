@@ -2,7 +2,7 @@
 //!
 //! A rebuild starts at the newest point after which the content is self-contained: the last
 //! resetting op (create, resync, truncate to 0) or else the newest keyframe, and replays only
-//! this node's content ops from there. Keyframes are whole (zstd) or bidiff patches against the
+//! this node's content ops from there. Keyframes are whole (zstd) or zstd patches against the
 //! node's previous keyframe; the patch chain is at most `full_keyframe_every` long.
 //!
 //! Data after a reset may be stored as a delta against another content (the previous version of
@@ -14,7 +14,6 @@ use crate::codec::{self, Keyframe, PayloadBlock, StoredPayload};
 use crate::error::StoreError;
 use crate::model::{NodeId, Seq};
 use crate::records::{payload_in, Records};
-use std::io::{Cursor, Read};
 use std::sync::Arc;
 
 /// Where a rebuild started, kept when the caller wants to patch against it.
@@ -156,13 +155,8 @@ fn keyframe_content(
     let (whole_seq, whole) = chain.pop().expect("chain starts non-empty");
     let mut content = codec::unzstd(&whole.body).map_err(|e| unreadable(whole_seq, &e))?;
     while let Some((kseq, kf)) = chain.pop() {
-        let patch = codec::unzstd(&kf.body).map_err(|e| unreadable(kseq, &e))?;
-        let mut next = Vec::new();
-        bipatch::Reader::new(Cursor::new(patch), Cursor::new(content))
-            .map_err(|e| unreadable(kseq, &e))?
-            .read_to_end(&mut next)
-            .map_err(|e| unreadable(kseq, &e))?;
-        content = next;
+        let what = format!("keyframe of node {node} at @seq:{kseq}");
+        content = codec::apply_keyframe_patch(&what, &kf.body, &content)?;
     }
     Ok(content)
 }
@@ -183,12 +177,7 @@ pub(crate) fn make_keyframe(rebuilt: &Rebuilt, policy: &KeyframePolicy) -> Keyfr
             && content.len() <= policy.max_diff_bytes
             && base.content.len() <= policy.max_diff_bytes;
         if diffable {
-            let mut patch = Vec::new();
-            bidiff::simple_diff(&base.content, content, &mut patch)
-                .expect("diffing into memory cannot fail");
-            // bsdiff patches hold a byte-wise difference for every matched byte, mostly zeros,
-            // so only their compressed size means anything.
-            let packed_patch = codec::zstd_bytes(&patch);
+            let packed_patch = codec::encode_keyframe_patch(&base.content, content);
             let as_patch = |body| Keyframe {
                 base: Some(base.seq),
                 depth: base.depth + 1,
