@@ -5,7 +5,7 @@
 //! owns every live writer, so read views of live histories are lent out by it, on request.
 
 use crate::catalog::{Catalog, Progress};
-use diffkeeper_capture::{Event as Captured, Probe, ProbeConfig};
+use diffkeeper_capture::{Event as Captured, Probe, ProbeConfig, RingDrain};
 use diffkeeper_recorder::{monotonic_ns, wall_ns, Recorder};
 use diffkeeper_store::{
     Event, MarkerKind, Op, RecordingInfo, Store, StoreError, Writer, WriterOptions,
@@ -70,6 +70,12 @@ struct Live {
 
 pub struct CaptureLoop {
     probe: Probe,
+    /// The ring, emptied on a thread of its own: this one commits every container's store, and
+    /// draining inline stalled the ring during each commit until a fast writer overran it.
+    /// None once that thread failed.
+    ring: Option<RingDrain>,
+    /// Why nothing is captured any more, for the attaches that come after.
+    ring_failure: Option<String>,
     live: HashMap<String, Live>,
     by_cgroup: HashMap<u64, String>,
     catalog: Catalog,
@@ -78,8 +84,12 @@ pub struct CaptureLoop {
 
 impl CaptureLoop {
     pub fn load(config: &ProbeConfig, catalog: Catalog) -> Result<CaptureLoop, crate::AgentError> {
+        let mut probe = Probe::load(config)?;
+        let reader = probe.take_reader().expect("a fresh probe has its reader");
         Ok(CaptureLoop {
-            probe: Probe::load(config)?,
+            ring: Some(RingDrain::start(reader)?),
+            ring_failure: None,
+            probe,
             live: HashMap::new(),
             by_cgroup: HashMap::new(),
             catalog,
@@ -91,7 +101,6 @@ impl CaptureLoop {
     /// (without marking them ended: a restarted agent continues them).
     pub fn run(mut self, commands: Receiver<Command>) {
         let mut last_flush = Instant::now();
-        let mut batch: Vec<Captured> = Vec::new();
         loop {
             match commands.recv_timeout(Duration::ZERO) {
                 Ok(command) => {
@@ -101,16 +110,23 @@ impl CaptureLoop {
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            if let Err(e) = self.probe.wait(POLL_EVERY) {
-                tracing::error!(error = %e, "waiting for kernel events");
-            }
-            self.probe.drain(|ev| batch.push(ev));
-            for ev in batch.drain(..) {
-                self.route(ev);
+            match self.ring.as_mut().map(|ring| ring.next(POLL_EVERY)) {
+                Some(Ok(Some(batch))) => self.route_all(batch),
+                Some(Ok(None)) => {}
+                Some(Err(e)) => self.ring_failed(e),
+                // Without capture the loop still serves views, ends and detaches.
+                None => std::thread::sleep(POLL_EVERY),
             }
             if last_flush.elapsed() >= FLUSH_EVERY {
                 self.tick();
                 last_flush = Instant::now();
+            }
+        }
+        // What the containers did last may still be in the ring.
+        if let Some(ring) = self.ring.take() {
+            match ring.finish() {
+                Ok(batches) => batches.into_iter().for_each(|b| self.route_all(b)),
+                Err(e) => tracing::error!(error = %e, "reading the last kernel events"),
             }
         }
         let ids: Vec<String> = self.live.keys().cloned().collect();
@@ -155,6 +171,9 @@ impl CaptureLoop {
     }
 
     fn attach(&mut self, a: Attachment) -> Result<(), crate::AgentError> {
+        if let Some(failure) = &self.ring_failure {
+            return Err(crate::AgentError::CaptureStopped(failure.clone()));
+        }
         if a.resume_after.is_some() && std::fs::read_dir(&a.root).is_err() {
             // Comparing the log with a root that is gone would record every file as deleted.
             return Err(crate::AgentError::Locate(format!(
@@ -205,6 +224,31 @@ impl CaptureLoop {
         Ok(())
     }
 
+    /// Every batch not routed yet, up to what the ring holds now.
+    fn catch_up(&mut self) {
+        let Some(ring) = self.ring.as_mut() else {
+            return;
+        };
+        match ring.catch_up() {
+            Ok(batches) => batches.into_iter().for_each(|b| self.route_all(b)),
+            Err(e) => self.ring_failed(e),
+        }
+    }
+
+    /// Nothing more comes from the kernel; histories already recorded stay served and are
+    /// still closed when their containers end.
+    fn ring_failed(&mut self, e: diffkeeper_capture::CaptureError) {
+        tracing::error!(error = %e, "capture stopped: no more kernel events will be recorded");
+        self.ring = None;
+        self.ring_failure = Some(e.to_string());
+    }
+
+    fn route_all(&mut self, batch: Vec<Captured>) {
+        for ev in batch {
+            self.route(ev);
+        }
+    }
+
     fn route(&mut self, ev: Captured) {
         let Some(id) = self.by_cgroup.get(&ev.origin.cgroup) else {
             // A recorded container's sub-cgroup, or a container just forgotten.
@@ -238,8 +282,12 @@ impl CaptureLoop {
             self.catalog
                 .set_progress(id, progress_of(&live.recorder, &live.attachment));
         }
+        if !ended.is_empty() {
+            // One catch-up serves them all: each takes up to a couple of poll periods.
+            self.catch_up();
+        }
         for id in ended {
-            self.end(&id, "the container's processes have all exited");
+            self.close(&id, "the container's processes have all exited");
         }
         if self.unrouted > 0 {
             tracing::debug!(
@@ -254,11 +302,12 @@ impl CaptureLoop {
         if !self.live.contains_key(id) {
             return;
         }
-        let mut batch = Vec::new();
-        self.probe.drain(|ev| batch.push(ev));
-        for ev in batch {
-            self.route(ev);
-        }
+        self.catch_up();
+        self.close(id, note);
+    }
+
+    /// Ends a history whose container's last events have been routed.
+    fn close(&mut self, id: &str, note: &str) {
         let Some(mut live) = self.live.remove(id) else {
             return;
         };

@@ -54,6 +54,8 @@ pub enum AgentError {
     Config(String),
     #[error("cannot start the capture thread: {0}")]
     Thread(std::io::Error),
+    #[error("capture on this node has stopped ({0}); restart the agent to record again")]
+    CaptureStopped(String),
 }
 
 /// Runs the agent until `shutdown` resolves. Histories of live containers are left resumable:

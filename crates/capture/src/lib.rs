@@ -4,10 +4,12 @@
 //! put in its filter and streams what they changed, with the bytes written, over one ring
 //! buffer. This crate turns those records into [`Event`]s; it knows nothing of stores.
 
+mod drain;
 mod event;
 mod probe;
 mod wire;
 
+pub use drain::RingDrain;
 pub use event::{Assembler, Change, DirtyReason, Event, FileKey, Origin};
 pub use probe::{CaptureError, Counters, Probe, ProbeConfig, RingReader};
 pub use wire::WireError;

@@ -48,6 +48,10 @@ pub enum CaptureError {
     },
     #[error("waiting for capture records: {0}")]
     Poll(#[source] std::io::Error),
+    #[error("cannot start the thread that drains the ring buffer: {0}")]
+    DrainThread(#[source] std::io::Error),
+    #[error("the thread that drains the ring buffer stopped (it panicked, or failed before)")]
+    DrainStopped,
 }
 
 /// Tunables of the kernel side.
@@ -124,7 +128,7 @@ pub struct Probe {
 }
 
 /// The reading end of the ring buffer. It can leave the probe (see [`Probe::take_reader`]) so
-/// the ring is drained on a thread of its own: a reader that also does the store's work stops
+/// the ring is drained on a thread of its own ([`crate::RingDrain`]): a reader that also does the store's work stops
 /// draining during every commit, and a fast writer overruns the ring meanwhile.
 pub struct RingReader {
     ring: RingBuf<MapData>,

@@ -4,18 +4,14 @@
 use crate::cgroup::RecordingCgroup;
 use crate::translate::{Recorder, RecorderStats};
 use crate::{monotonic_ns, wall_ns, RecordError};
-use diffkeeper_capture::{
-    CaptureError, Counters, Event as Captured, Probe, ProbeConfig, RingReader,
-};
+use diffkeeper_capture::{Counters, Probe, ProbeConfig, RingDrain};
 use diffkeeper_store::{Event, MarkerKind, Op, RecordingInfo, Writer};
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
@@ -47,12 +43,6 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 /// Payload bytes past which appended events are committed before the timed flush: at full
 /// speed a second of writes would otherwise sit in memory.
 const COMMIT_BYTES: u64 = 32 << 20;
-/// Decoded events travel from the ring thread in batches of about this many bytes...
-const BATCH_BYTES: usize = 1 << 20;
-/// ...and at most this many batches wait: past that the ring thread stops draining, so a
-/// store that cannot keep up fills the ring (records lost there are counted and healed)
-/// rather than the recorder's memory.
-const QUEUED_BATCHES: usize = 32;
 
 pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
     let started = Instant::now();
@@ -113,19 +103,15 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
     let from_terminal = unsafe { libc::isatty(0) } == 1;
 
     let reader = probe.take_reader().expect("a fresh probe has its reader");
-    let ring = RingThread::start(reader)?;
+    // Commits, keyframes and read-backs below must not stop the ring from being emptied.
+    let mut ring = RingDrain::start(reader)?;
     let mut status = None;
     let mut last_flush = Instant::now();
     let mut last_check = Instant::now();
     let mut forwarded = 0u32;
     loop {
-        let next = match ring.next(POLL_EVERY) {
-            Next::Batch(b) => Some(b),
-            Next::Idle => None,
-            Next::Ended => return Err(ring.failure()),
-        };
-        if let Some(batch) = next {
-            for ev in batch.events {
+        if let Some(batch) = ring.next(POLL_EVERY)? {
+            for ev in batch {
                 rec.apply(ev, &mut probe)?;
             }
             // Bounds what the pending batch holds between the timed flushes below.
@@ -163,7 +149,7 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
     }
     // What the last processes did may still be in the ring.
     for batch in ring.finish()? {
-        for ev in batch.events {
+        for ev in batch {
             rec.apply(ev, &mut probe)?;
         }
     }
@@ -217,123 +203,4 @@ fn dir_size(dir: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-enum Next {
-    Batch(Batch),
-    Idle,
-    Ended,
-}
-
-/// Events decoded from the ring, in ring order.
-struct Batch {
-    events: Vec<Captured>,
-}
-
-/// Drains the ring on a thread of its own, so that commits, keyframes and read-backs on the
-/// recording thread do not leave the kernel without room.
-struct RingThread {
-    rx: Receiver<Batch>,
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<Result<(), CaptureError>>,
-}
-
-impl RingThread {
-    fn start(mut reader: RingReader) -> Result<RingThread, RecordError> {
-        let (tx, rx) = mpsc::sync_channel::<Batch>(QUEUED_BATCHES);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("dk-ring".into())
-            .spawn(move || {
-                let mut events = Vec::new();
-                let mut bytes = 0usize;
-                let mut gone = false;
-                loop {
-                    // Read before draining: a stop seen here means everything the recorded
-                    // processes did is in the ring already, so this drain is the last one.
-                    let last = stopping.load(Ordering::Acquire);
-                    reader.wait(POLL_EVERY)?;
-                    reader.drain(|ev| {
-                        bytes += event_bytes(&ev);
-                        events.push(ev);
-                        if bytes >= BATCH_BYTES && !gone {
-                            let full = std::mem::take(&mut events);
-                            gone = tx.send(Batch { events: full }).is_err();
-                            bytes = 0;
-                        }
-                    });
-                    if !events.is_empty() && !gone {
-                        let rest = std::mem::take(&mut events);
-                        gone = tx.send(Batch { events: rest }).is_err();
-                        bytes = 0;
-                    }
-                    // The recording thread went away (an error there): nobody wants more.
-                    if last || gone {
-                        if reader.malformed() > 0 {
-                            tracing::warn!(
-                                records = reader.malformed(),
-                                "capture records could not be decoded"
-                            );
-                        }
-                        return Ok(());
-                    }
-                }
-            })
-            .map_err(|e| RecordError::Capture(CaptureError::Poll(e)))?;
-        Ok(RingThread { rx, stop, handle })
-    }
-
-    /// The next batch, if one comes within `timeout`.
-    fn next(&self, timeout: Duration) -> Next {
-        match self.rx.recv_timeout(timeout) {
-            Ok(b) => Next::Batch(b),
-            Err(RecvTimeoutError::Timeout) => Next::Idle,
-            Err(RecvTimeoutError::Disconnected) => Next::Ended,
-        }
-    }
-
-    /// Why the thread ended before it was told to (it does so only on an error).
-    fn failure(self) -> RecordError {
-        match self.handle.join() {
-            Ok(Err(e)) => e.into(),
-            _ => RecordError::Capture(CaptureError::Poll(std::io::Error::other(
-                "the ring buffer reader stopped",
-            ))),
-        }
-    }
-
-    /// Stops the thread after one last drain and returns what it had not handed over yet.
-    fn finish(self) -> Result<Vec<Batch>, RecordError> {
-        self.stop.store(true, Ordering::Release);
-        let rest: Vec<Batch> = self.rx.iter().collect();
-        match self.handle.join() {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(RecordError::Capture(CaptureError::Poll(
-                    std::io::Error::other("the ring buffer reader panicked"),
-                )))
-            }
-        }
-        Ok(rest)
-    }
-}
-
-/// About what an event holds in memory.
-fn event_bytes(ev: &Captured) -> usize {
-    use diffkeeper_capture::Change;
-    let data = match &ev.change {
-        Change::Write { data, .. } => data.len(),
-        Change::Inode { path, .. } => path.len(),
-        Change::Rename { from, to, .. } => from.len() + to.len(),
-        Change::Symlink { path, target } => path.len() + target.len(),
-        Change::Link { existing, new } => existing.len() + new.len(),
-        Change::Unlink { path }
-        | Change::Rmdir { path }
-        | Change::Mkdir { path, .. }
-        | Change::Chmod { path, .. }
-        | Change::Truncate { path, .. } => path.len(),
-        _ => 0,
-    };
-    data + std::mem::size_of::<Captured>()
 }
