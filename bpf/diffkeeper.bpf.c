@@ -255,15 +255,186 @@ static __always_inline struct file *fd_file(int fd)
 	return (struct file *)fd_file_ptr(fd);
 }
 
-/* Regular files on real file systems only: pseudo file systems (proc, sysfs, cgroup, tracefs,
- * bpffs, debugfs, securityfs) are interfaces, not state a person wants rewound. */
-static __always_inline bool recordable(struct inode *inode)
+/* What the fd-based paths need from one open file, its inode and its super block, read once.
+ * A struct file taken from the fd table is a plain number to the verifier, and so is everything
+ * reached from it: read field by field, that was 14 bpf_probe_read_kernel calls (each a call, an
+ * address check and a fault-guarded copy) per recorded write, 12.5% of the writer's CPU. Now it
+ * is direct loads when the fd sits in files_struct's embedded array (embedded_fd), else one
+ * probe read per struct (read_file_span and its siblings). */
+struct file_facts {
+	__u64 dentry;
+	__u64 mnt;
+	struct file_key key;
+	__s64 pos;
+	__s64 size;
+	__u64 magic;
+	__u32 f_mode;
+	__u32 f_flags;
+	__u32 i_mode;
+	__u32 _pad;
+};
+
+/* Each struct is copied to the stack with ONE probe read over the span holding the fields
+ * needed, and the fields are plain loads from that copy. Offsets are CO-RE relocated, so the
+ * span and the offsets inside it are constants by load time: the verifier walks only the branch
+ * taken, and a kernel whose layout makes a span too wide takes the per-field reads instead. */
+#define SPAN_BYTES 128
+
+#define FOFF(T, f) ((__u64)bpf_core_field_offset(T, f))
+/* The copy starts at `first`'s offset rounded down to 8 and ends after `last`, both named by
+ * the build machine's layout. Another kernel may order fields differently: each field is then
+ * checked to lie inside the copy (a field before the start wraps around and fails) and to be
+ * aligned for a direct load (the verifier refuses misaligned stack loads). Kept to a few
+ * instructions per field: these run at every call, only the dead branch is removed. */
+#define SPAN_LO(T, first) (FOFF(T, first) & ~7ull)
+#define SPAN_LEN(T, last, ty, lo) (FOFF(T, last) + sizeof(ty) - (lo))
+#define SPAN_HAS(T, f, ty, lo, len)                                                         \
+	(FOFF(T, f) - (lo) + sizeof(ty) <= (len) && !(FOFF(T, f) & (sizeof(ty) - 1)))
+#define SPAN_GET(buf, T, f, ty, lo) (*(ty *)((buf) + (FOFF(T, f) - (lo))))
+
+static __always_inline __u64 read_file_span(struct file *f, struct file_facts *ff)
 {
+	__u8 buf[SPAN_BYTES] __attribute__((aligned(8)));
+	__u64 lo = SPAN_LO(struct file, f_mode);
+	__u64 len = SPAN_LEN(struct file, f_pos, __s64, lo);
+	if (len <= SPAN_BYTES && SPAN_HAS(struct file, f_mode, __u32, lo, len) &&
+	    SPAN_HAS(struct file, f_inode, void *, lo, len) &&
+	    SPAN_HAS(struct file, f_flags, __u32, lo, len) &&
+	    SPAN_HAS(struct file, f_path.dentry, void *, lo, len) &&
+	    SPAN_HAS(struct file, f_path.mnt, void *, lo, len) &&
+	    SPAN_HAS(struct file, f_pos, __s64, lo, len)) {
+		if (bpf_probe_read_kernel(buf, len, (void *)f + lo))
+			return 0;
+		ff->f_mode = SPAN_GET(buf, struct file, f_mode, __u32, lo);
+		ff->f_flags = SPAN_GET(buf, struct file, f_flags, __u32, lo);
+		ff->pos = SPAN_GET(buf, struct file, f_pos, __s64, lo);
+		ff->dentry = SPAN_GET(buf, struct file, f_path.dentry, __u64, lo);
+		ff->mnt = SPAN_GET(buf, struct file, f_path.mnt, __u64, lo);
+		return SPAN_GET(buf, struct file, f_inode, __u64, lo);
+	}
+	ff->f_mode = BPF_CORE_READ(f, f_mode);
+	ff->f_flags = BPF_CORE_READ(f, f_flags);
+	ff->pos = BPF_CORE_READ(f, f_pos);
+	ff->dentry = (__u64)BPF_CORE_READ(f, f_path.dentry);
+	ff->mnt = (__u64)BPF_CORE_READ(f, f_path.mnt);
+	return (__u64)BPF_CORE_READ(f, f_inode);
+}
+
+static __always_inline __u64 read_inode_span(struct inode *i, struct file_facts *ff)
+{
+	__u8 buf[SPAN_BYTES] __attribute__((aligned(8)));
+	__u64 lo = SPAN_LO(struct inode, i_mode);
+	__u64 len = SPAN_LEN(struct inode, i_size, __s64, lo);
+	if (len <= SPAN_BYTES && SPAN_HAS(struct inode, i_mode, __u16, lo, len) &&
+	    SPAN_HAS(struct inode, i_sb, void *, lo, len) &&
+	    SPAN_HAS(struct inode, i_ino, __u64, lo, len) &&
+	    SPAN_HAS(struct inode, i_size, __s64, lo, len)) {
+		if (bpf_probe_read_kernel(buf, len, (void *)i + lo))
+			return 0;
+		ff->i_mode = SPAN_GET(buf, struct inode, i_mode, __u16, lo);
+		ff->key.ino = SPAN_GET(buf, struct inode, i_ino, __u64, lo);
+		ff->size = SPAN_GET(buf, struct inode, i_size, __s64, lo);
+		return SPAN_GET(buf, struct inode, i_sb, __u64, lo);
+	}
+	ff->i_mode = BPF_CORE_READ(i, i_mode);
+	ff->key.ino = BPF_CORE_READ(i, i_ino);
+	ff->size = BPF_CORE_READ(i, i_size);
+	return (__u64)BPF_CORE_READ(i, i_sb);
+}
+
+static __always_inline void read_sb_span(struct super_block *sb, struct file_facts *ff)
+{
+	__u8 buf[SPAN_BYTES] __attribute__((aligned(8)));
+	__u64 lo = SPAN_LO(struct super_block, s_dev);
+	__u64 len = SPAN_LEN(struct super_block, s_magic, __u64, lo);
+	if (len <= SPAN_BYTES && SPAN_HAS(struct super_block, s_dev, __u32, lo, len) &&
+	    SPAN_HAS(struct super_block, s_magic, __u64, lo, len)) {
+		if (bpf_probe_read_kernel(buf, len, (void *)sb + lo))
+			return;
+		ff->key.dev = SPAN_GET(buf, struct super_block, s_dev, __u32, lo);
+		ff->magic = SPAN_GET(buf, struct super_block, s_magic, __u64, lo);
+		return;
+	}
+	ff->key.dev = BPF_CORE_READ(sb, s_dev);
+	ff->magic = BPF_CORE_READ(sb, s_magic);
+}
+
+#define FD_SLOT(n) case n: return files->fd_array[n];
+#define FD_SLOTS8(n)                                                                        \
+	FD_SLOT(n) FD_SLOT(n + 1) FD_SLOT(n + 2) FD_SLOT(n + 3) FD_SLOT(n + 4) FD_SLOT(n + 5)  \
+	FD_SLOT(n + 6) FD_SLOT(n + 7)
+#define EMBEDDED_FDS 64
+
+/* The fd table proper (`fdt->fd`) is a pointer to pointers, so what it holds is a plain number
+ * to the verifier and everything behind it needs probe reads. Until a process's table grows
+ * past 64 fds (or when it inherited a grown one), though, the table IS files_struct's embedded
+ * fd_array, whose elements are BTF-typed: through them each field is one guarded load, no
+ * helper call. A typed load needs a constant offset, hence one case per slot (clang may merge
+ * them into one load at a per-case offset; the verifier follows each case, a few hundred
+ * instructions in all). */
+static __always_inline struct file *embedded_fd(struct files_struct *files, __u32 fd)
+{
+	switch (fd) {
+	FD_SLOTS8(0) FD_SLOTS8(8) FD_SLOTS8(16) FD_SLOTS8(24)
+	FD_SLOTS8(32) FD_SLOTS8(40) FD_SLOTS8(48) FD_SLOTS8(56)
+	}
+	return NULL;
+}
+
+/* Fills `ff` for the file open at `fd`; false when there is none (or it has no inode).
+ * A global function: verified once, not once per caller. */
+__noinline int file_facts(long fd, struct file_facts *ff)
+{
+	if (!ff)
+		return false;
+	__builtin_memset(ff, 0, sizeof(*ff));
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct files_struct *files = task->files;
+	/* Narrowed (see fd_file_ptr); a negative fd becomes too large for the embedded array. The
+	 * pointer comparison and the pointers stored into ff need CAP_PERFMON, as tracing does. */
+	__u32 slot = (int)fd;
+	if (files && slot < EMBEDDED_FDS &&
+	    slot < bpf_core_field_size(struct files_struct, fd_array) / sizeof(void *) &&
+	    files->fdt == &files->fdtab) {
+		struct file *f = embedded_fd(files, slot);
+		if (!f)
+			return false;
+		struct inode *inode = f->f_inode;
+		if (!inode)
+			return false;
+		ff->f_mode = f->f_mode;
+		ff->f_flags = f->f_flags;
+		ff->pos = f->f_pos;
+		ff->dentry = (__u64)f->f_path.dentry;
+		ff->mnt = (__u64)f->f_path.mnt;
+		ff->i_mode = inode->i_mode;
+		ff->key.ino = inode->i_ino;
+		ff->size = inode->i_size;
+		struct super_block *sb = inode->i_sb;
+		ff->key.dev = sb->s_dev;
+		ff->magic = sb->s_magic;
+		return true;
+	}
+	__u64 file = fd_file_ptr(fd);
+	if (!file)
+		return false;
+	__u64 inode = read_file_span((void *)file, ff);
 	if (!inode)
 		return false;
-	if ((BPF_CORE_READ(inode, i_mode) & S_IFMT) != S_IFREG)
+	__u64 sb = read_inode_span((void *)inode, ff);
+	if (!sb)
 		return false;
-	switch (BPF_CORE_READ(inode, i_sb, s_magic)) {
+	read_sb_span((void *)sb, ff);
+	return true;
+}
+
+/* Regular files on real file systems only: pseudo file systems (proc, sysfs, cgroup, tracefs,
+ * bpffs, debugfs, securityfs) are interfaces, not state a person wants rewound. */
+static __always_inline bool recordable(const struct file_facts *ff)
+{
+	if ((ff->i_mode & S_IFMT) != S_IFREG)
+		return false;
+	switch (ff->magic) {
 	case 0x9fa0:     /* proc */
 	case 0x62656572: /* sysfs */
 	case 0x63677270: /* cgroup2 */
@@ -275,15 +446,6 @@ static __always_inline bool recordable(struct inode *inode)
 		return false;
 	}
 	return true;
-}
-
-static __always_inline struct file_key inode_key(struct inode *inode)
-{
-	struct file_key k = {
-		.dev = BPF_CORE_READ(inode, i_sb, s_dev),
-		.ino = BPF_CORE_READ(inode, i_ino),
-	};
-	return k;
 }
 
 static __always_inline struct scratch *get_scratch(void)
@@ -399,16 +561,15 @@ __noinline int walk_path(__u64 dentry, __u64 vfsmnt, __u32 dest)
 
 /* Sends the file's path unless user space already has it (or `flags` says this open created or
  * truncated it, which user space must always see). Returns false if the record was lost. */
-__noinline int send_inode(__u64 file_ptr, __u32 flags, __u64 ts)
+__noinline int send_inode(struct file_facts *ff, __u32 flags, __u64 ts)
 {
-	struct file *file = (void *)file_ptr;
-	struct inode *inode = BPF_CORE_READ(file, f_inode);
-	struct file_key key = inode_key(inode);
+	if (!ff)
+		return false;
+	struct file_key key = ff->key;
 	if (!flags && bpf_map_lookup_elem(&known_inodes, &key))
 		return true;
-	struct dentry *d = BPF_CORE_READ(file, f_path.dentry);
-	struct vfsmount *vm = BPF_CORE_READ(file, f_path.mnt);
-	__u32 walked = walk_path((__u64)d, (__u64)vm, WALK_TO_INODE);
+	struct dentry *d = (void *)ff->dentry;
+	__u32 walked = walk_path(ff->dentry, ff->mnt, WALK_TO_INODE);
 	__u32 len = walked & ~WALK_CUT;
 	count(DK_CNT_PATH_WALKS, 1);
 	if (walked & WALK_CUT)
@@ -427,8 +588,8 @@ __noinline int send_inode(__u64 file_ptr, __u32 flags, __u64 ts)
 	r->h.flags = flags;
 	r->dev = key.dev;
 	r->ino = key.ino;
-	r->size = BPF_CORE_READ(inode, i_size);
-	r->mode = BPF_CORE_READ(inode, i_mode);
+	r->size = ff->size;
+	r->mode = ff->i_mode;
 	r->path_len = size - sizeof(*r);
 	if (bpf_ringbuf_output(&events, r, size, wake_flags(size))) {
 		count(DK_CNT_LOST, 1);
@@ -475,19 +636,15 @@ static __always_inline void send_fd_op(__u32 op, struct file_key key, __u64 arg,
 	send_fd_op_at(op, key.dev, key.ino, arg, ts);
 }
 
-__noinline int mark_dirty_at(__u64 file_ptr, __u32 reason, __u64 ts)
+__noinline int mark_dirty(struct file_facts *ff, __u32 reason, __u64 ts)
 {
-	struct file *file = (void *)file_ptr;
-	struct file_key key = inode_key(BPF_CORE_READ(file, f_inode));
-	send_inode(file_ptr, 0, ts);
+	if (!ff)
+		return 0;
+	struct file_key key = ff->key;
+	send_inode(ff, 0, ts);
 	bpf_map_update_elem(&dirty_files, &key, &reason, BPF_ANY);
 	send_fd_op(DK_FD_DIRTY, key, reason, ts);
 	return 0;
-}
-
-static __always_inline void mark_dirty(struct file *file, __u32 reason, __u64 ts)
-{
-	mark_dirty_at((__u64)file, reason, ts);
 }
 
 /* State of one syscall's payload walk: a plain write is a one-element vector. */
@@ -596,35 +753,32 @@ __noinline int on_write(long fd, __u64 buf, __u64 iov_cnt, __s64 pos, long ret)
 	bool vector = iov_cnt != 0;
 	if (ret <= 0)
 		return 0;
-	struct file *file = fd_file(fd);
-	if (!file)
-		return 0;
-	struct inode *inode = BPF_CORE_READ(file, f_inode);
-	if (!recordable(inode))
+	struct file_facts ff;
+	if (!file_facts(fd, &ff) || !recordable(&ff))
 		return 0;
 	__u64 ts = bpf_ktime_get_ns();
 
 	struct payload p = {};
-	p.key = inode_key(inode);
+	p.key = ff.key;
 	p.ts = ts;
 	p.remaining = ret;
 	/* The position after the write, minus what was written, is where it went: this is right
 	 * for O_APPEND too, where the kernel moved the position to the end first. pwrite on an
 	 * O_APPEND file appends as well (a Linux quirk), so the size tells there. */
-	if (BPF_CORE_READ(file, f_flags) & O_APPEND)
-		p.offset = BPF_CORE_READ(inode, i_size) - ret;
+	if (ff.f_flags & O_APPEND)
+		p.offset = ff.size - ret;
 	else if (pos >= 0)
 		p.offset = pos;
 	else
-		p.offset = BPF_CORE_READ(file, f_pos) - ret;
+		p.offset = ff.pos - ret;
 
-	if (!send_inode((__u64)file, 0, ts)) {
+	if (!send_inode(&ff, 0, ts)) {
 		__u32 reason = DK_DIRTY_LOST;
 		bpf_map_update_elem(&dirty_files, &p.key, &reason, BPF_ANY);
 		return 0;
 	}
 	if ((__u64)ret > max_write_capture) {
-		mark_dirty(file, DK_DIRTY_CAP, ts);
+		mark_dirty(&ff, DK_DIRTY_CAP, ts);
 		return 0;
 	}
 	if (vector) {
@@ -655,26 +809,26 @@ __noinline int on_open(long ret, __u64 flags)
 {
 	if (ret < 0 || !(flags & (O_CREAT | O_TRUNC)))
 		return 0;
-	struct file *file = fd_file(ret);
-	if (!file || !recordable(BPF_CORE_READ(file, f_inode)))
+	struct file_facts ff;
+	if (!file_facts(ret, &ff) || !recordable(&ff))
 		return 0;
 	__u16 f = 0;
-	if (BPF_CORE_READ(file, f_mode) & FMODE_CREATED)
+	if (ff.f_mode & FMODE_CREATED)
 		f = DK_INODE_CREATED;
 	else if ((flags & O_TRUNC) && (flags & O_ACCMODE))
 		f = DK_INODE_TRUNCATED;
 	if (!f)
 		return 0;
-	if (!send_inode((__u64)file, f, bpf_ktime_get_ns()))
+	if (!send_inode(&ff, f, bpf_ktime_get_ns()))
 		count(DK_CNT_LOST_NS, 1);
 	return 0;
 }
 
 __noinline int on_fd_dirty(long fd, __u32 reason)
 {
-	struct file *file = fd_file(fd);
-	if (file && recordable(BPF_CORE_READ(file, f_inode)))
-		mark_dirty(file, reason, bpf_ktime_get_ns());
+	struct file_facts ff;
+	if (file_facts(fd, &ff) && recordable(&ff))
+		mark_dirty(&ff, reason, bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -864,15 +1018,14 @@ int BPF_PROG(dk_sys_enter, struct pt_regs *regs, long id)
 	case NR_close: {
 		/* Only files already marked dirty matter at close: resync them while they are
 		 * quiescent. The file is still installed at entry. */
-		struct file *f = fd_file(di);
-		if (!f)
+		struct file_facts ff;
+		if (!file_facts(di, &ff))
 			break;
-		struct file_key key = inode_key(BPF_CORE_READ(f, f_inode));
-		if (bpf_map_lookup_elem(&dirty_files, &key)) {
+		if (bpf_map_lookup_elem(&dirty_files, &ff.key)) {
 			__u64 ts = bpf_ktime_get_ns();
 			/* If its name was lost with a full ring, this is the last chance to send it. */
-			send_inode((__u64)f, 0, ts);
-			send_fd_op(DK_FD_CLOSE, key, 0, ts);
+			send_inode(&ff, 0, ts);
+			send_fd_op(DK_FD_CLOSE, ff.key, 0, ts);
 		}
 		break;
 	}
@@ -931,18 +1084,15 @@ int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
 	case NR_fchmod: {
 		if (ret != 0)
 			return 0;
-		struct file *file = fd_file(di);
-		if (!file)
-			return 0;
-		struct inode *inode = BPF_CORE_READ(file, f_inode);
-		if (!recordable(inode))
+		struct file_facts ff;
+		if (!file_facts(di, &ff) || !recordable(&ff))
 			return 0;
 		__u64 ts = bpf_ktime_get_ns();
-		send_inode((__u64)file, 0, ts);
+		send_inode(&ff, 0, ts);
 		if (id == NR_ftruncate)
-			send_fd_op(DK_FD_TRUNCATE, inode_key(inode), si, ts);
+			send_fd_op(DK_FD_TRUNCATE, ff.key, si, ts);
 		else
-			send_fd_op(DK_FD_CHMOD, inode_key(inode), BPF_CORE_READ(inode, i_mode), ts);
+			send_fd_op(DK_FD_CHMOD, ff.key, ff.i_mode, ts);
 		return 0;
 	}
 	case NR_fallocate:
@@ -962,12 +1112,12 @@ int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
 		if (ret < 0 && ret > -4096)
 			return 0;
 		if ((r10 & MAP_SHARED) && (dx & PROT_WRITE)) {
-			struct file *file = fd_file(r8);
-			if (file && recordable(BPF_CORE_READ(file, f_inode))) {
+			struct file_facts ff;
+			if (file_facts(r8, &ff) && recordable(&ff)) {
 				__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 				__u8 one = 1;
 				bpf_map_update_elem(&mmap_writers, &tgid, &one, BPF_ANY);
-				mark_dirty(file, DK_DIRTY_MMAP, bpf_ktime_get_ns());
+				mark_dirty(&ff, DK_DIRTY_MMAP, bpf_ktime_get_ns());
 			}
 		}
 		return 0;
