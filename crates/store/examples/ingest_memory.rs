@@ -20,7 +20,9 @@ fn peak_rss() -> String {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<u64>().expect("a number"));
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<u64>().expect("a number"));
     let cache_mib = args.next().unwrap_or(64);
     let files = args.next().unwrap_or(10_000);
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -75,7 +77,11 @@ fn main() {
             uncommitted = 0;
         }
         if f % (files / 5).max(1) == 0 {
-            println!("{f:>6} files, {:>8.1?}, peak RSS {}", started.elapsed(), peak_rss());
+            println!(
+                "{f:>6} files, {:>8.1?}, peak RSS {}",
+                started.elapsed(),
+                peak_rss()
+            );
         }
     }
     w.finish(time + 1).unwrap();
