@@ -115,7 +115,10 @@ fn gap_warning(store: &Store, mono_ns: u64) -> anyhow::Result<Option<String>> {
     }
     let last = *gaps.last().unwrap();
     Ok(Some(format!(
-        "capture records were lost during this recording ({} gap(s), from {} to {}; see          `diffkeeper log`). Files written then were read back later, so at this moment some of          them may be missing or older than they were; the end of the recording is exact. A          larger --ring-size when recording avoids losses.",
+        "capture records were lost during this recording ({} gap(s), from {} to {}; see \
+         `diffkeeper log`). Files written then were read back later, so at this moment some of \
+         them may be missing or older than they were; the end of the recording is exact. A \
+         larger --ring-size when recording avoids losses.",
         gaps.len(),
         crate::offset_label(&span, first),
         crate::offset_label(&span, last),
