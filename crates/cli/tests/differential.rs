@@ -428,7 +428,8 @@ fn an_interrupted_recording_is_still_finalized() {
     let state = tmp.path().join("state");
     let work = tmp.path().join("work");
     fs::create_dir(&work).unwrap();
-    let child = Command::new(DK)
+    let mut record = Command::new(DK);
+    record
         .arg("record")
         .arg(format!("--state-dir={}", state.display()))
         .arg("--")
@@ -437,9 +438,17 @@ fn an_interrupted_recording_is_still_finalized() {
         .arg("echo before > started.txt; sleep 60")
         .current_dir(&work)
         .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    // A test run started in the background of a non-interactive shell inherits SIGINT ignored,
+    // and so would the recorded command, which would then rightly outlive the interrupt.
+    // SAFETY: signal(2) is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut record, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let child = record.spawn().unwrap();
     // Wait until the command runs (its first file exists), then interrupt the recorder only.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !work.join("started.txt").exists() {
