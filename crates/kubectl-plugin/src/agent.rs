@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterArgs};
+use crate::target::TargetArgs;
 use crate::tunnel::PortForwardConnector;
 
 /// The ConfigMap the operator puts in every recorded namespace: the CA agents' certificates
@@ -53,9 +54,24 @@ pub struct Agent {
 }
 
 impl AgentArgs {
+    /// The record `target` names and a connection to the agent that keeps its history: what
+    /// `log` and `export` start from.
+    pub async fn reach(
+        &self,
+        cluster: &ClusterArgs,
+        target: &TargetArgs,
+    ) -> anyhow::Result<(ContainerRecord, Agent)> {
+        let cluster = cluster.connect().await?;
+        let token = self.token(&cluster).await?;
+        let record =
+            crate::target::find_record(&cluster.client, &cluster.namespace, target).await?;
+        let agent = self.connect(&cluster, &record, token).await?;
+        Ok((record, agent))
+    }
+
     /// The credentials the agent will see: flags first, then the kubeconfig user's token.
     /// Resolved before anything else, so a user without a token learns it at once.
-    pub async fn token(&self, cluster: &Cluster) -> anyhow::Result<String> {
+    async fn token(&self, cluster: &Cluster) -> anyhow::Result<String> {
         if let Some(t) = &self.token {
             return Ok(t.trim().to_string());
         }
@@ -71,7 +87,7 @@ impl AgentArgs {
     }
 
     /// Connects to the agent that keeps `record`'s history.
-    pub async fn connect(
+    async fn connect(
         &self,
         cluster: &Cluster,
         record: &ContainerRecord,

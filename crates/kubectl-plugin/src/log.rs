@@ -44,11 +44,7 @@ enum Output {
 }
 
 pub async fn run(cluster: &ClusterArgs, args: Args) -> anyhow::Result<()> {
-    let cluster = cluster.connect().await?;
-    let token = args.agent.token(&cluster).await?;
-    let record =
-        crate::target::find_record(&cluster.client, &cluster.namespace, &args.target).await?;
-    let mut agent = args.agent.connect(&cluster, &record, token).await?;
+    let (record, mut agent) = args.agent.reach(cluster, &args.target).await?;
     let call = Call {
         permission: "get recordings/log",
         granted_by: "the admin role",
