@@ -344,6 +344,18 @@ impl ContentOp {
         )
     }
 
+    /// The content's length after this op, given its length before (`payload_len`: the data of
+    /// Write/Replace); None past u64. Lets a caller refuse a size before building it: a sparse
+    /// file may legally grow to a terabyte with one truncate.
+    pub(crate) fn len_after(&self, before: u64, payload_len: u64) -> Option<u64> {
+        match self {
+            ContentOp::Reset { size } | ContentOp::Truncate { size } => Some(*size),
+            ContentOp::Write { offset, .. } => Some(before.max(offset.checked_add(payload_len)?)),
+            ContentOp::Replace { .. } => Some(payload_len),
+            ContentOp::Set(bytes) => Some(bytes.len() as u64),
+        }
+    }
+
     pub(crate) fn has_payload(&self) -> bool {
         matches!(self, ContentOp::Write { .. } | ContentOp::Replace { .. })
     }
@@ -363,7 +375,9 @@ impl ContentOp {
                     )));
                 }
                 let start = to_len(*offset)?;
-                let end = start + payload.len();
+                let end = start.checked_add(payload.len()).ok_or_else(|| {
+                    StoreError::corrupt(format!("a write at offset {offset} ends past 2^64"))
+                })?;
                 if content.len() < end {
                     content.resize(end, 0);
                 }

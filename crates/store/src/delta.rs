@@ -116,13 +116,17 @@ impl References {
         created_at: Option<&RecPath>,
         payload: &[u8],
     ) {
+        let max = self.limits.max_file_bytes as u64;
+        let payload_len = payload.len() as u64;
         if !op.is_reset() {
-            let max = self.limits.max_file_bytes;
             let fits = self.update(node, |r| {
                 let Some(k) = r.known.get_mut(&node) else {
                     return true;
                 };
-                op.apply(Arc::make_mut(&mut k.content), payload).is_ok() && k.content.len() <= max
+                // Checked before applying: the content is built in memory.
+                op.len_after(k.content.len() as u64, payload_len)
+                    .is_some_and(|len| len <= max)
+                    && op.apply(Arc::make_mut(&mut k.content), payload).is_ok()
             });
             if !fits {
                 self.forget(node);
@@ -134,9 +138,9 @@ impl References {
             self.forget(node);
             return;
         }
+        let fits = op.len_after(0, payload_len).is_some_and(|len| len <= max);
         let mut content = Vec::new();
-        let resets_cleanly = op.apply(&mut content, payload).is_ok();
-        if !resets_cleanly || content.len() > self.limits.max_file_bytes {
+        if !fits || op.apply(&mut content, payload).is_err() {
             self.forget(node);
             return;
         }

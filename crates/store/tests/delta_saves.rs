@@ -3,7 +3,7 @@
 //! across a resumed writer, and the store must stay a small fraction of what was written.
 
 use diffkeeper_store::{
-    Event, NodeId, Op, RecPath, RecordingInfo, Seq, Store, Target, Writer, WriterOptions,
+    EntryKind, Event, NodeId, Op, RecPath, RecordingInfo, Seq, Store, Target, Writer, WriterOptions,
 };
 use proptest::prelude::*;
 use std::path::Path;
@@ -398,4 +398,37 @@ proptest! {
         let expected = rec.finish();
         check(&dir, &expected);
     }
+}
+
+/// A sparse file is legal: truncating a small saved file to a terabyte, or writing far past its
+/// end, must not make the writer build that content in memory to compare later saves with.
+#[test]
+fn sparse_growth_of_a_saved_file_costs_no_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("rec");
+    let mut rec = Recording::new(&dir, opts(4));
+    let node = rec.w().new_node();
+    rec.append(Op::Create {
+        node,
+        path: path("/var/disk.img"),
+        mode: 0o644,
+    });
+    rec.rewrite_in_place(node, b"a small header".to_vec());
+    let grown = rec.append(Op::Truncate {
+        target: Target::Node(node),
+        size: 1 << 40,
+    });
+    let far = rec.append(Op::Write {
+        node,
+        offset: u64::MAX - 3,
+        data: b"end".to_vec(),
+    });
+    rec.finish();
+    let store = Store::open(&dir).unwrap();
+    let size_at = |seq| match store.tree_at(seq).unwrap().entries[&path("/var/disk.img")].kind {
+        EntryKind::File { size } => size,
+        ref other => panic!("not a file: {other:?}"),
+    };
+    assert_eq!(size_at(grown), 1 << 40);
+    assert_eq!(size_at(far), u64::MAX);
 }
