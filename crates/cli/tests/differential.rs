@@ -98,6 +98,15 @@ w("big.bin", os.urandom(3 << 20))                         # above the per-write 
 src = os.open("b.txt", os.O_RDONLY)
 dst = os.open("copy.txt", os.O_WRONLY | os.O_CREAT, 0o644)
 os.copy_file_range(src, dst, 1 << 20); os.close(src); os.close(dst)
+# Past 64 open fds the table leaves files_struct's embedded array, and the kernel side reads
+# files another way (file_facts): writes through it, here and for the rest of the workload.
+held = [os.open("/dev/null", os.O_RDONLY) for _ in range(100)]
+w("high-fd.txt", b"through a grown fd table\n")
+w("high-fd.txt", b"appended\n", os.O_WRONLY | os.O_APPEND)
+fd = os.open("high-fd.txt", os.O_WRONLY); assert fd > 64
+os.pwrite(fd, b"GROWN", 8); os.ftruncate(fd, 30); os.close(fd)
+for h in held:
+    os.close(h)
 checkpoint()                                              # 5
 sys.exit(7)
 "#;
