@@ -7,10 +7,11 @@ mod cluster;
 
 use std::time::Duration;
 
-use cluster::{client, eventually, install_crds, Operator, TestNamespace};
+use cluster::{eventually, Operator};
 use diffkeeper_api::{
     ContainerRecord, Recording, SnapshotPhase, DEATH_LABEL, NODE_DATA_FINALIZER, RECORDING_LABEL,
 };
+use diffkeeper_test_cluster::{client, install_crds, TestNamespace};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::RoleBinding;

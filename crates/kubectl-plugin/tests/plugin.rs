@@ -6,113 +6,13 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use diffkeeper_api::ContainerRecord;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use diffkeeper_test_cluster::{client, install_crds, TestNamespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
 use serde_json::{json, Value};
-
-// ---------------------------------------------------------------------------------------------
-// The cluster (the small part of crates/cli/tests/cluster these tests need)
-
-/// A client for the cluster under test. Fails loudly when there is none: these tests never skip.
-async fn client() -> Client {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        panic!(
-            "no cluster to test against: KUBECONFIG is not set. Start the test API server \
-             (`bash scripts/e2e-apiserver.sh install && bash scripts/e2e-apiserver.sh start DIR`, \
-             then `source DIR/env`, or `sudo bash scripts/test.sh`), or point KUBECONFIG at a cluster"
-        );
-    }
-    Client::try_default()
-        .await
-        .expect("connecting to the cluster named by KUBECONFIG")
-}
-
-/// Applies DiffKeeper's CRDs and waits until the API server serves them.
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in diffkeeper_api::crds() {
-        let name = crd.name_any();
-        api.patch(
-            &name,
-            &PatchParams::apply("diffkeeper-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let established = api
-                .get(&name)
-                .await
-                .ok()
-                .and_then(|c| c.status?.conditions)
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                });
-            if established {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "CRD {name} not established after 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-/// A namespace of the test's own, deleted when dropped (best effort: the test API server runs no
-/// namespace controller to empty it). The tests run on a multi-threaded runtime: the drop blocks
-/// one worker while the client's connection is driven on another.
-struct TestNamespace {
-    name: String,
-    client: Client,
-}
-
-impl TestNamespace {
-    async fn new(client: &Client, prefix: &str) -> TestNamespace {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000);
-        let ns: Namespace =
-            serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("creating the test namespace");
-        TestNamespace {
-            name,
-            client: client.clone(),
-        }
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        let (client, name) = (self.client.clone(), self.name.clone());
-        // Drop cannot await; a short thread of its own deletes the namespace.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let _ = Api::<Namespace>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-            });
-        })
-        .join();
-    }
-}
 
 /// Writes a ContainerRecord and its status, as a node's agent does.
 async fn agent_records(
