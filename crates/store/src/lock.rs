@@ -52,5 +52,12 @@ impl Drop for DirLock {
         // Clearing the pid is cosmetic (the flock is what counts) but avoids pointing at a
         // process that no longer has anything to do with this dir.
         let _ = self.file.set_len(0);
+        // Unlock explicitly rather than by closing: an flock belongs to the open file
+        // description, and a child forked by any thread of this process (before its exec closes
+        // our O_CLOEXEC descriptors) holds a copy of it. Closing only our copy would then leave
+        // the dir locked for a moment, and a Writer reopened in this process would be refused
+        // with `Locked { pid: 0 }`. LOCK_UN releases the description's lock for every copy.
+        // SAFETY: flock only reads the descriptor, which `self.file` keeps open for the call.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
     }
 }
