@@ -103,7 +103,7 @@ fetch_and_unpack() {
     esac
   done
   for p in "${ROOT_PACKAGES[@]}"; do
-    printf '%s\n' "${want[@]}" | grep -qx "$p" || die "package $p is not in Debian unstable any more"
+    grep -qxF "$p" <<<"$(printf '%s\n' "${want[@]}")" || die "package $p is not in Debian unstable any more"
   done
   mkdir -p "$CACHE/debs"
   # download only what is missing (file names carry versions)
@@ -202,7 +202,7 @@ cmd_install() {
     build
     echo "$hash" >"$BIN/.dk-apiserver.hash"
   fi
-  log "ready in $((SECONDS - t0))s: $BIN/{dk-apiserver,etcd,kubectl} ($("$BIN/kubectl" version --client 2>/dev/null | head -1))"
+  log "ready in $((SECONDS - t0))s: $BIN/{dk-apiserver,etcd,kubectl} ($("$BIN/kubectl" version --client 2>/dev/null | sed -n 1p))"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +228,8 @@ alive() {
   local pid argv0
   pid="$(cat "$1" 2>/dev/null)" || return 1
   [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-  argv0="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -1)"
+  # (read, not `tr | head`: under pipefail a pipeline cut short by head fails at random)
+  IFS= read -r -d '' argv0 <"/proc/$pid/cmdline" 2>/dev/null || [[ -n "$argv0" ]] || return 1
   [[ "${argv0##*/}" == "$2" ]]
 }
 

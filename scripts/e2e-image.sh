@@ -180,8 +180,14 @@ cmd_build() {
     ctr --address "$address" --namespace "$NAMESPACE" images import --base-name "$repo" \
         "$tarball" >/dev/null || die "ctr images import of $tarball into $address failed"
     exec 9>&-
-    ctr --address "$address" --namespace "$NAMESPACE" images ls -q | grep -qxF "$repo:$tag" ||
-        die "containerd does not list $repo:$tag after the import"
+    # Read the whole list before searching it: `ctr ... | grep -q` under pipefail fails whenever
+    # grep finds the name and exits before ctr has written the lines after it (ctr then dies of
+    # SIGPIPE, exit 141). That made this check fail about 1 run in 20, on a busy machine more.
+    local listed
+    listed=$(ctr --address "$address" --namespace "$NAMESPACE" images ls -q) ||
+        die "ctr images ls on $address failed after the import (see the containerd log in $dir)"
+    grep -qxF "$repo:$tag" <<<"$listed" ||
+        die "containerd does not list $repo:$tag after the import; it lists: $(tr '\n' ' ' <<<"$listed")"
     log "imported $repo:$tag into $address"
     printf '%s:%s\n' "$repo" "$tag"
 }

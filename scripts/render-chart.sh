@@ -79,7 +79,7 @@ fetch_and_unpack() {
     resolve || die "apt-cache depends ${PACKAGES[*]} failed"
   done
   for p in "${PACKAGES[@]}"; do
-    printf '%s\n' "${want[@]}" | grep -qx "$p" || die "package $p is not in Debian unstable any more"
+    grep -qxF "$p" <<<"$(printf '%s\n' "${want[@]}")" || die "package $p is not in Debian unstable any more"
   done
   local files=()
   while read -r _uri file _rest; do files+=("$file"); done <<<"$uris"

@@ -40,8 +40,8 @@ k() { "$DK_E2E_KUBECTL" "$@"; }
 # --- discovery, version, OpenAPI
 [[ "$(k version -o json | grep -c '"gitVersion": "v1.36')" == 2 ]] || fail "kubectl/server version is not 1.36"
 k api-resources >/dev/null || fail "api-resources"
-k get --raw /openapi/v2 | grep -q '"io.k8s.api.apps.v1.Deployment"' || fail "OpenAPI v2 lacks Deployment"
-k get --raw /openapi/v3/apis/apps/v1 | grep -q fieldValidation || fail "OpenAPI v3 for apps/v1"
+grep -q '"io.k8s.api.apps.v1.Deployment"' <<<"$(k get --raw /openapi/v2)" || fail "OpenAPI v2 lacks Deployment"
+grep -q fieldValidation <<<"$(k get --raw /openapi/v3/apis/apps/v1)" || fail "OpenAPI v3 for apps/v1"
 ok "discovery and OpenAPI"
 
 # --- a CRD with a CEL rule, defaulting, printer columns, status subresource
@@ -90,7 +90,7 @@ spec: {target: web, maxBytes: -1}
 EOF
 )" && fail "a CR breaking the CEL rule was accepted"
 grep -q "maxBytes must be positive" <<<"$out" || fail "CEL refusal lacks the rule's message: $out"
-ok "CEL rule refuses a bad CR: $(grep -o 'spec: Invalid value.*' <<<"$out" | head -1)"
+ok "CEL rule refuses a bad CR: $(grep -o -m1 'spec: Invalid value.*' <<<"$out")"
 k apply -f - <<'EOF' >/dev/null || fail "create good CR"
 apiVersion: e2e.diffkeeper.dev/v1alpha1
 kind: Recording
@@ -150,7 +150,7 @@ cm 'a: "1"' | k apply --server-side --field-manager=one -f - >/dev/null || fail 
 cm 'b: "2"' | k apply --server-side --field-manager=two -f - >/dev/null || fail "SSA two"
 [[ "$(k get cm cfg -n diffkeeper -o jsonpath='{.data.a},{.data.b}')" == 1,2 ]] || fail "SSA merge of two managers"
 cm 'a: "3"' | k apply --server-side --field-manager=two -f - >/dev/null 2>&1 && fail "SSA conflict not reported"
-k get cm cfg -n diffkeeper -o jsonpath='{.metadata.managedFields[*].manager}' | grep -q "one two" || fail "managedFields"
+grep -q "one two" <<<"$(k get cm cfg -n diffkeeper -o jsonpath='{.metadata.managedFields[*].manager}')" || fail "managedFields"
 k apply --server-side -f - <<'EOF' >/dev/null || fail "SSA of a Deployment"
 apiVersion: apps/v1
 kind: Deployment
