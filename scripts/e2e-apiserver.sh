@@ -223,6 +223,16 @@ free_port() {
   die "no free port found"
 }
 
+# running PID: the process we just started is still there (a zombie counts as gone). Unlike
+# `alive`, it does not ask which binary runs: right after `cmd &` the child may not have exec'd
+# yet and still shows as bash, which a loaded machine stretches to many milliseconds (that made
+# `start` report "etcd did not start" at random).
+running() {
+  local state
+  state="$(sed -n 's/^.*) \(.\).*$/\1/p' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ -n "$state" && "$state" != Z ]]
+}
+
 # alive PIDFILE NAME: the pid in PIDFILE runs a binary called NAME (so a reused pid is left alone)
 alive() {
   local pid argv0
@@ -356,9 +366,9 @@ cmd_start() {
       --experimental-watch-progress-notify-interval 5s --unsafe-no-fsync --log-level warn \
       </dev/null >"$dir/etcd.log" 2>&1 &
     echo $! >"$dir/etcd.pid"
-    local up=
+    local up= pid=$!
     for _ in $(seq 1 100); do
-      alive "$dir/etcd.pid" etcd || break
+      running "$pid" || break
       if (exec 3<>"/dev/tcp/127.0.0.1/$etcd_port") 2>/dev/null; then up=1; break; fi
       sleep 0.1
     done
@@ -376,9 +386,10 @@ cmd_start() {
       --secure-port "$api_port" --tls-cert-file "$dir/pki/server.crt" --tls-private-key-file "$dir/pki/server.key" \
       --token-auth-file "$dir/tokens.csv" </dev/null >"$dir/apiserver.log" 2>&1 &
     echo $! >"$dir/apiserver.pid"
+    local api_pid=$!
     write_kubeconfig "$dir/kubeconfig" "$server" "$dir/pki/ca.crt" "$(token_of "$dir" admin)" admin
     for _ in $(seq 1 600); do
-      alive "$dir/apiserver.pid" dk-apiserver || break
+      running "$api_pid" || break
       if [[ "$("$BIN/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz 2>/dev/null)" == ok ]]; then
         ready=1; break
       fi
