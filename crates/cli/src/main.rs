@@ -5,6 +5,7 @@ mod diff;
 mod export;
 mod log;
 mod operator;
+mod pack;
 mod record;
 mod snapshot;
 
@@ -33,6 +34,10 @@ enum Command {
     Log(log::Args),
     /// Show the files added, removed and changed between two moments.
     Diff(diff::Args),
+    /// Pack a finished recording into one checksummed file (to upload from a failed CI job).
+    Pack(pack::PackArgs),
+    /// Unpack a file made by `pack` into a new state dir, checking every byte.
+    Unpack(pack::UnpackArgs),
     /// Run the Kubernetes operator: reconcile Recordings, snapshot dead containers into PVCs.
     Operator(operator::Args),
     /// Fetch a recorded container's files at a moment from its node's agent into a directory
@@ -65,6 +70,8 @@ fn main() {
         Command::Export(a) => export::run(a).map(|()| 0),
         Command::Log(a) => log::run(a).map(|()| 0),
         Command::Diff(a) => diff::run(a).map(|()| 0),
+        Command::Pack(a) => pack::pack(a).map(|()| 0),
+        Command::Unpack(a) => pack::unpack(a).map(|()| 0),
         Command::Operator(a) => operator::run(a).map(|()| 0),
         Command::Snapshot(a) => snapshot::run(a).map(|()| 0),
         Command::Agent(a) => agent::run(a).map(|()| 0),
