@@ -70,7 +70,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 /// "write     /tmp/w/a.txt  64 B at 4096  pid 1234 (sh)"
-fn describe(s: &Summary) -> String {
+pub(crate) fn describe(s: &Summary) -> String {
     let op = &s.op;
     let paths: Vec<String> = op.paths.iter().map(|p| p.to_string()).collect();
     let what = match op.kind {

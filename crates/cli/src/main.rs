@@ -1,8 +1,10 @@
 //! The diffkeeper command: record a workload's file changes, then export, log and diff any moment.
 
 mod agent;
+mod bisect;
 mod diff;
 mod export;
+mod grep;
 mod log;
 mod operator;
 mod pack;
@@ -34,6 +36,10 @@ enum Command {
     Log(log::Args),
     /// Show the files added, removed and changed between two moments.
     Diff(diff::Args),
+    /// List every moment a file's content started or stopped matching a pattern.
+    Grep(grep::Args),
+    /// Find the change to a file that made a check fail, by binary search over its changes.
+    Bisect(bisect::Args),
     /// Pack a finished recording into one checksummed file (to upload from a failed CI job).
     Pack(pack::PackArgs),
     /// Unpack a file made by `pack` into a new state dir, checking every byte.
@@ -70,6 +76,8 @@ fn main() {
         Command::Export(a) => export::run(a).map(|()| 0),
         Command::Log(a) => log::run(a).map(|()| 0),
         Command::Diff(a) => diff::run(a).map(|()| 0),
+        Command::Grep(a) => grep::run(a).map(|()| 0),
+        Command::Bisect(a) => bisect::run(a).map(|()| 0),
         Command::Pack(a) => pack::pack(a).map(|()| 0),
         Command::Unpack(a) => pack::unpack(a).map(|()| 0),
         Command::Operator(a) => operator::run(a).map(|()| 0),
