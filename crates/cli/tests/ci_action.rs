@@ -6,6 +6,9 @@
 //!
 //! Needs root and BPF (the job really runs under `diffkeeper record`).
 
+mod command;
+
+use command::ok;
 use serde_yaml_ng::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -314,19 +317,6 @@ fn action() -> Value {
         .unwrap()
 }
 
-fn diffkeeper(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_diffkeeper"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "diffkeeper {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn a_failing_job_keeps_its_recording_and_its_exit_code() {
     require_root();
@@ -351,15 +341,15 @@ fn a_failing_job_keeps_its_recording_and_its_exit_code() {
 
     // What the person chasing the failure does with the artifact, elsewhere.
     let trace = tmp.path().join("trace");
-    diffkeeper(&[
+    ok(&[
         "unpack",
         &format!("--in={}", pack.display()),
         &format!("--state-dir={}", trace.display()),
     ]);
-    let log = diffkeeper(&["log", &format!("--state-dir={}", trace.display())]);
+    let log = ok(&["log", &format!("--state-dir={}", trace.display())]);
     assert!(log.contains("out/config.yaml"), "{log}");
     let exported = tmp.path().join("exported");
-    diffkeeper(&[
+    ok(&[
         "export",
         &format!("--state-dir={}", trace.display()),
         &format!("--out={}", exported.display()),

@@ -2,64 +2,21 @@
 //! appends to a log, and the tools must name the moments a person would find by exporting
 //! every moment by hand. Needs root and BPF (the workload really runs under `record`).
 
+mod command;
+
+use command::{ok, record_sh, refused};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn diffkeeper(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffkeeper"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = diffkeeper(args);
-    assert!(
-        out.status.success(),
-        "diffkeeper {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn refused(args: &[&str]) -> String {
-    let out = diffkeeper(args);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "diffkeeper {args:?} should fail"
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
 
 /// Six versions of cfg.yaml (`retries: 3` from v4 on), a log line per version and a panic line
 /// at the end; then the config is renamed away.
 fn record(work: &Path, state: &Path) {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test records with eBPF: run it as root (sudo bash scripts/test.sh)"
-    );
-    std::fs::create_dir_all(work).unwrap();
     let script = "for v in 1 2 3 4 5 6; do \
                     if [ $v -ge 4 ]; then r=3; else r=0; fi; \
                     printf 'version: %s\\nretries: %s\\n' $v $r > cfg.yaml; \
                     echo \"started v$v\" >> app.log; sleep 0.05; \
                   done; echo 'PANIC: retries exhausted' >> app.log; mv cfg.yaml cfg.yaml.bak";
-    let out = Command::new(env!("CARGO_BIN_EXE_diffkeeper"))
-        .arg("record")
-        .arg(format!("--state-dir={}", state.display()))
-        .args(["--", "sh", "-c", script])
-        .current_dir(work)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "record: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(record_sh(work, state, script).success(), "record failed");
 }
 
 fn lines(json: &str) -> Vec<Value> {

@@ -3,6 +3,9 @@
 //! selecting a moment shows its log lines and its diff. Needs root, BPF and chromium
 //! (`scripts/setup.sh` installs it).
 
+mod command;
+
+use command::{diffkeeper, ok, record_sh};
 use std::path::Path;
 use std::process::Command;
 
@@ -35,25 +38,12 @@ fn browser(profile: &Path) -> Command {
 }
 
 fn record(work: &Path, state: &Path) {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test records with eBPF: run it as root (sudo bash scripts/test.sh)"
-    );
-    std::fs::create_dir_all(work).unwrap();
     // Three files, a rename, a name that would break naive HTML (it must show as text), and a
     // failing exit.
     let script = "printf 'a: 1\\n' > app.yaml; sleep 0.1; printf 'a: 2\\n' > app.yaml; \
                   echo start > run.log; echo '<b>bold</b></script>' > 'odd <name>.txt'; \
                   sleep 0.1; mv run.log run.log.1; exit 3";
-    let status = Command::new(env!("CARGO_BIN_EXE_diffkeeper"))
-        .arg("record")
-        .arg(format!("--state-dir={}", state.display()))
-        .args(["--", "sh", "-c", script])
-        .current_dir(work)
-        .status()
-        .unwrap();
+    let status = record_sh(work, state, script);
     assert_eq!(
         status.code(),
         Some(3),
@@ -71,17 +61,11 @@ fn the_report_renders_in_a_browser_and_shows_a_moment() {
     let (work, state) = (tmp.path().join("w"), tmp.path().join("state"));
     record(&work, &state);
     let html = tmp.path().join("report.html");
-    let out = Command::new(env!("CARGO_BIN_EXE_diffkeeper"))
-        .arg("report")
-        .arg(format!("--state-dir={}", state.display()))
-        .arg(format!("--out={}", html.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&[
+        "report",
+        &format!("--state-dir={}", state.display()),
+        &format!("--out={}", html.display()),
+    ]);
     let page = std::fs::read_to_string(&html).unwrap();
     // Self-contained: nothing is fetched from anywhere.
     for external in ["http://", "https://", " src=", "<link", "@import"] {
@@ -89,10 +73,7 @@ fn the_report_renders_in_a_browser_and_shows_a_moment() {
     }
 
     // The paths the log names, to compare with the rows the page draws.
-    let log = Command::new(env!("CARGO_BIN_EXE_diffkeeper"))
-        .args(["log", &format!("--state-dir={}", state.display()), "--json"])
-        .output()
-        .unwrap();
+    let log = diffkeeper(&["log", &format!("--state-dir={}", state.display()), "--json"]);
     let mut paths = std::collections::BTreeSet::new();
     let mut write_seq = None;
     for line in String::from_utf8(log.stdout).unwrap().lines() {
@@ -103,7 +84,10 @@ fn the_report_renders_in_a_browser_and_shows_a_moment() {
             let path = match first {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Array(bytes) => String::from_utf8_lossy(
-                    &bytes.iter().map(|b| b.as_u64().unwrap() as u8).collect::<Vec<_>>(),
+                    &bytes
+                        .iter()
+                        .map(|b| b.as_u64().unwrap() as u8)
+                        .collect::<Vec<_>>(),
                 )
                 .into_owned(),
                 other => panic!("a path in log --json is {other}"),

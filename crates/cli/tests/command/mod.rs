@@ -1,0 +1,54 @@
+//! Running the built `diffkeeper` the way a person does, for the tests that drive it whole.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::Path;
+use std::process::{Command, ExitStatus, Output};
+
+/// `diffkeeper ARGS...`, output captured.
+pub fn diffkeeper(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffkeeper"))
+        .args(args)
+        .output()
+        .expect("running the built diffkeeper")
+}
+
+/// `diffkeeper ARGS...`, which must succeed: its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = diffkeeper(args);
+    assert!(
+        out.status.success(),
+        "diffkeeper {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("diffkeeper prints UTF-8")
+}
+
+/// `diffkeeper ARGS...`, which must be refused (exit 2): its stderr.
+pub fn refused(args: &[&str]) -> String {
+    let out = diffkeeper(args);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "diffkeeper {args:?} should fail"
+    );
+    String::from_utf8(out.stderr).expect("diffkeeper prints UTF-8")
+}
+
+/// Records `sh -c SCRIPT` run in WORK into STATE with real eBPF; the recorder's exit status.
+pub fn record_sh(work: &Path, state: &Path, script: &str) -> ExitStatus {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test records with eBPF: run it as root (sudo bash scripts/test.sh)"
+    );
+    std::fs::create_dir_all(work).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_diffkeeper"))
+        .arg("record")
+        .arg(format!("--state-dir={}", state.display()))
+        .args(["--", "sh", "-c", script])
+        .current_dir(work)
+        .status()
+        .expect("running diffkeeper record")
+}
