@@ -39,6 +39,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         progress: true,
     };
     let seq = point.seq;
+    crate::warn_if_cut_short(&store);
     let summary = match a.format {
         Format::Dir => export_store_dir(&store, seq, None, &a.out, &opts)?,
         Format::Tar if a.out.as_os_str() == "-" => {

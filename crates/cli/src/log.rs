@@ -66,6 +66,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Err(e)
         }
     })?;
+    crate::warn_if_cut_short(&store);
     Ok(())
 }
 

@@ -105,6 +105,21 @@ fn open_store(state: &StateDir) -> anyhow::Result<diffkeeper_store::Store> {
         .with_context(|| format!("opening recording {}", state.state_dir.display()))
 }
 
+/// Says on stderr when a recording has no end: its recorder was killed (kill -9, OOM, a node
+/// lost) before it finished, so the history stops at its last commit and nothing after that
+/// moment was recorded. (A live recording is never read here: its recorder holds the lock.)
+fn warn_if_cut_short(store: &diffkeeper_store::Store) {
+    let span = store.span();
+    if !span.finished {
+        eprintln!(
+            "diffkeeper: note: this recording was cut short: its recorder stopped without \
+             finishing (killed?) after {} (@seq:{}); later changes were not recorded",
+            diffkeeper_store::format_wall(span.wall_of(span.end_mono_ns)),
+            span.last_seq
+        );
+    }
+}
+
 /// Resolves a time expression against a recording.
 fn moment(store: &diffkeeper_store::Store, expr: &str) -> anyhow::Result<diffkeeper_store::Point> {
     let parsed: diffkeeper_store::TimeExpr = expr.parse()?;

@@ -45,6 +45,7 @@ impl RecordingCgroup {
                 })
             }
         };
+        remove_stale(&parent);
         let path = parent.join(name);
         fs::create_dir(&path).map_err(|cause| CgroupError::Create {
             path: path.clone(),
@@ -139,6 +140,45 @@ impl Drop for RecordingCgroup {
         }
         if let Some(parent) = &self.parent_created {
             let _ = fs::remove_dir(parent); // fine to fail: another recording may use it
+        }
+    }
+}
+
+/// The pid in a `rec-PID` name: the recorder that created it.
+fn recorder_pid(name: &str) -> Option<i32> {
+    name.strip_prefix("rec-")?.parse().ok()
+}
+
+/// Removes the empty cgroups of recorders that died without removing theirs (kill -9, OOM):
+/// nothing else ever would, and each is a directory the node keeps forever. One whose
+/// processes still run (a killed recorder's workload goes on, unrecorded) is left alone.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(recorder_pid) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks that the pid exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if alive {
+            continue;
+        }
+        let path = entry.path();
+        let populated = fs::read_to_string(path.join("cgroup.events"))
+            .map(|t| t.lines().any(|l| l.trim() == "populated 1"))
+            .unwrap_or(true);
+        if populated {
+            tracing::warn!(
+                cgroup = %path.display(),
+                "a dead recorder's cgroup still has processes (its workload outlived it); \
+                 leaving it"
+            );
+        } else if fs::remove_dir(&path).is_ok() {
+            tracing::info!(cgroup = %path.display(), "removed the cgroup of a dead recorder");
         }
     }
 }
