@@ -14,6 +14,8 @@
 //! and compares at the end. A pack cut short (an interrupted upload) therefore has no manifest
 //! and is refused as such, and nothing is put in place until everything checked.
 
+#![warn(missing_docs)]
+
 use diffkeeper_store::{RecordingInfo, Store, StoreError};
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
