@@ -42,6 +42,10 @@ pub struct Args {
 /// from offset 0 on. Between the truncate and the last of those writes, f holds neither the old
 /// content nor the new one, and a reader checking f would never see it so; appends and writes
 /// that are not part of such a rewrite are each a moment of their own.
+/// A pause longer than this between two writes ends a rewrite: a writer that slow (a logger)
+/// makes each write a moment of its own.
+const REWRITE_PAUSE_NS: u64 = 50_000_000;
+
 #[derive(Default)]
 pub(crate) struct Rewrites {
     /// (node, pid, the offset where the rewrite's next write would start)
@@ -75,6 +79,7 @@ impl Rewrites {
                 && n.op.node == Some(node)
                 && n.process.as_ref().map(|p| p.pid) == pid
                 && n.op.offset == Some(at)
+                && n.time.saturating_sub(s.time) <= REWRITE_PAUSE_NS
         })
     }
 }
@@ -83,7 +88,7 @@ impl Rewrites {
 struct Transition<'a> {
     seq: Seq,
     time: u64,
-    path: &'a RecPath,
+    path: RecPath,
     matches: bool,
     /// The event that made it so (None: the state at `--from`).
     cause: Option<&'a Summary>,
@@ -113,6 +118,59 @@ impl Search<'_> {
             }
             _ => Ok(false),
         }
+    }
+
+    /// The paths whose match state the event changed, each with its state before; the new
+    /// state is recorded in `self.state`.
+    fn transitions<'s>(
+        &mut self,
+        s: &'s Summary,
+        out: &mut Vec<(Transition<'s>, bool)>,
+    ) -> anyhow::Result<()> {
+        let mentions =
+            s.op.paths
+                .iter()
+                .any(|p| self.wanted(p) || self.state.keys().any(|k| k.starts_with(p)));
+        let subtree = matches!(s.op.kind, OpKind::Rename | OpKind::Exchange | OpKind::Rmdir);
+        if !mentions && !subtree {
+            return Ok(());
+        }
+        let mut record = |state: &mut BTreeMap<RecPath, bool>, path: &RecPath, now: bool| {
+            let before = state.insert(path.clone(), now).unwrap_or(false);
+            if now != before {
+                out.push((
+                    Transition {
+                        seq: s.seq,
+                        time: s.time,
+                        path: path.clone(),
+                        matches: now,
+                        cause: Some(s),
+                    },
+                    before,
+                ));
+            }
+        };
+        // Content changes leave the name space alone: read the one node, no tree needed (a
+        // log file appended to 10,000 times would otherwise rebuild the tree 10,000 times).
+        if let (OpKind::Write | OpKind::Truncate | OpKind::Resync, Some(node)) =
+            (s.op.kind, s.op.node)
+        {
+            let paths: Vec<&RecPath> = s.op.paths.iter().filter(|p| self.wanted(p)).collect();
+            if paths.is_empty() {
+                return Ok(());
+            }
+            let now = self.regex.is_match(&self.store.read_content(node, s.seq)?);
+            for path in paths {
+                record(&mut self.state, path, now);
+            }
+            return Ok(());
+        }
+        let tree = self.store.tree_at(s.seq)?;
+        for path in self.touched(s, &tree) {
+            let now = self.matches_in(&tree, &path, s.seq)?;
+            record(&mut self.state, &path, now);
+        }
+        Ok(())
     }
 
     /// Paths whose state the event may have changed: the ones it names and, for ops that move
@@ -239,7 +297,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 emit(Transition {
                     seq: start,
                     time: start_time,
-                    path: &path,
+                    path: path.clone(),
                     matches: true,
                     cause: None,
                 })?;
@@ -250,57 +308,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     let summaries: Vec<Summary> = store.summaries(start + 1, to).collect::<Result<_, _>>()?;
     let mut rewrites = Rewrites::default();
+    // Inside a rewrite, transitions wait for its end: per path, the state before the rewrite
+    // and the last transition in it. If the rewrite ends where it began (a config rewritten
+    // with the same match), nothing happened for a reader; otherwise the last transition is
+    // the moment the file took the state it keeps.
+    let mut pending: BTreeMap<RecPath, (bool, Option<Transition>)> = BTreeMap::new();
     for (i, s) in summaries.iter().enumerate() {
-        if s.op.kind == OpKind::Marker || s.op.paths.is_empty() {
+        let mid = rewrites.mid_rewrite(s, summaries.get(i + 1)) && !a.each_event;
+        let mut found = Vec::new();
+        if s.op.kind != OpKind::Marker && !s.op.paths.is_empty() {
+            search.transitions(s, &mut found)?;
+        }
+        for (t, before) in found {
+            let slot = pending.entry(t.path.clone()).or_insert((before, None));
+            slot.1 = Some(t);
+        }
+        if mid {
             continue;
         }
-        if rewrites.mid_rewrite(s, summaries.get(i + 1)) && !a.each_event {
-            continue;
-        }
-        let mentions =
-            s.op.paths
-                .iter()
-                .any(|p| search.wanted(p) || search.state.keys().any(|k| k.starts_with(p)));
-        let subtree = matches!(s.op.kind, OpKind::Rename | OpKind::Exchange | OpKind::Rmdir);
-        if !mentions && !subtree {
-            continue;
-        }
-        // Content changes leave the name space alone: read the one node, no tree needed (a
-        // log file appended to 10,000 times would otherwise rebuild the tree 10,000 times).
-        if let (OpKind::Write | OpKind::Truncate | OpKind::Resync, Some(node)) =
-            (s.op.kind, s.op.node)
-        {
-            let paths: Vec<&RecPath> = s.op.paths.iter().filter(|p| search.wanted(p)).collect();
-            if paths.is_empty() {
-                continue;
-            }
-            let now = search.regex.is_match(&store.read_content(node, s.seq)?);
-            for path in paths {
-                let before = search.state.insert(path.clone(), now).unwrap_or(false);
-                if now != before {
-                    emit(Transition {
-                        seq: s.seq,
-                        time: s.time,
-                        path,
-                        matches: now,
-                        cause: Some(s),
-                    })?;
-                }
-            }
-            continue;
-        }
-        let tree = store.tree_at(s.seq)?;
-        for path in search.touched(s, &tree) {
-            let now = search.matches_in(&tree, &path, s.seq)?;
-            let before = search.state.insert(path.clone(), now).unwrap_or(false);
-            if now != before {
-                emit(Transition {
-                    seq: s.seq,
-                    time: s.time,
-                    path: &path,
-                    matches: now,
-                    cause: Some(s),
-                })?;
+        for (path, (before, last)) in std::mem::take(&mut pending) {
+            let now = search.state.get(&path).copied().unwrap_or(false);
+            if let Some(t) = last.filter(|_| now != before) {
+                emit(t)?;
             }
         }
     }
