@@ -6,6 +6,7 @@ mod diff;
 mod export;
 mod grep;
 mod log;
+mod mount;
 mod operator;
 mod pack;
 mod record;
@@ -40,6 +41,9 @@ enum Command {
     Grep(grep::Args),
     /// Find the change to a file that made a check fail, by binary search over its changes.
     Bisect(bisect::Args),
+    /// Show the files at a moment as a read-only directory tree (FUSE), read from the store as
+    /// they are opened.
+    Mount(mount::Args),
     /// Pack a finished recording into one checksummed file (to upload from a failed CI job).
     Pack(pack::PackArgs),
     /// Unpack a file made by `pack` into a new state dir, checking every byte.
@@ -78,6 +82,7 @@ fn main() {
         Command::Diff(a) => diff::run(a).map(|()| 0),
         Command::Grep(a) => grep::run(a).map(|()| 0),
         Command::Bisect(a) => bisect::run(a).map(|()| 0),
+        Command::Mount(a) => mount::run(a).map(|()| 0),
         Command::Pack(a) => pack::pack(a).map(|()| 0),
         Command::Unpack(a) => pack::unpack(a).map(|()| 0),
         Command::Operator(a) => operator::run(a).map(|()| 0),
