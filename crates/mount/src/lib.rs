@@ -454,7 +454,10 @@ impl Shared {
                 return Ok(None);
             }
             Ok(Some(s.tree_at(end.seq)?))
-        })?;
+        });
+        // Let go at once: a writer resuming the recording must find it free between refreshes.
+        self.store.release();
+        let tree = tree?;
         let Some(tree) = tree else { return Ok(()) };
         let new = build_view(tree, &mut self.inodes.lock().unwrap());
         let old = std::mem::replace(&mut *self.view.write().unwrap(), new);
