@@ -67,9 +67,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    mounted
-        .unmount()
-        .with_context(|| format!("unmounting {}", a.mountpoint.display()))?;
+    match mounted.unmount() {
+        Ok(()) => {}
+        // Something still has a file or its working directory in the view: detach the mount so
+        // it is gone for everyone else now (those open files fail from here on) rather than
+        // leaving a dead mount behind when this process exits.
+        Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+            nix::mount::umount2(&a.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                .with_context(|| format!("detaching busy mount {}", a.mountpoint.display()))?;
+            eprintln!(
+                "diffkeeper: {} was busy (a process has a file or its working directory in \
+                 it): detached it; reads through what it still holds fail from now on",
+                a.mountpoint.display()
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("unmounting {}", a.mountpoint.display())),
+    }
     if mounted_at(&a.mountpoint)? {
         bail!(
             "{} is still mounted after unmounting (something has files open in it?): close \

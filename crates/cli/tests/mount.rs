@@ -173,6 +173,21 @@ impl Drop for Mount {
     }
 }
 
+/// Lazily unmounts whatever a failed test left mounted below `0` (declare it after the tempdir,
+/// so it runs first).
+struct LeftMounts(PathBuf);
+
+impl Drop for LeftMounts {
+    fn drop(&mut self) {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if Path::new(m).starts_with(&self.0) {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
+    }
+}
+
 /// `find` with type, mode, size (files and symlinks) and mtime of everything below `root`.
 fn listing(root: &Path) -> String {
     let files = stdout(Command::new("find").arg(root).args([
@@ -236,6 +251,7 @@ fn below(root: &Path, recorded: &Path) -> PathBuf {
 fn mount_shows_what_export_writes_at_the_end_and_in_the_middle() {
     require_root_and_fuse();
     let tmp = tempfile::tempdir().unwrap();
+    let _left = LeftMounts(tmp.path().to_path_buf());
     let (work, state) = (tmp.path().join("w"), tmp.path().join("state"));
     record(&work, &state);
     let mid = end_of_phase_one(&state, &work);
@@ -321,8 +337,11 @@ fn mount_shows_what_export_writes_at_the_end_and_in_the_middle() {
     std::thread::sleep(Duration::from_secs(3));
     stdout(Command::new(BIN).args(["log", &format!("--state-dir={}", state.display())]));
 
-    // Ctrl-C unmounts and exits 0.
+    // Ctrl-C unmounts and exits 0, even with a file still open in the view (then the mount is
+    // detached: gone for everyone, not left dead).
+    let held = std::fs::File::open(w.join("app.log")).unwrap();
     let (status, err) = m.stop(libc::SIGINT);
+    drop(held);
     assert!(status.success(), "mount after SIGINT: {status}: {err}");
     assert!(
         !mounted(&mnt),
@@ -365,6 +384,7 @@ fn refused(args: &[&str]) -> String {
 fn mount_refuses_bad_mountpoints_and_explains_a_stale_mount() {
     require_root_and_fuse();
     let tmp = tempfile::tempdir().unwrap();
+    let _left = LeftMounts(tmp.path().to_path_buf());
     let (work, state) = (tmp.path().join("w"), tmp.path().join("state"));
     record(&work, &state);
     let st = format!("--state-dir={}", state.display());
@@ -415,6 +435,7 @@ fn mount_refuses_bad_mountpoints_and_explains_a_stale_mount() {
 fn follow_refuses_a_live_recording_in_another_process_and_says_why() {
     require_root_and_fuse();
     let tmp = tempfile::tempdir().unwrap();
+    let _left = LeftMounts(tmp.path().to_path_buf());
     let (work, state) = (tmp.path().join("w"), tmp.path().join("state"));
     std::fs::create_dir_all(&work).unwrap();
     let mut recorder = Command::new(BIN)
