@@ -42,6 +42,16 @@ pub enum MountError {
         dir.display()
     )]
     LiveRecorder { pid: u32, dir: PathBuf },
+    #[error(
+        "{} is open in another process (pid {pid}: {command}): the store admits one process at \
+         a time; try again once it is done",
+        dir.display()
+    )]
+    Busy {
+        pid: u32,
+        dir: PathBuf,
+        command: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -123,14 +133,35 @@ fn open_waiting(dir: &Path, wait: Duration) -> Result<Store, MountError> {
         match Store::open(dir) {
             Ok(store) => return Ok(store),
             Err(StoreError::Locked { pid, dir }) => {
-                if Instant::now() >= deadline {
+                let command = command_line(pid);
+                // A recorder keeps the recording until its workload ends: no use waiting.
+                if command
+                    .split(' ')
+                    .any(|arg| arg == "record" || arg == "agent")
+                {
                     return Err(MountError::LiveRecorder { pid, dir });
+                }
+                if Instant::now() >= deadline {
+                    return Err(MountError::Busy { pid, dir, command });
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// What process `pid` runs, for telling a live recorder from a short-lived reader.
+fn command_line(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(String::from_utf8_lossy)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// One name in the view. Inode numbers are handed out per recorded path and never reused, so
@@ -281,7 +312,7 @@ impl RecordingFs {
             open: Mutex::new(None),
         };
         let mut inodes = Inodes::default();
-        let (view, root_time) = store.with(Duration::ZERO, |s| {
+        let (view, root_time) = store.with(LOCK_WAIT, |s| {
             let time = if opts.follow {
                 &TimeExpr::End
             } else {
@@ -433,6 +464,8 @@ fn housekeep(shared: &Shared, follow: bool, refresh: Duration) {
                             shared.view.read().unwrap().seq
                         );
                     }
+                } else if matches!(e, MountError::Busy { .. }) {
+                    debug!(error = %e, "the recording is busy; refreshing later");
                 } else {
                     warn!(error = %e, "refreshing the view");
                 }
