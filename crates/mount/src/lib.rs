@@ -977,3 +977,49 @@ impl Filesystem for RecordingFs {
         reply.error(Errno::EROFS);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(limit: u64) -> ContentCache {
+        ContentCache {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn bytes(n: usize) -> Arc<Vec<u8>> {
+        Arc::new(vec![7; n])
+    }
+
+    #[test]
+    fn the_cache_evicts_the_least_recently_used_to_stay_under_its_limit() {
+        let mut c = cache(100);
+        c.put((1, 0, 40), bytes(40));
+        c.put((2, 0, 40), bytes(40));
+        assert!(c.get(&(1, 0, 40)).is_some(), "touch 1 so 2 is the oldest");
+        c.put((3, 0, 40), bytes(40));
+        assert_eq!(c.bytes, 80);
+        assert!(c.get(&(2, 0, 40)).is_none());
+        assert!(c.get(&(1, 0, 40)).is_some() && c.get(&(3, 0, 40)).is_some());
+    }
+
+    #[test]
+    fn a_file_larger_than_the_cache_is_not_kept_and_evicts_nothing() {
+        let mut c = cache(100);
+        c.put((1, 0, 60), bytes(60));
+        c.put((2, 0, 101), bytes(101));
+        assert_eq!(c.bytes, 60);
+        assert!(c.get(&(2, 0, 101)).is_none() && c.get(&(1, 0, 60)).is_some());
+    }
+
+    #[test]
+    fn replacing_a_version_keeps_the_byte_count_right() {
+        let mut c = cache(100);
+        c.put((1, 0, 60), bytes(60));
+        c.put((1, 0, 60), bytes(60));
+        assert_eq!(c.bytes, 60);
+    }
+}
