@@ -6,6 +6,7 @@ mod diff;
 mod export;
 mod grep;
 mod log;
+mod mount;
 mod operator;
 mod pack;
 mod record;
@@ -44,6 +45,9 @@ enum Command {
     /// Write one self-contained HTML page: activity per file and process over time, gaps, the
     /// exit, and the log and diff of any moment clicked.
     Report(report::Args),
+    /// Show the files at a moment as a read-only directory tree (FUSE), read from the store as
+    /// they are opened.
+    Mount(mount::Args),
     /// Pack a finished recording into one checksummed file (to upload from a failed CI job).
     Pack(pack::PackArgs),
     /// Unpack a file made by `pack` into a new state dir, checking every byte.
@@ -83,6 +87,7 @@ fn main() {
         Command::Grep(a) => grep::run(a).map(|()| 0),
         Command::Bisect(a) => bisect::run(a).map(|()| 0),
         Command::Report(a) => report::run(a).map(|()| 0),
+        Command::Mount(a) => mount::run(a).map(|()| 0),
         Command::Pack(a) => pack::pack(a).map(|()| 0),
         Command::Unpack(a) => pack::unpack(a).map(|()| 0),
         Command::Operator(a) => operator::run(a).map(|()| 0),
