@@ -126,3 +126,47 @@ fn read_meta(dir: &Path, db: &sled::Db) -> Result<Meta, StoreError> {
         end_mono_ns: u64_of(codec::META_END, "the end time")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The format-3 fixture (tests/format3_fixture.rs) must exercise every old decoding path
+    /// that format 4 keeps: delta payloads, whole and patch keyframes, checkpoints.
+    #[test]
+    fn format3_fixture_holds_every_old_record_kind() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format3");
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join(DB_DIR)).unwrap();
+        for name in ["conf", "db"] {
+            std::fs::copy(
+                fixture.join(DB_DIR).join(name),
+                tmp.path().join(DB_DIR).join(name),
+            )
+            .unwrap();
+        }
+        let db = open_db(tmp.path(), 1 << 20).unwrap();
+        assert_eq!(read_meta(tmp.path(), &db).unwrap().format, 3);
+        let (mut deltas, mut whole_keyframes, mut patch_keyframes, mut checkpoints) = (0, 0, 0, 0);
+        for item in db.iter() {
+            let (key, value) = item.unwrap();
+            match key[0] {
+                b'p' if value[0] == 2 => deltas += 1,
+                b'k' => {
+                    let kf: codec::Keyframe = codec::decode("a keyframe", &value).unwrap();
+                    if kf.base.is_some() {
+                        patch_keyframes += 1;
+                    } else {
+                        whole_keyframes += 1;
+                    }
+                }
+                b'c' => checkpoints += 1,
+                _ => {}
+            }
+        }
+        assert!(deltas > 0, "no delta payloads");
+        assert!(whole_keyframes > 0, "no whole keyframes");
+        assert!(patch_keyframes > 0, "no patch keyframes");
+        assert!(checkpoints > 0, "no checkpoints");
+    }
+}
