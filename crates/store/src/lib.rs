@@ -1,7 +1,8 @@
 //! Time-indexed change store: an ordered, durable log of file operations that rebuilds any moment byte-exactly.
 //!
-//! A recording lives in a state dir: `LOCK` (flock + owner pid) and `db/` (one sled tree; see
-//! [`codec`] for the key layout). [`Writer`] appends events in atomic batches; [`Store`] is the
+//! A recording lives in a state dir: `LOCK` (flock + owner pid), `db/` (one sled tree: the
+//! index; see [`codec`] for the key layout) and, since format 4, `segments/NNNNNN.seg` (the
+//! data bytes, compressed, in checksummed blocks; see [`segment`]). [`Writer`] appends events in atomic batches; [`Store`] is the
 //! read-only view that answers "what did the tree look like at T".
 
 mod codec;
@@ -13,8 +14,6 @@ pub mod model;
 mod namespace;
 mod reader;
 mod records;
-// Not yet wired into the writer: format 4 (next) is what uses it.
-#[allow(dead_code)]
 mod segment;
 mod summary;
 mod time;

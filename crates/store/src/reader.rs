@@ -43,7 +43,8 @@ impl Store {
         lock: Option<DirLock>,
     ) -> Result<Store, StoreError> {
         let meta = read_meta(dir, &db)?;
-        let records = Records::new((*db).clone(), meta.committed);
+        let segments = std::sync::Arc::new(crate::segment::SegmentFiles::new(dir));
+        let records = Records::new((*db).clone(), meta.committed, segments);
         let start = meta.info.started_mono_ns;
         let last_time = if meta.committed > 0 {
             Some(records.header(meta.committed)?.time)
