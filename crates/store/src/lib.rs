@@ -171,4 +171,22 @@ mod tests {
         assert!(patch_keyframes > 0, "no patch keyframes");
         assert!(checkpoints > 0, "no checkpoints");
     }
+
+    #[test]
+    fn a_store_of_a_newer_format_is_refused_naming_its_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        Writer::create(tmp.path(), RecordingInfo::default())
+            .unwrap()
+            .finish(1)
+            .unwrap();
+        {
+            let db = open_db(tmp.path(), 1 << 20).unwrap();
+            db.insert(codec::META_FORMAT, &codec::u64_value(9)).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("format 9") && err.contains("newer"), "{err}");
+        let err = Writer::resume(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("format 9"), "{err}");
+    }
 }

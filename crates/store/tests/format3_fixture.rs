@@ -293,3 +293,54 @@ fn format3_store_reads_every_moment() {
     assert_eq!(store.span().last_seq, moments.last().unwrap().0);
     check_moments(&store, &moments);
 }
+
+/// A format-3 store resumed by this build mixes both formats' records: the old moments still
+/// read, and what the new writer adds reads too.
+#[test]
+fn format3_store_resumes_and_keeps_its_old_moments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_fixture(tmp.path());
+    let moments = moments();
+    let last = moments.last().unwrap().0;
+    let mut w = Writer::resume_with(&dir, options()).unwrap();
+    assert_eq!(w.stats().committed_seq, last);
+    let node = w.node_at(&path("/d/c")).unwrap();
+    let mut expected = {
+        let store = w.reader().unwrap();
+        store.read_content(node, last).unwrap()
+    };
+    let mut time = MONO0 + 10_000_000;
+    for i in 0..30u64 {
+        let data = lines(500 + i, 700);
+        let offset = i * 300;
+        let end = offset as usize + data.len();
+        if expected.len() < end {
+            expected.resize(end, 0);
+        }
+        expected[offset as usize..end].copy_from_slice(&data);
+        time += 1_000;
+        w.append(Event {
+            time,
+            process: None,
+            op: Op::Write { node, offset, data },
+        })
+        .unwrap();
+        if i % 10 == 9 {
+            w.commit().unwrap();
+        }
+    }
+    // New keyframes, some of them patches on the fixture's format-3 keyframes.
+    assert!(
+        w.stats().keyframes > 0,
+        "no keyframe was written after resume"
+    );
+    w.finish(time + 1).unwrap();
+    assert!(
+        dir.join("segments").is_dir(),
+        "the new data went to segments"
+    );
+    let store = Store::open(&dir).unwrap();
+    check_moments(&store, &moments);
+    let end = store.span().last_seq;
+    assert_eq!(store.read_content(node, end).unwrap(), expected);
+}
