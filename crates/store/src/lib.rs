@@ -74,6 +74,58 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// Indexes larger than this (only format-3 stores, which kept the data in sled, grow so big)
+/// are opened in place rather than copied.
+const MAX_INDEX_COPY_BYTES: u64 = 1 << 30;
+
+/// A private copy of `dir`'s index for a reader: sled has no read-only mode and tidies its files
+/// when it opens them, so reading in place would change the recording (and fail on a read-only
+/// copy). Since format 4 the index is small: a few MiB per GiB recorded. None when the index is
+/// too large to copy (old stores), which are then opened in place.
+fn copy_index(dir: &Path) -> Result<Option<tempfile::TempDir>, StoreError> {
+    let source = dir.join(DB_DIR);
+    if tree_bytes(&source)? > MAX_INDEX_COPY_BYTES {
+        tracing::warn!(
+            dir = %dir.display(),
+            "the index is too large to copy (a store written before format 4): reading it in place"
+        );
+        return Ok(None);
+    }
+    let copy = tempfile::Builder::new()
+        .prefix("diffkeeper-index-")
+        .tempdir()?;
+    copy_tree(&source, &copy.path().join(DB_DIR))?;
+    Ok(Some(copy))
+}
+
+fn tree_bytes(dir: &Path) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            tree_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Refuses (before touching anything) a dir that holds no recording, so that opening a mistyped
 /// path does not create an empty database there.
 fn require_recording_dir(dir: &Path) -> Result<(), StoreError> {

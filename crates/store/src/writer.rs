@@ -765,7 +765,7 @@ impl Writer {
     /// A read view of everything committed so far, for serving a recording that is still being
     /// written (the dir's lock keeps any other process out, so readers must come from here).
     pub fn reader(&self) -> Result<crate::Store, StoreError> {
-        crate::Store::over(&self.dir, self.db.clone(), None)
+        crate::Store::over(&self.dir, self.db.clone(), None, None)
     }
 
     /// Records the end of the recording, flushes, and releases the state dir.
