@@ -19,6 +19,7 @@ mod summary;
 mod time;
 mod writer;
 
+pub use content::ContentReader;
 pub use error::StoreError;
 pub use model::*;
 pub use reader::Store;

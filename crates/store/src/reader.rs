@@ -132,6 +132,17 @@ impl Store {
         Ok(content::content_at(&self.records, node, seq, false)?.content)
     }
 
+    /// The bytes of file `node` (or symlink target) right after event `seq`, streamed: memory
+    /// stays in proportion to the data read at a time, not the file's size, and holes are
+    /// reported (see [`content::ContentReader::hole_len`]).
+    pub fn content_reader(
+        &self,
+        node: NodeId,
+        seq: Seq,
+    ) -> Result<content::ContentReader<'_>, StoreError> {
+        content::ContentReader::new(&self.records, node, seq)
+    }
+
     /// Events `from..=to` with their data, in order.
     pub fn events(
         &self,
