@@ -373,16 +373,18 @@ impl Writer {
             self.touched.insert(node);
             self.block.ops.entry(node).or_default().push((seq, op));
         }
-        if self.block.headers.len() >= self.opts.block_events
-            || self.block.payload_bytes >= self.opts.block_bytes
-        {
-            self.seal_block()?;
-        }
         self.last_seq = seq;
         self.last_time = Some(time);
         self.pending_events += 1;
         self.events_since_checkpoint += 1;
         self.stats.events = seq;
+        // Last, so that a failed segment write leaves the event counted (and the writer's seqs
+        // in step with what it buffered).
+        if self.block.headers.len() >= self.opts.block_events
+            || self.block.payload_bytes >= self.opts.block_bytes
+        {
+            self.seal_block()?;
+        }
         Ok(seq)
     }
 
