@@ -948,11 +948,7 @@ impl Bench {
         let tree_cases: Vec<(&str, Vec<String>, &str, f64)> = vec![
             (
                 &tar_name,
-                vec![
-                    "tar".into(),
-                    "-xf".into(),
-                    doc_tar.display().to_string(),
-                ],
+                vec!["tar".into(), "-xf".into(), doc_tar.display().to_string()],
                 "<= 0.65x",
                 0.65,
             ),
