@@ -53,10 +53,13 @@ const CONTENT: u8 = b'n';
 const KEYFRAME: u8 = b'k';
 const CHECKPOINT: u8 = b'c';
 
-/// Payload records of a commit are packed into segment blocks of about this many bytes (one
-/// larger record gets a block of its own): compressed together, small files share one zstd
-/// context and one block header, and reading one payload decodes at most this much besides it.
-pub(crate) const PACKED_BLOCK_BYTES: usize = 256 << 10;
+/// Payload records of a commit smaller than [`PACKED_RECORD_BYTES`] are packed into segment
+/// blocks of about this many bytes: compressed together, small files share one zstd context and
+/// one block header, and reading one of them decodes at most this much besides it (an export
+/// reads files in path order, not in the order they were written).
+pub(crate) const PACKED_BLOCK_BYTES: usize = 64 << 10;
+/// Larger records get a block of their own, so reading one decodes nothing else.
+pub(crate) const PACKED_RECORD_BYTES: usize = 16 << 10;
 
 /// A delta payload (already compressed) up to this size stays in its index record, as formats
 /// 1 to 3 stored every payload: small edits of small files cost their few dozen bytes, not a

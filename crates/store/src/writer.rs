@@ -539,7 +539,7 @@ impl Writer {
 
     /// Queues a payload record for the next segment block; a large one gets a block of its own.
     fn pack(&mut self, key: [u8; 17], value: Vec<u8>) -> Result<(), StoreError> {
-        if value.len() >= codec::PACKED_BLOCK_BYTES {
+        if value.len() >= codec::PACKED_RECORD_BYTES {
             let block = self.segments.append(&value, true)?;
             let r = codec::SegRef {
                 block,
