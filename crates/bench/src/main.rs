@@ -283,6 +283,63 @@ fn du_bytes(p: &Path) -> Result<u64> {
     Ok(s.split_whitespace().next().context("du output")?.parse()?)
 }
 
+/// Bytes of the files under `p` (their sizes, not the blocks they take).
+fn apparent_bytes(p: &Path) -> Result<u64> {
+    let out = Command::new("du")
+        .args(["-sB1", "--apparent-size"])
+        .arg(p)
+        .output()?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    Ok(s.split_whitespace().next().context("du output")?.parse()?)
+}
+
+/// A tar of the first files of /usr/share/doc (in path order) up to `limit` bytes; returns
+/// their total size.
+fn make_doc_tar(tar: &Path, limit: u64) -> Result<u64> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64)>, total: &mut u64, limit: u64) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            if *total >= limit {
+                return;
+            }
+            let Ok(meta) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if meta.is_dir() {
+                walk(&p, out, total, limit);
+            } else if meta.is_file() {
+                *total += meta.len();
+                out.push((p, meta.len()));
+            }
+        }
+    }
+    let (mut files, mut total) = (Vec::new(), 0);
+    walk(Path::new("/usr/share/doc"), &mut files, &mut total, limit);
+    if files.is_empty() {
+        bail!("/usr/share/doc has no files to make the tar benchmark from");
+    }
+    let list = tar.with_extension("list");
+    let names: Vec<String> = files
+        .iter()
+        .map(|(p, _)| p.strip_prefix("/").unwrap_or(p).display().to_string())
+        .collect();
+    fs::write(&list, names.join("\n") + "\n")?;
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(tar)
+        .args(["-C", "/", "-T"])
+        .arg(&list)
+        .status()?;
+    if !status.success() {
+        bail!("tar -cf {} failed: {status}", tar.display());
+    }
+    Ok(total)
+}
+
 fn fresh(p: &Path) -> Result<PathBuf> {
     if p.exists() {
         fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
@@ -875,6 +932,58 @@ impl Bench {
             self.t.sample(
                 serde_json::json!({"bench": "storage", "name": name, "written": written,
                 "du": du, "store_reported": s.store, "captured": s.captured}),
+            );
+            fs::remove_dir_all(&state)?;
+        }
+        // Real files, where the bytes of the tree are what was written: text (about half of
+        // /usr/share/doc is gzipped already) unpacked by tar, and incompressible data.
+        let doc_tar = self.root.join("doc.tar");
+        let doc_bytes = make_doc_tar(&doc_tar, if self.args.quick { 3 << 20 } else { 30 << 20 })?;
+        let tar_name = format!(
+            "tar -x of {} of /usr/share/doc (store / tree)",
+            fmt_num(doc_bytes as f64, "MB")
+        );
+        let random_mib = if self.args.quick { 8 } else { 64 };
+        let random_name = format!("{random_mib} MiB of random data (store / tree)");
+        let tree_cases: Vec<(&str, Vec<String>, &str, f64)> = vec![
+            (
+                &tar_name,
+                vec!["tar".into(), "-xf".into(), doc_tar.display().to_string()],
+                "<= 0.65x",
+                0.65,
+            ),
+            (
+                &random_name,
+                vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("head -c {random_mib}M /dev/urandom > random.bin"),
+                ],
+                "<= 1.05x",
+                1.05,
+            ),
+        ];
+        for (name, argv, target, limit) in tree_cases {
+            fresh(&dir)?;
+            let _ = fs::remove_dir_all(&state);
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            run(&mut self.record(&state, &dir, &argv), None)?.check(name)?;
+            let tree = apparent_bytes(&dir)?;
+            let du = du_bytes(&state)?;
+            let q = du as f64 / tree as f64;
+            self.t.row(
+                name,
+                &format!(
+                    "{} / {} = {:.3}x",
+                    fmt_num(du as f64, "MB"),
+                    fmt_num(tree as f64, "MB"),
+                    q
+                ),
+                target,
+                verdict(q <= limit),
+            );
+            self.t.sample(
+                serde_json::json!({"bench": "storage", "name": name, "tree": tree, "du": du}),
             );
             fs::remove_dir_all(&state)?;
         }

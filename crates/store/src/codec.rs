@@ -1,5 +1,7 @@
-//! On-disk layout: one sled tree, record kinds told apart by a one-byte key prefix, big-endian
-//! numbers in keys (so byte order is numeric order), bincode values, zstd for bulky bytes.
+//! On-disk layout: one sled tree (the index), record kinds told apart by a one-byte key prefix,
+//! big-endian numbers in keys (so byte order is numeric order), bincode values. Since format 4
+//! the bulky bytes (Write/Resync data, keyframe bodies) live in segment files (`segment`) and
+//! `p` and `k` records hold a [`SegRef`] to them; formats 1 to 3 held the bytes in the record.
 //!
 //! Events are stored in blocks (all events of one commit, split every [`BLOCK_EVENTS`] events or
 //! [`BLOCK_BYTES`] of data by default) because one sled record per event costs hundreds of bytes of
@@ -8,11 +10,11 @@
 //!
 //! | key                     | value                                                        |
 //! |-------------------------|--------------------------------------------------------------|
-//! | `m` name                | metadata: `info`, `format`, `committed`, `next_node`, `end`  |
+//! | `m` name                | metadata: `info`, `format`, `committed`, `next_node`, `end`, `segend` |
 //! | `e` first               | zstd(bincode(Vec<[`EventHeader`]>)): events first, first+1, .. |
 //! | `n` node first          | bincode(Vec<(seq, [`ContentOp`])>): how those events changed node |
-//! | `p` node first          | payload(bincode(Vec<(seq, data)>)): Write/Resync data naming node |
-//! | `k` node seq            | [`Keyframe`]: node's content right after seq                 |
+//! | `p` node first          | payload(bincode(Vec<(seq, data)>)): Write/Resync data naming node; format 4: [`SEGMENT`] + [`SegRef`] to that payload |
+//! | `k` node seq            | [`Keyframe`]: node's content right after seq; format 4: its body is [`KEYFRAME_IN_SEGMENT`] + [`SegRef`] |
 //! | `c` seq                 | zstd(bincode(name space)) right after seq                    |
 //!
 //! Headers, content ops and data are kept apart so that `log` and name-space replay never read
@@ -30,8 +32,10 @@ use bincode::Options;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Format 2 added delta-encoded payloads ([`DELTA`]); format 3, zstd keyframe patches
-/// ([`encode_keyframe_patch`]). Everything older formats wrote reads unchanged.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+/// ([`encode_keyframe_patch`]); format 4, payloads and keyframe bodies in segment files
+/// ([`SEGMENT`], [`KEYFRAME_IN_SEGMENT`]). Everything older formats wrote reads unchanged, and
+/// every value says how it is encoded, so a store resumed by a newer build may mix them.
+pub(crate) const FORMAT_VERSION: u32 = 4;
 pub(crate) const OLDEST_READABLE_FORMAT: u32 = 1;
 
 pub(crate) const META_INFO: &[u8] = b"minfo";
@@ -39,12 +43,28 @@ pub(crate) const META_FORMAT: &[u8] = b"mformat";
 pub(crate) const META_COMMITTED: &[u8] = b"mcommitted";
 pub(crate) const META_NEXT_NODE: &[u8] = b"mnext_node";
 pub(crate) const META_END: &[u8] = b"mend";
+/// bincode((segment, offset)): where the segment data ends that the committed index may refer
+/// to. A resumed writer refuses segments shorter than that (they lost durable data).
+pub(crate) const META_SEGMENT_END: &[u8] = b"msegend";
 
 const EVENT: u8 = b'e';
 const PAYLOAD: u8 = b'p';
 const CONTENT: u8 = b'n';
 const KEYFRAME: u8 = b'k';
 const CHECKPOINT: u8 = b'c';
+
+/// Payload records of a commit smaller than [`PACKED_RECORD_BYTES`] are packed into segment
+/// blocks of about this many bytes: compressed together, small files share one zstd context and
+/// one block header, and reading one of them decodes at most this much besides it (an export
+/// reads files in path order, not in the order they were written).
+pub(crate) const PACKED_BLOCK_BYTES: usize = 64 << 10;
+/// Larger records get a block of their own, so reading one decodes nothing else.
+pub(crate) const PACKED_RECORD_BYTES: usize = 16 << 10;
+
+/// A delta payload (already compressed) up to this size stays in its index record, as formats
+/// 1 to 3 stored every payload: small edits of small files cost their few dozen bytes, not a
+/// segment reference and a block header besides.
+pub(crate) const INLINE_DELTA_BYTES: usize = 256;
 
 /// Default maximum events per block, so that reading one event costs a bounded amount.
 pub(crate) const BLOCK_EVENTS: usize = 1024;
@@ -475,6 +495,48 @@ pub(crate) fn apply_keyframe_patch(
 
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
+/// A [`SegRef`] to the payload's bytes, which are themselves [`RAW`] or [`DELTA`] encoded.
+pub(crate) const SEGMENT: u8 = 3;
+/// A keyframe body that is a [`SegRef`] to the real body (whole keyframes start with zstd's
+/// magic number 0x28, patches with [`KEYFRAME_ZSTD_PATCH`] or zstd's magic).
+pub(crate) const KEYFRAME_IN_SEGMENT: u8 = 0x02;
+
+/// Bytes `start..start + len` of the decoded segment block at `block`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SegRef {
+    pub block: crate::segment::BlockAddr,
+    pub start: u64,
+    pub len: u64,
+}
+
+pub(crate) fn encode_segment_ref(tag: u8, r: &SegRef) -> Vec<u8> {
+    let mut out = vec![tag];
+    bincode_options()
+        .serialize_into(&mut out, r)
+        .expect("bincode serialization into memory cannot fail");
+    out
+}
+
+/// The [`SegRef`] in a value tagged `tag`, or None if the value holds its bytes itself.
+pub(crate) fn parse_segment_ref(
+    what: &str,
+    tag: u8,
+    value: &[u8],
+) -> Result<Option<SegRef>, StoreError> {
+    match value.split_first() {
+        Some((&t, rest)) if t == tag => decode(what, rest).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// A payload as format 4 packs it into a segment block: the block compresses it, with its
+/// neighbours.
+pub(crate) fn encode_payload_raw(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(RAW);
+    out.extend_from_slice(data);
+    out
+}
 /// A [`DeltaRef`], then one zstd frame compressed with the reference content as a raw prefix.
 const DELTA: u8 = 2;
 /// Below this, a zstd frame header costs more than it saves.

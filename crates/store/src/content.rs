@@ -10,7 +10,7 @@
 //! its reference is rebuilt only from shallower data, so a rebuild follows at most
 //! [`codec::MAX_DELTA_DEPTH`] (in practice `WriterOptions::max_delta_depth`) references.
 
-use crate::codec::{self, Keyframe, PayloadBlock, StoredPayload};
+use crate::codec::{self, ContentOp, Keyframe, PayloadBlock, StoredPayload};
 use crate::error::StoreError;
 use crate::model::{NodeId, Seq};
 use crate::records::{payload_in, Records};
@@ -203,5 +203,260 @@ fn whole_keyframe(body: Vec<u8>) -> Keyframe {
         base: None,
         depth: 0,
         body,
+    }
+}
+
+/// Where a stretch of a file's bytes comes from, for [`ContentReader`].
+#[derive(Clone, Debug)]
+enum Piece {
+    /// The data of event `seq`, from its byte `skip` on.
+    Data { seq: Seq, skip: u64 },
+    /// Bytes already in memory (a keyframe's content, a symlink's target), from `skip` on.
+    Bytes { bytes: Arc<Vec<u8>>, skip: u64 },
+}
+
+impl Piece {
+    fn advanced(&self, n: u64) -> Piece {
+        match self {
+            Piece::Data { seq, skip } => Piece::Data {
+                seq: *seq,
+                skip: skip + n,
+            },
+            Piece::Bytes { bytes, skip } => Piece::Bytes {
+                bytes: bytes.clone(),
+                skip: skip + n,
+            },
+        }
+    }
+}
+
+/// A file's layout as its content ops leave it: extents keyed by start offset (each with its
+/// length and source); what no extent covers below `size` is a hole (zeros).
+#[derive(Default)]
+struct Extents {
+    size: u64,
+    map: std::collections::BTreeMap<u64, (u64, Piece)>,
+}
+
+impl Extents {
+    /// Removes whatever covers `start..end`, splitting extents that cross either edge.
+    fn punch(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let mut hit: Vec<u64> = Vec::new();
+        if let Some((&s, (len, _))) = self.map.range(..start).next_back() {
+            if s + len > start {
+                hit.push(s);
+            }
+        }
+        hit.extend(self.map.range(start..end).map(|(&s, _)| s));
+        for s in hit {
+            let (len, piece) = self.map.remove(&s).expect("a listed extent");
+            let e = s + len;
+            if s < start {
+                self.map.insert(s, (start - s, piece.clone()));
+            }
+            if e > end {
+                self.map.insert(end, (e - end, piece.advanced(end - s)));
+            }
+        }
+    }
+
+    fn put(&mut self, start: u64, len: u64, piece: Piece) {
+        if len == 0 {
+            return;
+        }
+        self.punch(start, start + len);
+        self.map.insert(start, (len, piece));
+    }
+
+    fn apply(&mut self, seq: Seq, op: &ContentOp) -> Result<(), StoreError> {
+        match op {
+            ContentOp::Reset { size } => {
+                self.map.clear();
+                self.size = *size;
+            }
+            ContentOp::Write { offset, len } => {
+                let end = offset.checked_add(*len).ok_or_else(|| {
+                    StoreError::corrupt(format!("a write at offset {offset} ends past 2^64"))
+                })?;
+                self.put(*offset, *len, Piece::Data { seq, skip: 0 });
+                self.size = self.size.max(end);
+            }
+            ContentOp::Truncate { size } => {
+                self.punch(*size, self.size.max(*size));
+                self.size = *size;
+            }
+            ContentOp::Replace { len } => {
+                self.map.clear();
+                self.put(0, *len, Piece::Data { seq, skip: 0 });
+                self.size = *len;
+            }
+            ContentOp::Set(bytes) => {
+                self.map.clear();
+                let len = bytes.len() as u64;
+                let bytes = Arc::new(bytes.clone());
+                self.put(0, len, Piece::Bytes { bytes, skip: 0 });
+                self.size = len;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A file's bytes at a moment, read in order without building the whole content in memory:
+/// replay works on a map of extents (which event's data lands where), and data is fetched from
+/// the store only as it is read. Holes read as zeros, and [`Self::hole_len`] tells where they
+/// are, so a 100 GiB sparse file exports as a sparse file.
+pub struct ContentReader<'s> {
+    records: &'s Records,
+    node: NodeId,
+    extents: Extents,
+    pos: u64,
+    /// The data block the last read came from: reads in order mostly stay in it.
+    block: Arc<PayloadBlock>,
+}
+
+impl<'s> ContentReader<'s> {
+    pub(crate) fn new(
+        records: &'s Records,
+        node: NodeId,
+        seq: Seq,
+    ) -> Result<ContentReader<'s>, StoreError> {
+        records.check_seq(seq)?;
+        let keyframe = records.last_keyframe(node, seq)?;
+        let replay_from = keyframe.as_ref().map_or(0, |(kseq, _)| kseq + 1);
+        let ops = records.content_ops(node, replay_from, seq)?;
+        let last_reset = ops.iter().rposition(|(_, op)| op.is_reset());
+        let mut extents = Extents::default();
+        let ops = match (last_reset, keyframe) {
+            (Some(at), _) => &ops[at..],
+            (None, Some((kseq, kf))) => {
+                let content = keyframe_content(records, node, kseq, kf)?;
+                let len = content.len() as u64;
+                let bytes = Arc::new(content);
+                extents.put(0, len, Piece::Bytes { bytes, skip: 0 });
+                extents.size = len;
+                &ops[..]
+            }
+            (None, None) if ops.is_empty() => return Err(StoreError::NoContent { node, seq }),
+            (None, None) => &ops[..],
+        };
+        for (op_seq, op) in ops {
+            extents.apply(*op_seq, op)?;
+        }
+        Ok(ContentReader {
+            records,
+            node,
+            extents,
+            pos: 0,
+            block: Arc::default(),
+        })
+    }
+
+    /// The file's size.
+    pub fn len(&self) -> u64 {
+        self.extents.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.extents.size == 0
+    }
+
+    /// Bytes read (or skipped) so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// How many bytes from the current position on are a hole (0 if data comes next).
+    pub fn hole_len(&self) -> u64 {
+        if self.pos >= self.extents.size {
+            return 0;
+        }
+        if let Some((&s, (len, _))) = self.extents.map.range(..=self.pos).next_back() {
+            if s + len > self.pos {
+                return 0;
+            }
+        }
+        let next = self
+            .extents
+            .map
+            .range(self.pos..)
+            .next()
+            .map_or(self.extents.size, |(&s, _)| s);
+        next.min(self.extents.size) - self.pos
+    }
+
+    /// Moves the position `n` bytes on (past a hole, typically), at most to the end.
+    pub fn skip(&mut self, n: u64) {
+        self.pos = self.pos.saturating_add(n).min(self.extents.size);
+    }
+
+    /// Copies bytes from the current position into `buf`; 0 at the end.
+    pub fn read_into(&mut self, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let size = self.extents.size;
+        if self.pos >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let room = buf.len() as u64;
+        let hole = self.hole_len();
+        if hole > 0 {
+            let n = hole.min(room) as usize;
+            buf[..n].fill(0);
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        let (&start, (len, piece)) = self
+            .extents
+            .map
+            .range(..=self.pos)
+            .next_back()
+            .expect("no hole here, so an extent covers the position");
+        let into = self.pos - start;
+        let n = (len - into).min(room) as usize;
+        let missing = |what: &str| {
+            StoreError::corrupt(format!(
+                "{what} of node {} is shorter than its content ops say",
+                self.node
+            ))
+        };
+        match piece.clone() {
+            Piece::Bytes { bytes, skip } => {
+                let at = (skip + into) as usize;
+                let src = bytes.get(at..at + n).ok_or_else(|| missing("a keyframe"))?;
+                buf[..n].copy_from_slice(src);
+            }
+            Piece::Data { seq, skip } => {
+                if self.block.binary_search_by_key(&seq, |(s, _)| *s).is_err() {
+                    self.block =
+                        payload_block(self.records, self.node, seq, codec::MAX_DELTA_DEPTH)?;
+                }
+                let data = payload_in(&self.block, seq)?;
+                let at = (skip + into) as usize;
+                let src = data
+                    .get(at..at + n)
+                    .ok_or_else(|| missing(&format!("the data of @seq:{seq}")))?;
+                buf[..n].copy_from_slice(src);
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Read for ContentReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.read_into(buf).map_err(std::io::Error::other)
+    }
+}
+
+impl std::fmt::Debug for ContentReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentReader")
+            .field("node", &self.node)
+            .field("len", &self.extents.size)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
     }
 }

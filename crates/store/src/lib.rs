@@ -1,7 +1,8 @@
 //! Time-indexed change store: an ordered, durable log of file operations that rebuilds any moment byte-exactly.
 //!
-//! A recording lives in a state dir: `LOCK` (flock + owner pid) and `db/` (one sled tree; see
-//! [`codec`] for the key layout). [`Writer`] appends events in atomic batches; [`Store`] is the
+//! A recording lives in a state dir: `LOCK` (flock + owner pid), `db/` (one sled tree: the
+//! index; see [`codec`] for the key layout) and, since format 4, `segments/NNNNNN.seg` (the
+//! data bytes, compressed, in checksummed blocks; see [`segment`]). [`Writer`] appends events in atomic batches; [`Store`] is the
 //! read-only view that answers "what did the tree look like at T".
 
 mod codec;
@@ -13,10 +14,12 @@ pub mod model;
 mod namespace;
 mod reader;
 mod records;
+mod segment;
 mod summary;
 mod time;
 mod writer;
 
+pub use content::ContentReader;
 pub use error::StoreError;
 pub use model::*;
 pub use reader::Store;
@@ -72,6 +75,58 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// Indexes larger than this (only format-3 stores, which kept the data in sled, grow so big)
+/// are opened in place rather than copied.
+const MAX_INDEX_COPY_BYTES: u64 = 1 << 30;
+
+/// A private copy of `dir`'s index for a reader: sled has no read-only mode and tidies its files
+/// when it opens them, so reading in place would change the recording (and fail on a read-only
+/// copy). Since format 4 the index is small: a few MiB per GiB recorded. None when the index is
+/// too large to copy (old stores), which are then opened in place.
+fn copy_index(dir: &Path) -> Result<Option<tempfile::TempDir>, StoreError> {
+    let source = dir.join(DB_DIR);
+    if tree_bytes(&source)? > MAX_INDEX_COPY_BYTES {
+        tracing::warn!(
+            dir = %dir.display(),
+            "the index is too large to copy (a store written before format 4): reading it in place"
+        );
+        return Ok(None);
+    }
+    let copy = tempfile::Builder::new()
+        .prefix("diffkeeper-index-")
+        .tempdir()?;
+    copy_tree(&source, &copy.path().join(DB_DIR))?;
+    Ok(Some(copy))
+}
+
+fn tree_bytes(dir: &Path) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            tree_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Refuses (before touching anything) a dir that holds no recording, so that opening a mistyped
 /// path does not create an empty database there.
 fn require_recording_dir(dir: &Path) -> Result<(), StoreError> {
@@ -125,4 +180,66 @@ fn read_meta(dir: &Path, db: &sled::Db) -> Result<Meta, StoreError> {
         next_node: u64_of(codec::META_NEXT_NODE, "the next node id")?.unwrap_or(1),
         end_mono_ns: u64_of(codec::META_END, "the end time")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The format-3 fixture (tests/format3_fixture.rs) must exercise every old decoding path
+    /// that format 4 keeps: delta payloads, whole and patch keyframes, checkpoints.
+    #[test]
+    fn format3_fixture_holds_every_old_record_kind() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format3");
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join(DB_DIR)).unwrap();
+        for name in ["conf", "db"] {
+            std::fs::copy(
+                fixture.join(DB_DIR).join(name),
+                tmp.path().join(DB_DIR).join(name),
+            )
+            .unwrap();
+        }
+        let db = open_db(tmp.path(), 1 << 20).unwrap();
+        assert_eq!(read_meta(tmp.path(), &db).unwrap().format, 3);
+        let (mut deltas, mut whole_keyframes, mut patch_keyframes, mut checkpoints) = (0, 0, 0, 0);
+        for item in db.iter() {
+            let (key, value) = item.unwrap();
+            match key[0] {
+                b'p' if value[0] == 2 => deltas += 1,
+                b'k' => {
+                    let kf: codec::Keyframe = codec::decode("a keyframe", &value).unwrap();
+                    if kf.base.is_some() {
+                        patch_keyframes += 1;
+                    } else {
+                        whole_keyframes += 1;
+                    }
+                }
+                b'c' => checkpoints += 1,
+                _ => {}
+            }
+        }
+        assert!(deltas > 0, "no delta payloads");
+        assert!(whole_keyframes > 0, "no whole keyframes");
+        assert!(patch_keyframes > 0, "no patch keyframes");
+        assert!(checkpoints > 0, "no checkpoints");
+    }
+
+    #[test]
+    fn a_store_of_a_newer_format_is_refused_naming_its_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        Writer::create(tmp.path(), RecordingInfo::default())
+            .unwrap()
+            .finish(1)
+            .unwrap();
+        {
+            let db = open_db(tmp.path(), 1 << 20).unwrap();
+            db.insert(codec::META_FORMAT, &codec::u64_value(9)).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("format 9") && err.contains("newer"), "{err}");
+        let err = Writer::resume(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("format 9"), "{err}");
+    }
 }

@@ -8,8 +8,9 @@ use crate::model::{Event, NodeId, Seq, Tree};
 use crate::namespace::{Clock, Namespace};
 use crate::records::{ReadStats, Records};
 use crate::time::{self, EventTimes, Point, Span, TimeError, TimeExpr};
-use crate::{open_db, read_meta, require_recording_dir, RecordingInfo};
+use crate::{copy_index, open_db, read_meta, require_recording_dir, RecordingInfo};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Readers need little cache: they visit each record about once.
 const READER_CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -21,18 +22,25 @@ pub struct Store {
     info: RecordingInfo,
     span: Span,
     _db: sled::Db,
+    /// The private copy of the index `_db` was opened from (shared with views), removed once
+    /// the last of them is gone; declared after `_db` so the database closes first.
+    index_copy: Option<Arc<tempfile::TempDir>>,
     /// `None` for a view a live writer lent out: the writer holds the dir's lock.
-    _lock: Option<DirLock>,
+    _lock: Option<Arc<DirLock>>,
 }
 
 impl Store {
-    /// Opens a recording for reading. Refused while a writer (or another reader: the database
-    /// allows one process at a time) has it open.
+    /// Opens a recording for reading. Refused while a writer (or another reader) has it open.
+    /// Reading changes no file of the state dir, so it also works on a read-only copy: the
+    /// lock is taken through a read-only descriptor and the index is read from a private copy
+    /// (see `copy_index`); segments are read in place.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         require_recording_dir(dir)?;
-        let lock = DirLock::acquire(dir)?;
-        let db = open_db(dir, READER_CACHE_BYTES)?;
-        Self::over(dir, db, Some(lock))
+        let lock = DirLock::acquire_reading(dir)?.map(Arc::new);
+        let index_copy = copy_index(dir)?.map(Arc::new);
+        let db_dir = index_copy.as_ref().map_or(dir, |copy| copy.path());
+        let db = open_db(db_dir, READER_CACHE_BYTES)?;
+        Self::over(dir, db, index_copy, lock)
     }
 
     /// A view of what `db` had committed when called; later commits stay invisible to it, so
@@ -40,10 +48,12 @@ impl Store {
     pub(crate) fn over(
         dir: &Path,
         db: sled::Db,
-        lock: Option<DirLock>,
+        index_copy: Option<Arc<tempfile::TempDir>>,
+        lock: Option<Arc<DirLock>>,
     ) -> Result<Store, StoreError> {
         let meta = read_meta(dir, &db)?;
-        let records = Records::new((*db).clone(), meta.committed);
+        let segments = std::sync::Arc::new(crate::segment::SegmentFiles::new(dir));
+        let records = Records::new((*db).clone(), meta.committed, segments);
         let start = meta.info.started_mono_ns;
         let last_time = if meta.committed > 0 {
             Some(records.header(meta.committed)?.time)
@@ -76,6 +86,7 @@ impl Store {
             info: meta.info,
             span,
             _db: db,
+            index_copy,
             _lock: lock,
         })
     }
@@ -83,7 +94,12 @@ impl Store {
     /// Another view of the same recording, sharing this one's database and lock: a server
     /// hands one to each request instead of reopening the dir (which the lock would refuse).
     pub fn view(&self) -> Result<Store, StoreError> {
-        Store::over(&self.dir, self._db.clone(), None)
+        Store::over(
+            &self.dir,
+            self._db.clone(),
+            self.index_copy.clone(),
+            self._lock.clone(),
+        )
     }
 
     pub fn dir(&self) -> &Path {
@@ -114,6 +130,17 @@ impl Store {
     /// The bytes of file `node` (or the target of symlink `node`) right after event `seq`.
     pub fn read_content(&self, node: NodeId, seq: Seq) -> Result<Vec<u8>, StoreError> {
         Ok(content::content_at(&self.records, node, seq, false)?.content)
+    }
+
+    /// The bytes of file `node` (or symlink target) right after event `seq`, streamed: memory
+    /// stays in proportion to the data read at a time, not the file's size, and holes are
+    /// reported (see [`content::ContentReader::hole_len`]).
+    pub fn content_reader(
+        &self,
+        node: NodeId,
+        seq: Seq,
+    ) -> Result<content::ContentReader<'_>, StoreError> {
+        content::ContentReader::new(&self.records, node, seq)
     }
 
     /// Events `from..=to` with their data, in order.

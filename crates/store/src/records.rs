@@ -2,10 +2,11 @@
 //! content to build keyframes) go through here, so every byte read is accounted in [`ReadStats`]
 //! and nothing past the committed seq is ever seen.
 
-use crate::codec::{self, ContentOp, EventHeader, Keyframe, PayloadBlock};
+use crate::codec::{self, ContentOp, EventHeader, Keyframe, PayloadBlock, SegRef};
 use crate::error::StoreError;
 use crate::model::{Event, NodeId, Seq};
 use crate::namespace::{Clock, Namespace};
+use crate::segment::{BlockAddr, SegmentFiles};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,8 @@ use std::sync::{Arc, Mutex};
 /// Reading cost since the store was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReadStats {
-    /// Key and value bytes fetched from the store (as stored, i.e. compressed).
+    /// Key and value bytes fetched from the index, and block bytes from segment files (as
+    /// stored, i.e. compressed).
     pub bytes_read: u64,
     /// Records fetched.
     pub records_read: u64,
@@ -30,7 +32,14 @@ pub(crate) struct Records {
     last_block: Mutex<Option<(Seq, Arc<Vec<EventHeader>>)>>,
     /// Recently decoded reference contents of delta payloads, oldest first.
     references: Mutex<VecDeque<CachedReference>>,
+    segments: Arc<SegmentFiles>,
+    /// Recently decoded segment blocks, oldest first: the payloads of one commit share one, and
+    /// a rebuild reads them in order.
+    blocks: Mutex<VecDeque<(BlockAddr, Arc<Vec<u8>>)>>,
 }
+
+const BLOCK_CACHE_BYTES: usize = 4 << 20;
+const BLOCK_CACHE_ENTRIES: usize = 32;
 
 /// A reference content: `node`'s content right after `seq`.
 type CachedReference = ((NodeId, Seq), Arc<Vec<u8>>);
@@ -53,7 +62,7 @@ pub(crate) fn payload_in(block: &PayloadBlock, seq: Seq) -> Result<&[u8], StoreE
 }
 
 impl Records {
-    pub(crate) fn new(tree: sled::Tree, committed: Seq) -> Self {
+    pub(crate) fn new(tree: sled::Tree, committed: Seq, segments: Arc<SegmentFiles>) -> Self {
         Records {
             tree,
             committed,
@@ -61,7 +70,64 @@ impl Records {
             count: AtomicU64::new(0),
             last_block: Mutex::new(None),
             references: Mutex::new(VecDeque::new()),
+            segments,
+            blocks: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// The decoded segment block at `addr`.
+    fn segment_block(&self, addr: BlockAddr) -> Result<Arc<Vec<u8>>, StoreError> {
+        {
+            let cache = self.blocks.lock().expect("block cache lock");
+            if let Some((_, block)) = cache.iter().find(|(a, _)| *a == addr) {
+                return Ok(block.clone());
+            }
+        }
+        let block = Arc::new(self.segments.read(addr)?);
+        self.bytes.fetch_add(addr.stored_len, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if block.len() <= BLOCK_CACHE_BYTES / 4 {
+            let mut cache = self.blocks.lock().expect("block cache lock");
+            cache.push_back((addr, block.clone()));
+            let mut bytes: usize = cache.iter().map(|(_, b)| b.len()).sum();
+            while bytes > BLOCK_CACHE_BYTES || cache.len() > BLOCK_CACHE_ENTRIES {
+                let Some((_, old)) = cache.pop_front() else {
+                    break;
+                };
+                bytes -= old.len();
+            }
+        }
+        Ok(block)
+    }
+
+    /// The bytes a [`SegRef`] names.
+    pub(crate) fn segment_bytes(&self, what: &str, r: &SegRef) -> Result<Vec<u8>, StoreError> {
+        let block = self.segment_block(r.block)?;
+        r.start
+            .checked_add(r.len)
+            .filter(|end| *end <= block.len() as u64)
+            .map(|end| block[r.start as usize..end as usize].to_vec())
+            .ok_or_else(|| {
+                StoreError::corrupt(format!(
+                    "{what} lies past the end of its segment block ({} bytes)",
+                    block.len()
+                ))
+            })
+    }
+
+    /// A keyframe record's value, with its body fetched from its segment if it lives there.
+    fn decode_keyframe(
+        &self,
+        node: NodeId,
+        seq: Seq,
+        value: &[u8],
+    ) -> Result<Keyframe, StoreError> {
+        let mut kf: Keyframe = codec::decode("a keyframe", value)?;
+        let what = format!("keyframe of node {node} at @seq:{seq}");
+        if let Some(r) = codec::parse_segment_ref(&what, codec::KEYFRAME_IN_SEGMENT, &kf.body)? {
+            kf.body = self.segment_bytes(&what, &r)?;
+        }
+        Ok(kf)
     }
 
     pub(crate) fn committed(&self) -> Seq {
@@ -202,7 +268,18 @@ impl Records {
         let (key, value) = self
             .newest_at_or_before(&codec::payload_key(node, 0), &codec::payload_key(node, seq))?
             .ok_or_else(|| StoreError::corrupt(format!("data of @seq:{seq} is missing")))?;
-        Ok((codec::key_seq(&key)?, value))
+        let first = codec::key_seq(&key)?;
+        let what = format!("data of @seq:{seq}");
+        let Some(r) = codec::parse_segment_ref(&what, codec::SEGMENT, &value)? else {
+            return Ok((first, value));
+        };
+        let bytes = self.segment_bytes(&what, &r)?;
+        if bytes.first() == Some(&codec::SEGMENT) {
+            return Err(StoreError::corrupt(format!(
+                "{what} refers to a segment that refers on"
+            )));
+        }
+        Ok((first, bytes.into()))
     }
 
     /// The data of `node`'s events in the record that holds `seq`.
@@ -313,17 +390,31 @@ impl Records {
         let Some((key, value)) = found else {
             return Ok(None);
         };
-        Ok(Some((
-            codec::key_seq(&key)?,
-            codec::decode("a keyframe", &value)?,
-        )))
+        let kseq = codec::key_seq(&key)?;
+        Ok(Some((kseq, self.decode_keyframe(node, kseq, &value)?)))
+    }
+
+    /// The seq of `node`'s newest keyframe at or before `seq`, without reading its body.
+    pub(crate) fn last_keyframe_seq(
+        &self,
+        node: NodeId,
+        seq: Seq,
+    ) -> Result<Option<Seq>, StoreError> {
+        let seq = seq.min(self.committed);
+        let found = self
+            .tree
+            .range(codec::keyframe_key(node, 0)..=codec::keyframe_key(node, seq))
+            .keys()
+            .next_back()
+            .transpose()?;
+        found.map(|k| codec::key_seq(&k)).transpose()
     }
 
     pub(crate) fn keyframe(&self, node: NodeId, seq: Seq) -> Result<Keyframe, StoreError> {
         let raw = self.get(&codec::keyframe_key(node, seq))?.ok_or_else(|| {
             StoreError::corrupt(format!("keyframe of node {node} at @seq:{seq} is missing"))
         })?;
-        codec::decode("a keyframe", &raw)
+        self.decode_keyframe(node, seq, &raw)
     }
 
     /// The namespace right after `seq`: the newest checkpoint at or before it, plus replay.

@@ -10,9 +10,11 @@ use crate::lock::DirLock;
 use crate::model::{Entry, EntryKind, Event, NodeId, NodeKind, Op, RecPath, Seq};
 use crate::namespace::{Clock, Namespace};
 use crate::records::Records;
+use crate::segment::{SegmentFiles, SegmentLog};
 use crate::{open_db, read_meta, require_recording_dir, RecordingInfo};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tracing::{debug, error, info, warn};
 
 /// Thresholds that trade write cost for rebuild cost. The defaults keep rebuilding any file at
@@ -50,6 +52,9 @@ pub struct WriterOptions {
     pub delta_file_bytes: usize,
     /// ...within this much memory in total.
     pub delta_memory_bytes: usize,
+    /// A segment file (where data bytes live) is sealed at this size and the next one started;
+    /// sealed segments never change again.
+    pub segment_bytes: u64,
 }
 
 impl Default for WriterOptions {
@@ -69,6 +74,7 @@ impl Default for WriterOptions {
             delta_chain_bytes: 2 * 1024 * 1024,
             delta_file_bytes: 1024 * 1024,
             delta_memory_bytes: 8 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -103,6 +109,14 @@ struct OpenBlock {
     payload_bytes: usize,
 }
 
+/// Payload records waiting to be written as one segment block, with the keys that will refer
+/// to them.
+#[derive(Default)]
+struct Packer {
+    buf: Vec<u8>,
+    pieces: Vec<([u8; 17], u64, u64)>,
+}
+
 /// Consecutive data of one node in a block, stored as one record keyed by its first seq.
 struct Run {
     epoch: Option<u64>,
@@ -114,6 +128,8 @@ struct Run {
 pub struct Writer {
     dir: PathBuf,
     db: sled::Db,
+    segments: SegmentLog,
+    packer: Packer,
     records: Records,
     opts: WriterOptions,
     clock: Clock,
@@ -154,6 +170,7 @@ impl Writer {
                 dir: dir.to_path_buf(),
             });
         }
+        let segments = SegmentLog::open(dir, opts.segment_bytes)?;
         let mut batch = sled::Batch::default();
         batch.insert(
             codec::META_FORMAT,
@@ -169,7 +186,7 @@ impl Writer {
             started_wall_ns: info.started_wall_ns,
             started_mono_ns: info.started_mono_ns,
         };
-        Ok(Self::assemble(dir, db, opts, clock, lock))
+        Ok(Self::assemble(dir, db, segments, opts, clock, lock))
     }
 
     pub fn resume(dir: &Path) -> Result<Writer, StoreError> {
@@ -183,11 +200,24 @@ impl Writer {
         let lock = DirLock::acquire(dir)?;
         let db = open_db(dir, opts.cache_bytes)?;
         let meta = read_meta(dir, &db)?;
+        let segments = SegmentLog::open(dir, opts.segment_bytes)?;
+        if let Some(raw) = db.get(codec::META_SEGMENT_END)? {
+            let (segment, end): (u32, u64) = codec::decode("the segment end", &raw)?;
+            let (open, len) = segments.end();
+            if open < segment || (open == segment && len < end) {
+                return Err(StoreError::corrupt(format!(
+                    "segment {} ends at byte {len}, but the index refers to data up to byte \
+                     {end} of segment {}",
+                    crate::segment::segment_file_name(open),
+                    crate::segment::segment_file_name(segment)
+                )));
+            }
+        }
         let clock = Clock {
             started_wall_ns: meta.info.started_wall_ns,
             started_mono_ns: meta.info.started_mono_ns,
         };
-        let mut w = Self::assemble(dir, db, opts, clock, lock);
+        let mut w = Self::assemble(dir, db, segments, opts, clock, lock);
         w.records.set_committed(meta.committed);
         w.last_seq = meta.committed;
         w.stats.committed_seq = meta.committed;
@@ -217,6 +247,7 @@ impl Writer {
     fn assemble(
         dir: &Path,
         db: sled::Db,
+        segments: SegmentLog,
         opts: WriterOptions,
         clock: Clock,
         lock: DirLock,
@@ -230,8 +261,10 @@ impl Writer {
         Writer {
             dir: dir.to_path_buf(),
             references: References::new(limits),
-            records: Records::new((*db).clone(), 0),
+            records: Records::new((*db).clone(), 0, Arc::new(SegmentFiles::new(dir))),
             db,
+            segments,
+            packer: Packer::default(),
             opts,
             clock,
             ns: Namespace::default(),
@@ -267,8 +300,8 @@ impl Writer {
         for node in self.ns.live_nodes() {
             let from = self
                 .records
-                .last_keyframe(node, self.last_seq)?
-                .map_or(0, |(seq, _)| seq + 1);
+                .last_keyframe_seq(node, self.last_seq)?
+                .map_or(0, |seq| seq + 1);
             let mut since = SinceKeyframe::default();
             for (_, op) in self.records.content_ops(node, from, self.last_seq)? {
                 since = since_after(since, &op);
@@ -340,16 +373,18 @@ impl Writer {
             self.touched.insert(node);
             self.block.ops.entry(node).or_default().push((seq, op));
         }
-        if self.block.headers.len() >= self.opts.block_events
-            || self.block.payload_bytes >= self.opts.block_bytes
-        {
-            self.seal_block();
-        }
         self.last_seq = seq;
         self.last_time = Some(time);
         self.pending_events += 1;
         self.events_since_checkpoint += 1;
         self.stats.events = seq;
+        // Last, so that a failed segment write leaves the event counted (and the writer's seqs
+        // in step with what it buffered).
+        if self.block.headers.len() >= self.opts.block_events
+            || self.block.payload_bytes >= self.opts.block_bytes
+        {
+            self.seal_block()?;
+        }
         Ok(seq)
     }
 
@@ -453,11 +488,11 @@ impl Writer {
         }
     }
 
-    /// Turns the open block into records of the pending batch.
-    fn seal_block(&mut self) {
+    /// Turns the open block into records of the pending batch, its data into segment blocks.
+    fn seal_block(&mut self) -> Result<(), StoreError> {
         let block = std::mem::take(&mut self.block);
         if block.headers.is_empty() {
-            return;
+            return Ok(());
         }
         let first = block.first;
         let headers = codec::zstd_bytes(&codec::encode(&block.headers));
@@ -472,7 +507,6 @@ impl Writer {
                     continue;
                 };
                 let raw = codec::encode_payload_block(&run.data);
-                let plain = codec::encode_payload(&raw);
                 let value = match &run.reference {
                     Some(r) => {
                         let reference = codec::DeltaRef {
@@ -482,18 +516,67 @@ impl Writer {
                         };
                         let delta =
                             codec::encode_payload_delta(&raw, *run_first, reference, &r.content);
-                        if delta.len() < plain.len() {
+                        // What the plain record would cost once its block compresses it.
+                        if delta.len() < codec::encode_payload(&raw).len() {
+                            if delta.len() <= codec::INLINE_DELTA_BYTES {
+                                // A reference to it in a segment would cost half as much again.
+                                self.pending
+                                    .insert(&codec::payload_key(*node, *run_first), delta);
+                                continue;
+                            }
                             delta
                         } else {
-                            plain
+                            codec::encode_payload_raw(&raw)
                         }
                     }
-                    None => plain,
+                    None => codec::encode_payload_raw(&raw),
                 };
-                self.pending
-                    .insert(&codec::payload_key(*node, *run_first), value);
+                self.pack(codec::payload_key(*node, *run_first), value)?;
             }
         }
+        Ok(())
+    }
+
+    /// Queues a payload record for the next segment block; a large one gets a block of its own.
+    fn pack(&mut self, key: [u8; 17], value: Vec<u8>) -> Result<(), StoreError> {
+        if value.len() >= codec::PACKED_RECORD_BYTES {
+            let block = self.segments.append(&value, true)?;
+            let r = codec::SegRef {
+                block,
+                start: 0,
+                len: value.len() as u64,
+            };
+            self.pending
+                .insert(&key, codec::encode_segment_ref(codec::SEGMENT, &r));
+            return Ok(());
+        }
+        let start = self.packer.buf.len() as u64;
+        self.packer.buf.extend_from_slice(&value);
+        self.packer.pieces.push((key, start, value.len() as u64));
+        if self.packer.buf.len() >= codec::PACKED_BLOCK_BYTES {
+            self.write_packed()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the queued payload records as one segment block and indexes them in the pending
+    /// batch.
+    fn write_packed(&mut self) -> Result<(), StoreError> {
+        if self.packer.pieces.is_empty() {
+            return Ok(());
+        }
+        let packer = std::mem::take(&mut self.packer);
+        let block = self.segments.append(&packer.buf, true)?;
+        for (key, start, len) in packer.pieces {
+            let r = codec::SegRef { block, start, len };
+            self.pending
+                .insert(&key, codec::encode_segment_ref(codec::SEGMENT, &r));
+        }
+        // Keep the buffer's capacity for the next block.
+        let mut buf = packer.buf;
+        buf.clear();
+        self.packer.buf = buf;
+        Ok(())
     }
 
     /// Makes all appended events visible as one atomic batch, then adds keyframes for files whose
@@ -502,8 +585,12 @@ impl Writer {
         if self.pending_events == 0 {
             return Ok(());
         }
-        self.seal_block();
+        self.seal_block()?;
+        self.write_packed()?;
+        // The index must never refer to segment bytes a crash could still take.
+        self.segments.sync()?;
         let mut batch = std::mem::take(&mut self.pending);
+        batch.insert(codec::META_SEGMENT_END, codec::encode(&self.segments.end()));
         batch.insert(codec::META_COMMITTED, &codec::u64_value(self.last_seq));
         batch.insert(codec::META_NEXT_NODE, &codec::u64_value(self.next_node));
         let checkpoint_due = self.events_since_checkpoint
@@ -537,6 +624,8 @@ impl Writer {
     /// Keyframes are an optimization: if one cannot be made, reads just replay further.
     fn write_keyframes(&mut self) {
         let touched: Vec<NodeId> = self.touched.drain().collect();
+        let mut batch = sled::Batch::default();
+        let mut made = Vec::new();
         for node in touched {
             let Some(since) = self.since_keyframe.get(&node).copied() else {
                 continue;
@@ -562,25 +651,45 @@ impl Writer {
                 continue;
             }
             match self.write_keyframe(node) {
-                Ok(()) => {
-                    self.since_keyframe.remove(&node);
-                    self.stats.keyframes += 1;
+                Ok((key, value)) => {
+                    batch.insert(&key, value);
+                    made.push(node);
                 }
                 Err(e) => {
                     error!(node, error = %e, "could not write a keyframe; reads of this file will be slower")
                 }
             }
         }
+        if made.is_empty() {
+            return;
+        }
+        // Bodies first, durably; then the index records that point at them.
+        let indexed = self
+            .segments
+            .sync()
+            .and_then(|()| self.db.apply_batch(batch).map_err(StoreError::from));
+        match indexed {
+            Ok(()) => {
+                for node in made {
+                    self.since_keyframe.remove(&node);
+                    self.stats.keyframes += 1;
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "could not write keyframes; reads of these files will be slower")
+            }
+        }
     }
 
-    fn write_keyframe(&mut self, node: NodeId) -> Result<(), StoreError> {
+    /// Writes `node`'s keyframe body to a segment and returns the index record for it.
+    fn write_keyframe(&mut self, node: NodeId) -> Result<([u8; 17], Vec<u8>), StoreError> {
         let seq = self.records.committed();
         let rebuilt = content::content_at(&self.records, node, seq, true)?;
         let policy = KeyframePolicy {
             full_every: self.opts.full_keyframe_every.max(1),
             max_diff_bytes: self.opts.max_diff_bytes,
         };
-        let keyframe = content::make_keyframe(&rebuilt, &policy);
+        let mut keyframe = content::make_keyframe(&rebuilt, &policy);
         debug!(
             node,
             seq,
@@ -589,9 +698,15 @@ impl Writer {
             stored = keyframe.body.len(),
             "keyframe"
         );
-        self.db
-            .insert(codec::keyframe_key(node, seq), codec::encode(&keyframe))?;
-        Ok(())
+        // The body is one zstd frame already: a second compression would not pay.
+        let block = self.segments.append(&keyframe.body, false)?;
+        let r = codec::SegRef {
+            block,
+            start: 0,
+            len: keyframe.body.len() as u64,
+        };
+        keyframe.body = codec::encode_segment_ref(codec::KEYFRAME_IN_SEGMENT, &r);
+        Ok((codec::keyframe_key(node, seq), codec::encode(&keyframe)))
     }
 
     /// Commits and makes everything committed durable on disk.
@@ -635,7 +750,7 @@ impl Writer {
 
     pub fn stats(&self) -> WriterStats {
         WriterStats {
-            store_bytes: self.db.size_on_disk().unwrap_or(0),
+            store_bytes: self.db.size_on_disk().unwrap_or(0) + self.segments.size_on_disk(),
             ..self.stats
         }
     }
@@ -652,7 +767,7 @@ impl Writer {
     /// A read view of everything committed so far, for serving a recording that is still being
     /// written (the dir's lock keeps any other process out, so readers must come from here).
     pub fn reader(&self) -> Result<crate::Store, StoreError> {
-        crate::Store::over(&self.dir, self.db.clone(), None)
+        crate::Store::over(&self.dir, self.db.clone(), None, None)
     }
 
     /// Records the end of the recording, flushes, and releases the state dir.

@@ -360,6 +360,8 @@ fn options(small: u64) -> WriterOptions {
         delta_chain_bytes: 4096,
         delta_file_bytes: 400,
         delta_memory_bytes: 2000,
+        // Small segments, so data spans sealed ones and the open one.
+        segment_bytes: small * 400,
     }
 }
 
