@@ -4,6 +4,7 @@
 mod cgroup;
 mod local;
 mod overlay;
+mod root_dir;
 mod translate;
 
 pub use cgroup::{cgroup2_mount, CgroupError, RecordingCgroup};

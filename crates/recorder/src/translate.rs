@@ -6,6 +6,7 @@
 //! mid-recording is adopted, and content that was not captured byte by byte (writes above the
 //! cap, shared mmaps, splice, records lost to a full ring) is read back from the file itself.
 
+use crate::root_dir::RootDir;
 use crate::RecordError;
 use diffkeeper_capture::{Change, DirtyReason, Event as Captured, FileKey, Origin, Probe};
 use diffkeeper_store::{
@@ -14,9 +15,8 @@ use diffkeeper_store::{
 };
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Counts a person wants in the recording summary.
@@ -40,6 +40,9 @@ pub struct Recorder {
     /// Host directory under which recorded paths live: "/" for a local recording, a
     /// container's root (e.g. /proc/PID/root) otherwise.
     root: PathBuf,
+    /// `root` opened: every read-back and sweep resolves recorded names through it, never
+    /// following a symlink.
+    pub(crate) root_dir: RootDir,
     pub(crate) nodes: HashMap<FileKey, NodeId>,
     dirty: HashMap<FileKey, DirtyReason>,
     /// Directories every name of which belongs to the recording (baseline roots, directories
@@ -60,6 +63,7 @@ impl Recorder {
     pub fn new(writer: Writer, root: PathBuf, excluded: Vec<PathBuf>) -> Self {
         Recorder {
             writer,
+            root_dir: RootDir::open(&root),
             root,
             nodes: HashMap::new(),
             dirty: HashMap::new(),
@@ -149,11 +153,10 @@ impl Recorder {
         time: u64,
         process: Option<&Process>,
     ) -> Result<u64, RecordError> {
-        let host = self.host_path(path);
-        if self.excluded.iter().any(|x| host.starts_with(x)) {
+        if self.is_excluded(path) {
             return Ok(0);
         }
-        let Ok(meta) = fs::symlink_metadata(&host) else {
+        let Ok(meta) = self.root_dir.metadata(path) else {
             return Ok(0); // gone already: a later event will say what happened
         };
         let key = FileKey {
@@ -178,9 +181,8 @@ impl Recorder {
                 )?;
             }
             self.owned_dirs.insert(path.clone());
-            let mut names: Vec<_> = match fs::read_dir(&host) {
-                Ok(rd) => rd.filter_map(Result::ok).map(|e| e.file_name()).collect(),
-                Err(_) => return Ok(1),
+            let Ok(mut names) = self.root_dir.read_dir(path) else {
+                return Ok(1);
             };
             names.sort();
             let mut n = 1;
@@ -192,7 +194,7 @@ impl Recorder {
             return Ok(n);
         }
         if ft.is_symlink() {
-            let Ok(target) = fs::read_link(&host) else {
+            let Ok(target) = self.root_dir.read_link(path) else {
                 return Ok(0);
             };
             let node = self.writer.new_node();
@@ -215,7 +217,9 @@ impl Recorder {
             // node of a deleted file. Only a name that is this very inode on disk makes a link.
             self.writer.path_of(node).is_some_and(|other| {
                 other != *path
-                    && fs::symlink_metadata(self.host_path(&other))
+                    && self
+                        .root_dir
+                        .metadata(&other)
                         .is_ok_and(|m| m.dev() == key.dev && m.ino() == key.ino)
             })
         });
@@ -230,7 +234,7 @@ impl Recorder {
                     path: path.clone(),
                 },
             )?;
-            if let Ok(data) = read_file_checked(&host, key) {
+            if let Ok(data) = self.root_dir.read_file(path, key) {
                 self.append(time, process, Op::Resync { node, data })?;
             }
             return Ok(1);
@@ -246,7 +250,7 @@ impl Recorder {
                 mode,
             },
         )?;
-        if let Ok(data) = read_file_checked(&host, key) {
+        if let Ok(data) = self.root_dir.read_file(path, key) {
             self.append(time, process, Op::Resync { node, data })?;
         }
         Ok(1)
@@ -542,8 +546,7 @@ impl Recorder {
         let Some(path) = self.writer.path_of(node) else {
             return Ok(true); // unlinked: no name left to export, nothing to heal
         };
-        let host = self.host_path(&path);
-        match read_file_checked(&host, file) {
+        match self.root_dir.read_file(&path, file) {
             Ok(data) => {
                 self.stats.resyncs += 1;
                 if self.dirty.get(&file) == Some(&DirtyReason::Lost) {
@@ -656,12 +659,11 @@ impl Recorder {
         if rescan {
             let owned: Vec<RecPath> = self.owned_dirs.iter().cloned().collect();
             for dir in owned {
-                let host = self.host_path(&dir);
-                let Ok(rd) = fs::read_dir(&host) else {
+                let Ok(names) = self.root_dir.read_dir(&dir) else {
                     continue;
                 };
-                for entry in rd.filter_map(Result::ok) {
-                    let Ok(child) = dir.join(entry.file_name().as_bytes()) else {
+                for name in names {
+                    let Ok(child) = dir.join(name.as_bytes()) else {
                         continue;
                     };
                     if self.writer.entry(&child).is_none() {
@@ -677,8 +679,7 @@ impl Recorder {
     /// gone from disk means removed; inside the recording's own directories it is made a real
     /// entry with its real mode. Elsewhere (/tmp, /home) it stays implied.
     fn reconcile_implicit(&mut self, path: &RecPath, time: u64) -> Result<bool, RecordError> {
-        let host = self.host_path(path);
-        match fs::symlink_metadata(&host) {
+        match self.root_dir.metadata(path) {
             Err(_) => {
                 self.append(time, None, Op::Rmdir { path: path.clone() })?;
                 Ok(true)
@@ -717,8 +718,7 @@ impl Recorder {
         time: u64,
     ) -> Result<bool, RecordError> {
         use diffkeeper_store::EntryKind;
-        let host = self.host_path(path);
-        let meta = match fs::symlink_metadata(&host) {
+        let meta = match self.root_dir.metadata(path) {
             Ok(m) => m,
             // A container's root (/proc/PID/root) vanishes when it exits: then every name is
             // missing, and none of them was deleted.
@@ -748,7 +748,12 @@ impl Recorder {
             _ => true,
         };
         if !same_kind || !same_file {
-            // Replaced behind our back (a lost rename or create): take what is there now.
+            // Replaced behind our back (a lost rename or create): take what is there now. A
+            // directory's old children went with it: a creating op keeps what is below a path.
+            if entry.kind == EntryKind::Dir {
+                self.owned_dirs.retain(|d| !d.starts_with(path));
+                self.append(time, None, Op::Rmdir { path: path.clone() })?;
+            }
             self.adopt_tree(path, time, None)?;
             return Ok(true);
         }
@@ -756,7 +761,7 @@ impl Recorder {
         match &entry.kind {
             EntryKind::File { size } => {
                 if *size != meta.len() || !entry.exact {
-                    if let Ok(data) = read_file_checked(&host, key) {
+                    if let Ok(data) = self.root_dir.read_file(path, key) {
                         let node = entry.node;
                         self.append(time, None, Op::Resync { node, data })?;
                         fixed = true;
@@ -764,7 +769,7 @@ impl Recorder {
                 }
             }
             EntryKind::Symlink { target } => {
-                if let Ok(now) = fs::read_link(&host) {
+                if let Ok(now) = self.root_dir.read_link(path) {
                     if now.as_os_str().as_bytes() != target.as_slice() {
                         self.adopt_tree(path, time, None)?;
                         return Ok(true);
@@ -780,20 +785,4 @@ impl Recorder {
         }
         Ok(fixed)
     }
-}
-
-/// Reads a regular file, refusing to follow a symlink and checking it is still the inode we
-/// mean (a rename may have put another file at that name).
-fn read_file_checked(path: &Path, expect: FileKey) -> io::Result<Vec<u8>> {
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() || meta.dev() != expect.dev || meta.ino() != expect.ino {
-        return Err(io::Error::other("another file is at this path now"));
-    }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    f.read_to_end(&mut data)?;
-    Ok(data)
 }

@@ -1,0 +1,176 @@
+//! The recording's root as a directory fd, through which every read-back, sweep and stat
+//! resolves recorded paths.
+//!
+//! The recorder runs as root; the workload may not. A path-based call would follow a symlink
+//! the workload put in any component of a recorded name (swapped in with renameat2, say, behind
+//! a record the kernel side could not send), and the recorder would copy whatever it points to
+//! into the store. Recorded paths are the kernel's resolved names, so no component of a true
+//! one is a symlink: resolving with `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH` from the root's fd
+//! finds exactly the entry the name means, or fails.
+
+use diffkeeper_capture::FileKey;
+use diffkeeper_store::RecPath;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use std::ffi::OsString;
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+/// How a recorded name is resolved below the root: no symlink anywhere (the last component
+/// included, unless it is opened as the symlink itself), never above the root.
+const RESOLVE: ResolveFlags = ResolveFlags::NO_SYMLINKS
+    .union(ResolveFlags::BENEATH)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// openat2 fails with EAGAIN when a rename or mount raced the lookup: it may be retried.
+const RACE_RETRIES: usize = 16;
+
+/// A directory every recorded path is resolved below.
+pub(crate) struct RootDir {
+    fd: Result<OwnedFd, io::ErrorKind>,
+}
+
+impl RootDir {
+    /// Opens `path` (the host's "/" or a container's root, e.g. /proc/PID/root). A root that
+    /// cannot be opened makes every lookup fail, as every name below it is unreachable.
+    pub(crate) fn open(path: &Path) -> Self {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io::Error::from(e).kind());
+        RootDir { fd }
+    }
+
+    /// Opens the entry `path` names with `flags` (plus O_NOFOLLOW and O_CLOEXEC).
+    fn open_entry(&self, path: &RecPath, flags: OFlags) -> io::Result<OwnedFd> {
+        let root = self.fd.as_ref().map_err(|&kind| io::Error::from(kind))?;
+        let rel = relative(path);
+        let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(root.as_fd(), &rel, flags, Mode::empty(), RESOLVE) {
+                Err(rustix::io::Errno::AGAIN) if tries < RACE_RETRIES => tries += 1,
+                result => return result.map_err(io::Error::from),
+            }
+        }
+    }
+
+    /// The entry itself, a symlink not followed (lstat).
+    pub(crate) fn metadata(&self, path: &RecPath) -> io::Result<Metadata> {
+        File::from(self.open_entry(path, OFlags::PATH)?).metadata()
+    }
+
+    /// A symlink's target.
+    pub(crate) fn read_link(&self, path: &RecPath) -> io::Result<PathBuf> {
+        let fd = self.open_entry(path, OFlags::PATH)?;
+        let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+        Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
+    }
+
+    /// A directory, opened for reading.
+    pub(crate) fn open_dir(&self, path: &RecPath) -> io::Result<OwnedFd> {
+        self.open_entry(path, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// The names in a directory (no "." or "..").
+    pub(crate) fn read_dir(&self, path: &RecPath) -> io::Result<Vec<OsString>> {
+        let fd = self.open_dir(path)?;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&fd)? {
+            let name = entry?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                names.push(OsString::from_vec(name));
+            }
+        }
+        Ok(names)
+    }
+
+    /// Opens a regular file for reading. Non-blocking, so a fifo swapped in never stalls the
+    /// recorder.
+    pub(crate) fn open_file(&self, path: &RecPath) -> io::Result<File> {
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+        Ok(File::from(self.open_entry(path, flags)?))
+    }
+
+    /// A regular file's bytes, if it is still the inode `expect` (dev, ino): a rename may have
+    /// put another file at that name.
+    pub(crate) fn read_file(&self, path: &RecPath, expect: FileKey) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut f = self.open_file(path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() || meta.dev() != expect.dev || meta.ino() != expect.ino {
+            return Err(io::Error::other("another file is at this path now"));
+        }
+        let mut data = Vec::with_capacity(meta.len() as usize);
+        f.read_to_end(&mut data)?;
+        Ok(data)
+    }
+}
+
+/// `path` relative to the root: "." for the root itself.
+fn relative(path: &RecPath) -> PathBuf {
+    match &path.as_bytes()[1..] {
+        [] => PathBuf::from("."),
+        rel => PathBuf::from(std::ffi::OsStr::from_bytes(rel)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn rp(root: &Path, rel: &str) -> RecPath {
+        RecPath::normalize(root.join(rel).as_os_str().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn never_follows_a_symlink_in_any_component() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path();
+        fs::create_dir(top.join("private")).unwrap();
+        fs::write(top.join("private/key"), b"secret").unwrap();
+        std::os::unix::fs::symlink(top.join("private"), top.join("x")).unwrap();
+        std::os::unix::fs::symlink("private", top.join("rel")).unwrap();
+        let root = RootDir::open(Path::new("/"));
+        for name in ["x/key", "rel/key"] {
+            let e = root
+                .read_file(&rp(top, name), FileKey { dev: 0, ino: 0 })
+                .unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{name}: {e}");
+            assert!(root.metadata(&rp(top, name)).is_err(), "{name}");
+            assert!(root
+                .read_dir(&rp(top, name.split('/').next().unwrap()))
+                .is_err());
+        }
+        assert!(root
+            .metadata(&rp(top, "x"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(root.read_link(&rp(top, "x")).unwrap(), top.join("private"));
+        assert_eq!(root.read_dir(&rp(top, "private")).unwrap(), vec!["key"]);
+    }
+
+    #[test]
+    fn resolves_below_a_root_other_than_slash() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("etc")).unwrap();
+        fs::write(tmp.path().join("etc/hosts"), b"container").unwrap();
+        let root = RootDir::open(tmp.path());
+        let hosts = RecPath::normalize(b"/etc/hosts").unwrap();
+        let meta = root.metadata(&hosts).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let data = root.read_file(&hosts, key).unwrap();
+        assert_eq!(data, b"container");
+        assert!(root.metadata(&RecPath::root()).unwrap().is_dir());
+    }
+}
