@@ -160,3 +160,77 @@ fn a_symlink_swapped_in_behind_a_lost_record_does_not_leak_roots_files() {
         );
     }
 }
+
+/// As nobody: move a root-only file out of a directory nobody may write (so may rename in) into
+/// the recorded working directory, behind a cut record. The end-of-run sweep finds a name the
+/// log lacks in a directory the recording owns; it must read it as the workload, who cannot.
+const STEAL: &str = r#"
+import os, sys
+work = sys.argv[1]
+os.chdir(work)
+for _ in range(70):
+    os.mkdir("d")
+    os.chdir("d")
+up = "../" * 70
+os.rename(up + "../drop/secret", up + "stolen")
+"#;
+
+#[test]
+fn a_root_only_file_moved_in_behind_a_lost_record_is_read_as_the_workload() {
+    let s = scene();
+    let (work, drop) = (s.public.clone(), s.public.parent().unwrap().join("drop"));
+    fs::create_dir(&drop).unwrap();
+    chown(&drop, Some(NOBODY), Some(NOBODY)).unwrap();
+    fs::write(drop.join("secret"), SECRET).unwrap();
+    fs::set_permissions(drop.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&s.script, STEAL).unwrap();
+    let out = run(Command::new(DK)
+        .arg("record")
+        .arg(format!("--state-dir={}", s.state.display()))
+        .args([
+            "--",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .arg("/usr/bin/python3")
+        .arg(&s.script)
+        .arg(&work)
+        .current_dir(&work));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("command exited with 0"), "{stderr}");
+    assert_eq!(fs::read(work.join("stolen")).unwrap(), SECRET.as_bytes());
+
+    let export = s.state.parent().unwrap().join("export");
+    let exported = run(Command::new(DK)
+        .arg("export")
+        .arg(format!("--state-dir={}", s.state.display()))
+        .arg(format!("--out={}", export.display())));
+    let mut files = Vec::new();
+    all_file_bytes(&export, &mut files);
+    for (path, bytes) in &files {
+        assert!(
+            !String::from_utf8_lossy(bytes).contains(SECRET),
+            "root's secret was recorded, as {}",
+            path.display()
+        );
+    }
+    // The name is there, its content unknown, and the export says so.
+    let stolen = export.join(work.strip_prefix("/").unwrap()).join("stolen");
+    assert!(fs::symlink_metadata(&stolen).unwrap().is_file());
+    let warnings = String::from_utf8_lossy(&exported.stderr);
+    assert!(
+        warnings.contains("not known byte-exactly") && warnings.contains("stolen"),
+        "{warnings}"
+    );
+    let mut raw = Vec::new();
+    all_file_bytes(&s.state, &mut raw);
+    for (path, bytes) in &raw {
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "root's secret is in the store file {}",
+            path.display()
+        );
+    }
+}

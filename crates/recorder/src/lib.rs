@@ -2,6 +2,7 @@
 //! recordings (`diffkeeper record -- CMD`).
 
 mod cgroup;
+mod fs_ids;
 mod local;
 mod overlay;
 mod root_dir;

@@ -14,6 +14,7 @@
 //!   so the export hides the image's old content below it;
 //! - a directory the image does not have is recorded whole and owned, as `baseline` does.
 
+use crate::fs_ids::FsIds;
 use crate::root_dir::RootDir;
 use crate::translate::Recorder;
 use crate::RecordError;
@@ -74,7 +75,7 @@ impl Recorder {
         image: &ImageDirs,
         time: u64,
     ) -> Result<u64, RecordError> {
-        let mut names = match upper.dir.read_dir(dir) {
+        let mut names = match upper.dir.read_dir(FsIds::ROOT, dir) {
             Ok(names) => names,
             Err(cause) if dir.is_root() => {
                 return Err(RecordError::Baseline {
@@ -95,7 +96,7 @@ impl Recorder {
             let Ok(path) = dir.join(name.as_bytes()) else {
                 continue;
             };
-            let Ok(meta) = upper.dir.metadata(&path) else {
+            let Ok(meta) = upper.dir.metadata(FsIds::ROOT, &path) else {
                 continue;
             };
             if self.is_excluded(&path) {
@@ -139,7 +140,8 @@ impl Recorder {
         time: u64,
         process: Option<&Process>,
     ) -> Result<u64, RecordError> {
-        let Ok(meta) = self.root_dir.metadata(path) else {
+        let who = self.reader_for(process, None);
+        let Ok(meta) = self.root_dir.metadata(who, path) else {
             return Ok(0); // gone already: a later event says what happened
         };
         if !meta.is_dir() {
@@ -168,7 +170,7 @@ impl Recorder {
         time: u64,
         process: Option<&Process>,
     ) -> Result<u64, RecordError> {
-        match self.root_dir.metadata(path) {
+        match self.root_dir.metadata(self.reader_for(process, None), path) {
             Ok(meta) if meta.is_dir() => self.adopt_merged_dir(path, time, process),
             Ok(_) => self.adopt_tree(path, time, process),
             Err(_) => Ok(0),
@@ -200,7 +202,8 @@ impl Recorder {
             None => self.adopt_tree(path, time, process),
             Some(EntryKind::Dir) if !self.owned_dirs.contains(path) => {
                 self.owned_dirs.insert(path.clone());
-                let Ok(mut names) = self.root_dir.read_dir(path) else {
+                let who = self.reader_for(process, None);
+                let Ok(mut names) = self.root_dir.read_dir(who, path) else {
                     return Ok(0); // moved on again: a later event says where
                 };
                 names.sort();
@@ -296,7 +299,8 @@ fn overlay_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 impl RootDir {
     /// `overlay_xattr` of the directory `path` names below this root.
     fn overlay_xattr(&self, path: &RecPath, name: &str) -> Option<Vec<u8>> {
-        let dir = self.open_dir(path).ok()?;
+        // The upper dir, read as the baseline is: by the recorder.
+        let dir = self.open_dir(FsIds::ROOT, path).ok()?;
         overlay_value(name, |attr, value| rustix::fs::fgetxattr(&dir, attr, value))
     }
 }

@@ -8,6 +8,7 @@
 //! one is a symlink: resolving with `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH` from the root's fd
 //! finds exactly the entry the name means, or fails.
 
+use crate::fs_ids::FsIds;
 use diffkeeper_capture::FileKey;
 use diffkeeper_store::RecPath;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -45,8 +46,13 @@ impl RootDir {
         RootDir { fd }
     }
 
-    /// Opens the entry `path` names with `flags` (plus O_NOFOLLOW and O_CLOEXEC).
-    fn open_entry(&self, path: &RecPath, flags: OFlags) -> io::Result<OwnedFd> {
+    /// Opens the entry `path` names with `flags` (plus O_NOFOLLOW and O_CLOEXEC), with the
+    /// permissions of `who`: every component must be searchable by them.
+    fn open_entry(&self, who: FsIds, path: &RecPath, flags: OFlags) -> io::Result<OwnedFd> {
+        who.reading(|| self.open_entry_as_is(path, flags))
+    }
+
+    fn open_entry_as_is(&self, path: &RecPath, flags: OFlags) -> io::Result<OwnedFd> {
         let root = self.fd.as_ref().map_err(|&kind| io::Error::from(kind))?;
         let rel = relative(path);
         let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -60,25 +66,25 @@ impl RootDir {
     }
 
     /// The entry itself, a symlink not followed (lstat).
-    pub(crate) fn metadata(&self, path: &RecPath) -> io::Result<Metadata> {
-        File::from(self.open_entry(path, OFlags::PATH)?).metadata()
+    pub(crate) fn metadata(&self, who: FsIds, path: &RecPath) -> io::Result<Metadata> {
+        File::from(self.open_entry(who, path, OFlags::PATH)?).metadata()
     }
 
     /// A symlink's target.
-    pub(crate) fn read_link(&self, path: &RecPath) -> io::Result<PathBuf> {
-        let fd = self.open_entry(path, OFlags::PATH)?;
+    pub(crate) fn read_link(&self, who: FsIds, path: &RecPath) -> io::Result<PathBuf> {
+        let fd = self.open_entry(who, path, OFlags::PATH)?;
         let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
         Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
     }
 
     /// A directory, opened for reading.
-    pub(crate) fn open_dir(&self, path: &RecPath) -> io::Result<OwnedFd> {
-        self.open_entry(path, OFlags::RDONLY | OFlags::DIRECTORY)
+    pub(crate) fn open_dir(&self, who: FsIds, path: &RecPath) -> io::Result<OwnedFd> {
+        self.open_entry(who, path, OFlags::RDONLY | OFlags::DIRECTORY)
     }
 
     /// The names in a directory (no "." or "..").
-    pub(crate) fn read_dir(&self, path: &RecPath) -> io::Result<Vec<OsString>> {
-        let fd = self.open_dir(path)?;
+    pub(crate) fn read_dir(&self, who: FsIds, path: &RecPath) -> io::Result<Vec<OsString>> {
+        let fd = self.open_dir(who, path)?;
         let mut names = Vec::new();
         for entry in rustix::fs::Dir::read_from(&fd)? {
             let name = entry?.file_name().to_bytes().to_vec();
@@ -91,16 +97,22 @@ impl RootDir {
 
     /// Opens a regular file for reading. Non-blocking, so a fifo swapped in never stalls the
     /// recorder.
-    pub(crate) fn open_file(&self, path: &RecPath) -> io::Result<File> {
+    pub(crate) fn open_file(&self, who: FsIds, path: &RecPath) -> io::Result<File> {
         let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
-        Ok(File::from(self.open_entry(path, flags)?))
+        Ok(File::from(self.open_entry(who, path, flags)?))
     }
 
     /// A regular file's bytes, if it is still the inode `expect` (dev, ino): a rename may have
     /// put another file at that name.
-    pub(crate) fn read_file(&self, path: &RecPath, expect: FileKey) -> io::Result<Vec<u8>> {
+    pub(crate) fn read_file(
+        &self,
+        who: FsIds,
+        path: &RecPath,
+        expect: FileKey,
+    ) -> io::Result<Vec<u8>> {
         use std::os::unix::fs::MetadataExt;
-        let mut f = self.open_file(path)?;
+        // Opened as `who`; reading an open file checks nothing more.
+        let mut f = self.open_file(who, path)?;
         let meta = f.metadata()?;
         if !meta.is_file() || meta.dev() != expect.dev || meta.ino() != expect.ino {
             return Err(io::Error::other("another file is at this path now"));
@@ -124,6 +136,8 @@ mod tests {
     use super::*;
     use std::fs;
 
+    const R: FsIds = FsIds::ROOT;
+
     fn rp(root: &Path, rel: &str) -> RecPath {
         RecPath::normalize(root.join(rel).as_os_str().as_bytes()).unwrap()
     }
@@ -139,21 +153,24 @@ mod tests {
         let root = RootDir::open(Path::new("/"));
         for name in ["x/key", "rel/key"] {
             let e = root
-                .read_file(&rp(top, name), FileKey { dev: 0, ino: 0 })
+                .read_file(R, &rp(top, name), FileKey { dev: 0, ino: 0 })
                 .unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{name}: {e}");
-            assert!(root.metadata(&rp(top, name)).is_err(), "{name}");
+            assert!(root.metadata(R, &rp(top, name)).is_err(), "{name}");
             assert!(root
-                .read_dir(&rp(top, name.split('/').next().unwrap()))
+                .read_dir(R, &rp(top, name.split('/').next().unwrap()))
                 .is_err());
         }
         assert!(root
-            .metadata(&rp(top, "x"))
+            .metadata(R, &rp(top, "x"))
             .unwrap()
             .file_type()
             .is_symlink());
-        assert_eq!(root.read_link(&rp(top, "x")).unwrap(), top.join("private"));
-        assert_eq!(root.read_dir(&rp(top, "private")).unwrap(), vec!["key"]);
+        assert_eq!(
+            root.read_link(R, &rp(top, "x")).unwrap(),
+            top.join("private")
+        );
+        assert_eq!(root.read_dir(R, &rp(top, "private")).unwrap(), vec!["key"]);
     }
 
     #[test]
@@ -163,14 +180,14 @@ mod tests {
         fs::write(tmp.path().join("etc/hosts"), b"container").unwrap();
         let root = RootDir::open(tmp.path());
         let hosts = RecPath::normalize(b"/etc/hosts").unwrap();
-        let meta = root.metadata(&hosts).unwrap();
+        let meta = root.metadata(R, &hosts).unwrap();
         use std::os::unix::fs::MetadataExt;
         let key = FileKey {
             dev: meta.dev(),
             ino: meta.ino(),
         };
-        let data = root.read_file(&hosts, key).unwrap();
+        let data = root.read_file(R, &hosts, key).unwrap();
         assert_eq!(data, b"container");
-        assert!(root.metadata(&RecPath::root()).unwrap().is_dir());
+        assert!(root.metadata(R, &RecPath::root()).unwrap().is_dir());
     }
 }

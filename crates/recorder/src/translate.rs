@@ -6,6 +6,7 @@
 //! mid-recording is adopted, and content that was not captured byte by byte (writes above the
 //! cap, shared mmaps, splice, records lost to a full ring) is read back from the file itself.
 
+use crate::fs_ids::FsIds;
 use crate::root_dir::RootDir;
 use crate::RecordError;
 use diffkeeper_capture::{Change, DirtyReason, Event as Captured, FileKey, Origin, Probe};
@@ -53,6 +54,13 @@ pub struct Recorder {
     /// The root is an overlay whose image the recording does not hold (set by
     /// `baseline_overlay`): a directory the recording has may hold image entries it lacks.
     pub(crate) overlay: bool,
+    /// The file system ids of each recorded process at its latest event, and of the process
+    /// that last changed each file: read-backs for them open only what they could.
+    pid_ids: HashMap<u32, FsIds>,
+    node_ids: HashMap<NodeId, FsIds>,
+    /// The latest non-root ids seen: a sweep of what no known process touched reads as them,
+    /// so an unprivileged workload cannot have root read a file it put out of its own reach.
+    unprivileged: Option<FsIds>,
     rescan_needed: bool,
     lost_seen: u64,
     lost_ns_seen: u64,
@@ -70,6 +78,9 @@ impl Recorder {
             owned_dirs: BTreeSet::new(),
             excluded,
             overlay: false,
+            pid_ids: HashMap::new(),
+            node_ids: HashMap::new(),
+            unprivileged: None,
             rescan_needed: false,
             lost_seen: 0,
             lost_ns_seen: 0,
@@ -107,6 +118,20 @@ impl Recorder {
     pub(crate) fn is_excluded(&self, path: &RecPath) -> bool {
         let host = self.host_path(path);
         self.excluded.iter().any(|x| host.starts_with(x))
+    }
+
+    /// Whose permissions a read-back for `process` (or of `node`, or neither) uses: the
+    /// process's own ids, else those of the file's last writer, else the recording's
+    /// unprivileged ones when there were any. Only a recording whose every process ran as root,
+    /// or a baseline (taken before the command runs, as the person recording chose), reads as
+    /// root.
+    pub(crate) fn reader_for(&self, process: Option<&Process>, node: Option<NodeId>) -> FsIds {
+        process
+            .and_then(|p| self.pid_ids.get(&p.pid))
+            .or_else(|| node.and_then(|n| self.node_ids.get(&n)))
+            .or(self.unprivileged.as_ref())
+            .copied()
+            .unwrap_or(FsIds::ROOT)
     }
 
     pub(crate) fn append(
@@ -156,7 +181,8 @@ impl Recorder {
         if self.is_excluded(path) {
             return Ok(0);
         }
-        let Ok(meta) = self.root_dir.metadata(path) else {
+        let who = self.reader_for(process, None);
+        let Ok(meta) = self.root_dir.metadata(who, path) else {
             return Ok(0); // gone already: a later event will say what happened
         };
         let key = FileKey {
@@ -181,7 +207,7 @@ impl Recorder {
                 )?;
             }
             self.owned_dirs.insert(path.clone());
-            let Ok(mut names) = self.root_dir.read_dir(path) else {
+            let Ok(mut names) = self.root_dir.read_dir(who, path) else {
                 return Ok(1);
             };
             names.sort();
@@ -194,7 +220,7 @@ impl Recorder {
             return Ok(n);
         }
         if ft.is_symlink() {
-            let Ok(target) = self.root_dir.read_link(path) else {
+            let Ok(target) = self.root_dir.read_link(who, path) else {
                 return Ok(0);
             };
             let node = self.writer.new_node();
@@ -219,7 +245,7 @@ impl Recorder {
                 other != *path
                     && self
                         .root_dir
-                        .metadata(&other)
+                        .metadata(who, &other)
                         .is_ok_and(|m| m.dev() == key.dev && m.ino() == key.ino)
             })
         });
@@ -234,24 +260,36 @@ impl Recorder {
                     path: path.clone(),
                 },
             )?;
-            if let Ok(data) = self.root_dir.read_file(path, key) {
+            if let Ok(data) = self.root_dir.read_file(who, path, key) {
                 self.append(time, process, Op::Resync { node, data })?;
             }
             return Ok(1);
         }
         let node = self.writer.new_node();
         self.nodes.insert(key, node);
-        self.append(
-            time,
-            process.clone(),
-            Op::Create {
-                node,
-                path: path.clone(),
-                mode,
-            },
-        )?;
-        if let Ok(data) = self.root_dir.read_file(path, key) {
-            self.append(time, process, Op::Resync { node, data })?;
+        match self.root_dir.read_file(who, path, key) {
+            Ok(data) => {
+                let op = Op::Create {
+                    node,
+                    path: path.clone(),
+                    mode,
+                };
+                self.append(time, process.clone(), op)?;
+                self.append(time, process, Op::Resync { node, data })?;
+            }
+            Err(e) => {
+                // Unreadable (by whom it is read for) or replaced meanwhile: a file of unknown
+                // content, which the export reports, not an empty one.
+                tracing::debug!(%path, "cannot read back: {e}");
+                let op = Op::Adopt {
+                    node,
+                    path: path.clone(),
+                    kind: NodeKind::File,
+                    mode,
+                    size: meta.len(),
+                };
+                self.append(time, process, op)?;
+            }
         }
         Ok(1)
     }
@@ -264,10 +302,61 @@ impl Recorder {
             pid,
             cgroup,
             comm,
+            fsuid,
+            fsgid,
             ..
         } = ev.origin;
-        let process = Some(Process { pid, comm, cgroup });
-        match ev.change {
+        let ids = FsIds {
+            uid: fsuid,
+            gid: fsgid,
+        };
+        self.pid_ids.insert(pid, ids);
+        if ids != FsIds::ROOT {
+            self.unprivileged = Some(ids);
+        }
+        // Read-backs for an exiting process still run as it; its pid may be reused after.
+        let exited = matches!(ev.change, Change::Exit { .. });
+        let process = Process { pid, comm, cgroup };
+        let result = self.apply_change(ev.change, time, process, ids, probe);
+        if exited {
+            self.pid_ids.remove(&pid);
+        }
+        result
+    }
+
+    fn apply_change(
+        &mut self,
+        change: Change,
+        time: u64,
+        process: Process,
+        ids: FsIds,
+        probe: &mut Probe,
+    ) -> Result<(), RecordError> {
+        let touched = match &change {
+            Change::Write { file, .. }
+            | Change::Inode { file, .. }
+            | Change::FdTruncate { file, .. }
+            | Change::FdChmod { file, .. }
+            | Change::Dirty {
+                file: Some(file), ..
+            } => Some(*file),
+            _ => None,
+        };
+        self.apply_to_store(change, time, Some(process), probe)?;
+        if let Some(&node) = touched.and_then(|file| self.nodes.get(&file)) {
+            self.node_ids.insert(node, ids);
+        }
+        Ok(())
+    }
+
+    fn apply_to_store(
+        &mut self,
+        change: Change,
+        time: u64,
+        process: Option<Process>,
+        probe: &mut Probe,
+    ) -> Result<(), RecordError> {
+        match change {
             Change::Write { file, offset, data } => match self.nodes.get(&file) {
                 Some(&node) => self.append(time, process, Op::Write { node, offset, data })?,
                 // Its path record was lost: the file is dirty in the kernel map already.
@@ -546,7 +635,8 @@ impl Recorder {
         let Some(path) = self.writer.path_of(node) else {
             return Ok(true); // unlinked: no name left to export, nothing to heal
         };
-        match self.root_dir.read_file(&path, file) {
+        let who = self.reader_for(process.as_ref(), Some(node));
+        match self.root_dir.read_file(who, &path, file) {
             Ok(data) => {
                 self.stats.resyncs += 1;
                 if self.dirty.get(&file) == Some(&DirtyReason::Lost) {
@@ -659,7 +749,7 @@ impl Recorder {
         if rescan {
             let owned: Vec<RecPath> = self.owned_dirs.iter().cloned().collect();
             for dir in owned {
-                let Ok(names) = self.root_dir.read_dir(&dir) else {
+                let Ok(names) = self.root_dir.read_dir(self.reader_for(None, None), &dir) else {
                     continue;
                 };
                 for name in names {
@@ -679,7 +769,9 @@ impl Recorder {
     /// gone from disk means removed; inside the recording's own directories it is made a real
     /// entry with its real mode. Elsewhere (/tmp, /home) it stays implied.
     fn reconcile_implicit(&mut self, path: &RecPath, time: u64) -> Result<bool, RecordError> {
-        match self.root_dir.metadata(path) {
+        match self.root_dir.metadata(self.reader_for(None, None), path) {
+            // Out of the reader's reach is not gone.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(false),
             Err(_) => {
                 self.append(time, None, Op::Rmdir { path: path.clone() })?;
                 Ok(true)
@@ -718,8 +810,11 @@ impl Recorder {
         time: u64,
     ) -> Result<bool, RecordError> {
         use diffkeeper_store::EntryKind;
-        let meta = match self.root_dir.metadata(path) {
+        let who = self.reader_for(None, Some(entry.node));
+        let meta = match self.root_dir.metadata(who, path) {
             Ok(m) => m,
+            // Out of the reader's reach is not gone: leave the entry as the log has it.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(false),
             // A container's root (/proc/PID/root) vanishes when it exits: then every name is
             // missing, and none of them was deleted.
             Err(_) if fs::metadata(&self.root).is_err() => return Ok(false),
@@ -761,7 +856,7 @@ impl Recorder {
         match &entry.kind {
             EntryKind::File { size } => {
                 if *size != meta.len() || !entry.exact {
-                    if let Ok(data) = self.root_dir.read_file(path, key) {
+                    if let Ok(data) = self.root_dir.read_file(who, path, key) {
                         let node = entry.node;
                         self.append(time, None, Op::Resync { node, data })?;
                         fixed = true;
@@ -769,7 +864,7 @@ impl Recorder {
                 }
             }
             EntryKind::Symlink { target } => {
-                if let Ok(now) = self.root_dir.read_link(path) {
+                if let Ok(now) = self.root_dir.read_link(who, path) {
                     if now.as_os_str().as_bytes() != target.as_slice() {
                         self.adopt_tree(path, time, None)?;
                         return Ok(true);
