@@ -32,8 +32,35 @@ pub enum RecordError {
         command: String,
         cause: std::io::Error,
     },
+    #[error("{command}: command not found (nothing was recorded)")]
+    CommandNotFound { command: String },
+    #[error("{command}: {why} (nothing was recorded)")]
+    NotExecutable { command: String, why: String },
+    #[error("cannot make the state dir {path} (private, 0700): {cause}; pass a --state-dir you may create")]
+    StateDir {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("nothing to record: give the command after `--`, e.g. `diffkeeper record --state-dir=/tmp/trace -- make test`")]
     NoCommand,
+}
+
+impl RecordError {
+    /// The exit status a shell gives for this failure to start a command: 127 when it does not
+    /// exist, 126 when it cannot be executed.
+    pub fn shell_status(&self) -> Option<i32> {
+        match self {
+            RecordError::CommandNotFound { .. } => Some(127),
+            RecordError::NotExecutable { .. } => Some(126),
+            RecordError::Spawn { cause, .. } => match cause.kind() {
+                std::io::ErrorKind::NotFound => Some(127),
+                std::io::ErrorKind::PermissionDenied => Some(126),
+                _ if cause.raw_os_error() == Some(libc::ENOEXEC) => Some(126),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 /// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns`, so user-space stamps (baseline,

@@ -1,0 +1,137 @@
+//! What the command line does with mistakes and hostile input, on the real kernel: the state
+//! dir's privacy, commands that cannot start, names that would forge output, moments out of
+//! range, and where an export may write. Needs root and a BTF kernel (record), as CI has.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const DK: &str = env!("CARGO_BIN_EXE_diffkeeper");
+
+fn dk(args: &[&str], cwd: &Path) -> Output {
+    Command::new(DK)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Records `script` (sh) run in `work`, into `state`; the recording must finish.
+fn record_sh(state: &Path, work: &Path, script: &str) -> Output {
+    let out = dk(
+        &[
+            "record",
+            &format!("--state-dir={}", state.display()),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        work,
+    );
+    assert!(
+        text(&out.stderr).contains("diffkeeper: recorded"),
+        "{:?}\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    out
+}
+
+fn modes_below(dir: &Path, out: &mut Vec<(String, u32)>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        out.push((path.display().to_string(), meta.mode() & 0o7777));
+        if meta.is_dir() {
+            modes_below(&path, out);
+        }
+    }
+}
+
+#[test]
+fn the_state_dir_and_its_files_are_private_and_the_workload_keeps_its_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, state) = (tmp.path().join("work"), tmp.path().join("state"));
+    fs::create_dir(&work).unwrap();
+    // What the workload must see: the umask diffkeeper was started with.
+    let mut cmd = Command::new(DK);
+    cmd.args([
+        "record",
+        &format!("--state-dir={}", state.display()),
+        "--",
+        "sh",
+        "-c",
+        "umask > umask.txt; echo hi > f",
+    ])
+    .current_dir(&work)
+    .stdin(Stdio::null());
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        fs::read_to_string(work.join("umask.txt")).unwrap(),
+        "0022\n"
+    );
+    assert_eq!(fs::metadata(work.join("f")).unwrap().mode() & 0o777, 0o644);
+
+    assert_eq!(fs::metadata(&state).unwrap().mode() & 0o7777, 0o700);
+    let mut modes = Vec::new();
+    modes_below(&state, &mut modes);
+    assert!(!modes.is_empty());
+    for (path, mode) in modes {
+        assert_eq!(mode & 0o077, 0, "{path} is mode {mode:04o}");
+    }
+
+    // A state dir that already exists (here world-readable) is made private too.
+    let shared = tmp.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+    record_sh(&shared, &work, "true");
+    assert_eq!(fs::metadata(&shared).unwrap().mode() & 0o7777, 0o700);
+}
+
+#[test]
+fn a_command_that_cannot_start_exits_as_in_a_shell_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let state_arg = format!("--state-dir={}", state.display());
+    let out = dk(
+        &["record", &state_arg, "--", "no-such-command-dk"],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no-such-command-dk: command not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!state.exists(), "a stub recording was left behind");
+
+    let script = tmp.path().join("not-executable.sh");
+    fs::write(&script, "#!/bin/sh\ntrue\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = dk(
+        &["record", &state_arg, "--", script.to_str().unwrap()],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    let out = dk(&["record", &state_arg, "--", "/"], tmp.path());
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    assert!(!state.exists());
+
+    // The dir is free for the recording that was meant.
+    record_sh(&state, tmp.path(), "true");
+}
