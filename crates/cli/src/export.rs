@@ -1,5 +1,6 @@
 //! `diffkeeper export`: the files as they were at a moment.
 
+use crate::quoted::{escaped, quoted};
 use anyhow::Context;
 use bytesize::ByteSize;
 use diffkeeper_export::{compile_globs, export_store_dir, export_store_tar, ExportOptions};
@@ -75,13 +76,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         eprintln!("diffkeeper: warning: {warning}");
     }
     for (path, why) in &summary.skipped {
-        eprintln!("diffkeeper: warning: skipped {path}: {why}");
+        let path = quoted(path.as_bytes());
+        eprintln!(
+            "diffkeeper: warning: skipped {path}: {}",
+            escaped(why.as_bytes())
+        );
     }
     Ok(())
 }
 
 fn list(paths: &[RecPath]) -> String {
-    let mut s: Vec<String> = paths.iter().take(5).map(|p| p.to_string()).collect();
+    let mut s: Vec<String> = paths
+        .iter()
+        .take(5)
+        .map(|p| quoted(p.as_bytes()).into_owned())
+        .collect();
     if paths.len() > 5 {
         s.push(format!("and {} more", paths.len() - 5));
     }

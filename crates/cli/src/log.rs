@@ -1,5 +1,6 @@
 //! `diffkeeper log`: every change, when, and by which process.
 
+use crate::quoted::{escaped, quoted};
 use diffkeeper_export::compile_globs;
 use diffkeeper_store::{format_wall, MarkerKind, OpKind, Summary};
 use std::io::Write;
@@ -72,7 +73,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 /// "write     /tmp/w/a.txt  64 B at 4096  pid 1234 (sh)"
 fn describe(s: &Summary) -> String {
     let op = &s.op;
-    let paths: Vec<String> = op.paths.iter().map(|p| p.to_string()).collect();
+    let paths: Vec<String> = op
+        .paths
+        .iter()
+        .map(|p| quoted(p.as_bytes()).into_owned())
+        .collect();
     let what = match op.kind {
         OpKind::Rename => paths.join(" -> "),
         OpKind::Exchange => paths.join(" <-> "),
@@ -82,7 +87,8 @@ fn describe(s: &Summary) -> String {
                 Some(MarkerKind::Gap) => "GAP",
                 Some(MarkerKind::Note) | None => "note",
             };
-            format!("{kind}: {}", op.detail.clone().unwrap_or_default())
+            let detail = op.detail.as_deref().unwrap_or_default();
+            format!("{kind}: {}", escaped(detail.as_bytes()))
         }
         _ if paths.is_empty() => "(unlinked file)".into(),
         _ => paths.join(", "),
@@ -101,13 +107,13 @@ fn describe(s: &Summary) -> String {
         detail.push(format!("mode {mode:04o}"));
     }
     if let Some(t) = &op.target {
-        detail.push(format!("-> {}", String::from_utf8_lossy(t)));
+        detail.push(format!("-> {}", quoted(t)));
     }
     if op.kind == OpKind::Adopt {
         detail.push("pre-existing, content exact from its first resync".into());
     }
     let who = match &s.process {
-        Some(p) => format!("pid {} ({})", p.pid, p.comm),
+        Some(p) => format!("pid {} ({})", p.pid, escaped(p.comm.as_bytes())),
         None => "diffkeeper".into(),
     };
     format!(

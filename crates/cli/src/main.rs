@@ -5,6 +5,7 @@ mod diff;
 mod export;
 mod log;
 mod operator;
+mod quoted;
 mod record;
 mod snapshot;
 

@@ -135,3 +135,82 @@ fn a_command_that_cannot_start_exits_as_in_a_shell_and_leaves_nothing() {
     // The dir is free for the recording that was meant.
     record_sh(&state, tmp.path(), "true");
 }
+
+/// A name that would forge a `log` line if printed raw, and one that would recolour the
+/// terminal.
+const FORGED: &[u8] =
+    b"a\n     +0.000s  2026-01-01 00:00:00.000  write    passwd  0 B  pid 1 (init)";
+const COLOURED: &[u8] = b"e\x1b[31mred";
+
+#[test]
+fn log_and_diff_quote_hostile_names_and_json_keeps_them_exact() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, state) = (tmp.path().join("work"), tmp.path().join("state"));
+    fs::create_dir(&work).unwrap();
+    let name = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_owned();
+    // Written through environment variables: the shell passes the bytes through untouched.
+    let out = Command::new(DK)
+        .args([
+            "record",
+            &format!("--state-dir={}", state.display()),
+            "--",
+            "sh",
+            "-c",
+            r#"echo one > "$FORGED"; echo two > "$COLOURED"; ln -s "$COLOURED" "l$FORGED""#,
+        ])
+        .env("FORGED", name(FORGED))
+        .env("COLOURED", name(COLOURED))
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(fs::read(work.join(name(FORGED))).unwrap(), b"one\n");
+
+    let state_arg = format!("--state-dir={}", state.display());
+    let log = dk(&["log", &state_arg], &work);
+    assert!(log.status.success());
+    let diff = dk(&["diff", &state_arg], &work);
+    assert!(diff.status.success());
+    let w = work.display();
+    for (what, out) in [("log", &log.stdout), ("diff", &diff.stdout)] {
+        assert!(
+            !out.contains(&0x1b),
+            "{what} printed an escape byte:\n{}",
+            text(out)
+        );
+        let forged = text(out)
+            .lines()
+            .filter(|l| l.trim_start().starts_with("+0.000s  2026-01-01"))
+            .count();
+        assert_eq!(forged, 0, "{what} printed a forged line:\n{}", text(out));
+    }
+    let log = text(&log.stdout);
+    let forged = r#"a\n     +0.000s  2026-01-01 00:00:00.000  write    passwd  0 B  pid 1 (init)"#;
+    assert!(log.contains(&format!("\"{w}/{forged}\"")), "{log}");
+    assert!(log.contains(&format!("\"{w}/e\\033[31mred\"")), "{log}");
+    assert!(log.contains("-> \"e\\033[31mred\""), "{log}");
+    let diff = text(&diff.stdout);
+    assert!(
+        diff.contains(&format!("+++ \"b{w}/e\\033[31mred\"")),
+        "{diff}"
+    );
+    assert!(
+        diff.contains(&format!("added    \"{w}/{forged}\"")),
+        "{diff}"
+    );
+
+    let json = dk(&["log", "--json", &state_arg], &work);
+    assert!(json.status.success());
+    let exact: Vec<u8> = [work.as_os_str().as_bytes(), b"/", FORGED].concat();
+    let found = text(&json.stdout).lines().any(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v["summary"]["op"]["paths"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| serde_json::from_value::<Vec<u8>>(p.clone()).ok() == Some(exact.clone()))
+    });
+    assert!(found, "--json lost the exact name:\n{}", text(&json.stdout));
+}
