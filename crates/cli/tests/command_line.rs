@@ -214,3 +214,82 @@ fn log_and_diff_quote_hostile_names_and_json_keeps_them_exact() {
     });
     assert!(found, "--json lost the exact name:\n{}", text(&json.stdout));
 }
+
+#[test]
+fn export_never_overwrites_follows_a_symlink_or_writes_into_the_recording() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, state) = (tmp.path().join("work"), tmp.path().join("state"));
+    fs::create_dir(&work).unwrap();
+    record_sh(&state, &work, "echo data > f");
+    let state_arg = format!("--state-dir={}", state.display());
+    let export = |out: &Path, extra: &[&str]| {
+        let out_arg = format!("--out={}", out.display());
+        let mut args = vec!["export", &state_arg, "--format=tar", &out_arg];
+        args.extend_from_slice(extra);
+        dk(&args, &work)
+    };
+
+    let existing = tmp.path().join("existing.tar");
+    fs::write(&existing, b"keep me").unwrap();
+    let out = export(&existing, &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("pass --force"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(fs::read(&existing).unwrap(), b"keep me");
+
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, b"not yours").unwrap();
+    let link = tmp.path().join("link.tar");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    for extra in [&[][..], &["--force"]] {
+        let out = export(&link, extra);
+        assert!(!out.status.success(), "{extra:?}");
+        assert!(
+            text(&out.stderr).contains("symlink"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(fs::read(&victim).unwrap(), b"not yours");
+
+    let out = export(&existing, &["--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tar = fs::read(&existing).unwrap();
+    assert_eq!(&tar[257..262], b"ustar");
+
+    let fresh = tmp.path().join("fresh.tar");
+    assert!(export(&fresh, &[]).status.success());
+    assert_eq!(fs::metadata(&fresh).unwrap().mode() & 0o777, 0o600);
+
+    // Inside the state dir, by any spelling, as a tar or a directory: refused, and the
+    // recording still opens.
+    let inside = [
+        state.join("x.tar"),
+        state.join("db"),
+        tmp.path().join("work/../state/y.tar"),
+    ];
+    for out in &inside {
+        let r = export(out, &["--force"]);
+        assert!(!r.status.success(), "{}", out.display());
+        assert!(
+            text(&r.stderr).contains("inside the recording"),
+            "{}",
+            text(&r.stderr)
+        );
+    }
+    let as_dir = dk(
+        &[
+            "export",
+            &state_arg,
+            &format!("--out={}", state.join("tree").display()),
+        ],
+        &work,
+    );
+    assert!(!as_dir.status.success());
+    let log = dk(&["log", &state_arg], &work);
+    assert!(log.status.success(), "{}", text(&log.stderr));
+    assert!(text(&log.stdout).contains("/f"), "{}", text(&log.stdout));
+}
