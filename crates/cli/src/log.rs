@@ -34,6 +34,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(t) => crate::moment(&store, t)?.seq,
         None => span.last_seq,
     };
+    if from > to + 1 {
+        anyhow::bail!(
+            "--from {} is after --to {} (@seq:{} > @seq:{}): give the earlier moment as --from",
+            a.from.as_deref().unwrap_or("start"),
+            a.to.as_deref().unwrap_or("end"),
+            from - 1,
+            to
+        );
+    }
     let globs = compile_globs(&a.paths)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for s in store.summaries(from, to) {

@@ -293,3 +293,44 @@ fn export_never_overwrites_follows_a_symlink_or_writes_into_the_recording() {
     assert!(log.status.success(), "{}", text(&log.stderr));
     assert!(text(&log.stdout).contains("/f"), "{}", text(&log.stdout));
 }
+
+#[test]
+fn moments_past_the_end_are_said_and_a_reversed_log_range_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, state) = (tmp.path().join("work"), tmp.path().join("state"));
+    fs::create_dir(&work).unwrap();
+    record_sh(&state, &work, "echo a > f");
+    let span = diffkeeper_store::Store::open(&state).unwrap().span();
+    let past = (span.end_mono_ns - span.start_mono_ns) / 1_000_000 + 500;
+    let state_arg = format!("--state-dir={}", state.display());
+    let out_arg = format!("--out={}", tmp.path().join("out").display());
+    let time_arg = format!("--time={past}ms");
+    let out = dk(&["export", &state_arg, &out_arg, &time_arg], &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("warning: {past}ms is after the recording's end")),
+        "{}",
+        text(&out.stderr)
+    );
+    let inside = dk(
+        &[
+            "export",
+            &state_arg,
+            &format!("--out={}", tmp.path().join("o2").display()),
+            "--time=0s",
+        ],
+        &work,
+    );
+    assert!(!text(&inside.stderr).contains("after the recording's end"));
+
+    let out = dk(&["log", &state_arg, "--from=end", "--to=start"], &work);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is after --to"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    let same = dk(&["log", &state_arg, "--from=end", "--to=end"], &work);
+    assert!(same.status.success());
+}
