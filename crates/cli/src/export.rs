@@ -178,10 +178,15 @@ fn gap_warning(store: &Store, mono_ns: u64) -> anyhow::Result<Option<String>> {
         return Ok(None);
     }
     let mut gaps = Vec::new();
+    let mut ring_full = false;
     for s in store.summaries(1, span.last_seq) {
         let s = s?;
         if s.op.kind == OpKind::Marker && s.op.marker == Some(MarkerKind::Gap) {
             gaps.push(s.time);
+            ring_full |=
+                s.op.detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("ring buffer"));
         }
     }
     let Some(&first) = gaps.first() else {
@@ -194,10 +199,14 @@ fn gap_warning(store: &Store, mono_ns: u64) -> anyhow::Result<Option<String>> {
     Ok(Some(format!(
         "capture records were lost during this recording ({} gap(s), from {} to {}; see \
          `diffkeeper log`). Files written then were read back later, so at this moment some of \
-         them may be missing or older than they were; the end of the recording is exact. A \
-         larger --ring-size when recording avoids losses.",
+         them may be missing or older than they were; the end of the recording is exact.{}",
         gaps.len(),
         crate::offset_label(&span, first),
         crate::offset_label(&span, last),
+        if ring_full {
+            " A larger --ring-size when recording avoids losses to a full ring buffer."
+        } else {
+            ""
+        }
     )))
 }

@@ -79,5 +79,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         a.state.state_dir.display(),
         out.exit_code,
     );
+    if out.stats.cut_paths > 0 {
+        eprintln!(
+            "diffkeeper: warning: {} path change(s) were too deep (over 64 levels) or too long \
+             (over 4096 bytes) to capture as they happened; the names they changed were taken \
+             from disk at the end, so moments before it may lack them (GAP lines in `diffkeeper \
+             log` say when)",
+            out.stats.cut_paths
+        );
+    }
     Ok(out.exit_code)
 }

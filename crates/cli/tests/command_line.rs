@@ -334,3 +334,76 @@ fn moments_past_the_end_are_said_and_a_reversed_log_range_is_refused() {
     let same = dk(&["log", &state_arg, "--from=end", "--to=end"], &work);
     assert!(same.status.success());
 }
+
+/// A path longer than PATH_MAX and one deeper than the kernel side walks.
+const TOO_LONG_AND_DEEP: &str = r#"
+import os, sys
+top = os.getcwd()
+for _ in range(20):
+    os.mkdir("x" * 250)
+    os.chdir("x" * 250)
+with open("long.txt", "w") as f:
+    f.write("long\n")
+os.chdir(top)
+for _ in range(70):
+    os.mkdir("d")
+    os.chdir("d")
+with open("deep.txt", "w") as f:
+    f.write("deep\n")
+"#;
+
+#[test]
+fn paths_too_long_or_too_deep_are_counted_and_reported_as_gaps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, state) = (tmp.path().join("work"), tmp.path().join("state"));
+    fs::create_dir(&work).unwrap();
+    let script = tmp.path().join("deep.py");
+    fs::write(&script, TOO_LONG_AND_DEEP).unwrap();
+    let out = dk(
+        &[
+            "record",
+            &format!("--state-dir={}", state.display()),
+            "--",
+            "/usr/bin/python3",
+            script.to_str().unwrap(),
+        ],
+        &work,
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("path change(s) were too deep (over 64 levels) or too long"),
+        "{stderr}"
+    );
+    let state_arg = format!("--state-dir={}", state.display());
+    let log = text(&dk(&["log", &state_arg], &work).stdout);
+    // The long names are long: show only what the assertions are about.
+    let relevant: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("GAP") || l.contains(".txt"))
+        .map(|l| &l[..l.len().min(300)])
+        .collect();
+    assert!(
+        relevant
+            .iter()
+            .any(|l| l.contains("GAP") && l.contains("could not be captured whole")),
+        "{relevant:#?}"
+    );
+    // Healed at the end: both files are in the recording.
+    assert!(log.contains("/long.txt"), "{relevant:#?}");
+    assert!(log.contains("/deep.txt"), "{relevant:#?}");
+    // A moment before the end (here, among the first mkdirs) says it may lack them.
+    let out = dk(
+        &[
+            "export",
+            &state_arg,
+            &format!("--out={}", tmp.path().join("mid").display()),
+            "--time=@seq:3",
+        ],
+        &work,
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("capture records were lost"), "{stderr}");
+    assert!(!stderr.contains("--ring-size"), "{stderr}");
+}

@@ -15,7 +15,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -55,14 +55,22 @@ impl RootDir {
     fn open_entry_as_is(&self, path: &RecPath, flags: OFlags) -> io::Result<OwnedFd> {
         let root = self.fd.as_ref().map_err(|&kind| io::Error::from(kind))?;
         let rel = relative(path);
-        let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mut tries = 0;
-        loop {
-            match rustix::fs::openat2(root.as_fd(), &rel, flags, Mode::empty(), RESOLVE) {
-                Err(rustix::io::Errno::AGAIN) if tries < RACE_RETRIES => tries += 1,
-                result => return result.map_err(io::Error::from),
-            }
+        let mut rest = rel.as_os_str().as_bytes();
+        // A name longer than PATH_MAX is resolved a directory at a time, each step below the
+        // last one's fd, with the same rules.
+        let mut dir: Option<OwnedFd> = None;
+        while rest.len() >= PATH_MAX {
+            let cut = rest[..PATH_MAX]
+                .iter()
+                .rposition(|&b| b == b'/')
+                .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidFilename))?;
+            let at = dir.as_ref().unwrap_or(root).as_fd();
+            let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            dir = Some(open_beneath(at, &rest[..cut], step)?);
+            rest = &rest[cut + 1..];
         }
+        let at = dir.as_ref().unwrap_or(root).as_fd();
+        open_beneath(at, rest, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC)
     }
 
     /// The entry itself, a symlink not followed (lstat).
@@ -123,6 +131,20 @@ impl RootDir {
     }
 }
 
+/// The longest name openat2 takes, its terminating NUL included.
+const PATH_MAX: usize = libc::PATH_MAX as usize;
+
+fn open_beneath(dir: BorrowedFd<'_>, rel: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
+    let rel = std::ffi::OsStr::from_bytes(rel);
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(dir, rel, flags, Mode::empty(), RESOLVE) {
+            Err(rustix::io::Errno::AGAIN) if tries < RACE_RETRIES => tries += 1,
+            result => return result.map_err(io::Error::from),
+        }
+    }
+}
+
 /// `path` relative to the root: "." for the root itself.
 fn relative(path: &RecPath) -> PathBuf {
     match &path.as_bytes()[1..] {
@@ -171,6 +193,42 @@ mod tests {
             top.join("private")
         );
         assert_eq!(root.read_dir(R, &rp(top, "private")).unwrap(), vec!["key"]);
+    }
+
+    #[test]
+    fn resolves_names_longer_than_path_max_and_still_refuses_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let long = "y".repeat(250);
+        let mut dir = tmp.path().to_path_buf();
+        // Made by relative names from a directory fd: the whole name is past PATH_MAX.
+        let mut at = File::open(tmp.path()).unwrap();
+        for _ in 0..20 {
+            rustix::fs::mkdirat(&at, long.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+            let next = rustix::fs::openat(&at, long.as_str(), OFlags::RDONLY, Mode::empty());
+            at = File::from(next.unwrap());
+            dir.push(&long);
+        }
+        let f = rustix::fs::openat(
+            &at,
+            "f",
+            OFlags::WRONLY | OFlags::CREATE,
+            Mode::from_raw_mode(0o644),
+        );
+        rustix::io::write(f.unwrap(), b"far").unwrap();
+        rustix::fs::symlinkat("/etc", &at, "link").unwrap();
+        let root = RootDir::open(Path::new("/"));
+        let f = RecPath::normalize(dir.join("f").as_os_str().as_bytes()).unwrap();
+        assert!(f.as_bytes().len() > PATH_MAX);
+        let meta = root.metadata(R, &f).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        assert_eq!(root.read_file(R, &f, key).unwrap(), b"far");
+        let through = RecPath::normalize(dir.join("link/hostname").as_os_str().as_bytes()).unwrap();
+        let e = root.metadata(R, &through).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct RecorderStats {
     pub rescans: u64,
     /// Entries found different from the log at the final check, and fixed.
     pub reconciled: u64,
+    /// Path changes the kernel side could not send whole (a path deeper than its walk or
+    /// longer than PATH_MAX, or a record missing a part): the names they changed are taken
+    /// from disk at the end, so until then the log lacks them.
+    pub cut_paths: u64,
 }
 
 /// Translates events of one recording into store appends.
@@ -62,6 +66,8 @@ pub struct Recorder {
     /// so an unprivileged workload cannot have root read a file it put out of its own reach.
     unprivileged: Option<FsIds>,
     rescan_needed: bool,
+    /// Cut path changes not yet reported by a gap marker.
+    cuts_unreported: u64,
     lost_seen: u64,
     lost_ns_seen: u64,
     stats: RecorderStats,
@@ -82,6 +88,7 @@ impl Recorder {
             node_ids: HashMap::new(),
             unprivileged: None,
             rescan_needed: false,
+            cuts_unreported: 0,
             lost_seen: 0,
             lost_ns_seen: 0,
             stats: RecorderStats::default(),
@@ -502,7 +509,7 @@ impl Recorder {
                     self.resync(file, time, process.clone())?;
                 }
             }
-            Change::NamespaceLost => self.rescan_needed = true,
+            Change::NamespaceLost => self.note_cut(),
             Change::Fork { .. } | Change::Exec => {}
         }
         Ok(())
@@ -593,12 +600,19 @@ impl Recorder {
         }
     }
 
+    /// A path change that cannot be placed: the end-of-run rescan takes what it changed from
+    /// disk, and a gap marker says so at the next loss check.
+    fn note_cut(&mut self) {
+        self.rescan_needed = true;
+        self.stats.cut_paths += 1;
+        self.cuts_unreported += 1;
+    }
+
     fn normalize(&mut self, raw: &[u8], cut: bool) -> Option<RecPath> {
-        if cut {
-            self.rescan_needed = true;
+        let Some(path) = RecPath::normalize(raw).ok().filter(|_| !cut) else {
+            self.note_cut();
             return None;
-        }
-        let path = RecPath::normalize(raw).ok()?;
+        };
         let host = self.host_path(&path);
         if self.excluded.iter().any(|x| host.starts_with(x)) {
             return None;
@@ -656,6 +670,19 @@ impl Recorder {
     /// Notices records lost to a full ring buffer since the last call: writes a gap marker and
     /// takes the kernel's dirty marks, so the lost content is read back.
     pub fn check_losses(&mut self, probe: &mut Probe, time: u64) -> Result<(), RecordError> {
+        if self.cuts_unreported > 0 {
+            let n = std::mem::take(&mut self.cuts_unreported);
+            let detail = format!(
+                "{n} path change(s) could not be captured whole (a path deeper than 64 \
+                 components or longer than 4096 bytes); the names they changed are taken from \
+                 disk at the end of the recording"
+            );
+            let op = Op::Marker {
+                kind: MarkerKind::Gap,
+                detail,
+            };
+            self.append(time, None, op)?;
+        }
         let Ok(c) = probe.counters() else {
             return Ok(());
         };
