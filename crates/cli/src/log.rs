@@ -119,7 +119,7 @@ fn describe(s: &Summary) -> String {
         detail.push(format!("-> {}", quoted(t)));
     }
     if op.kind == OpKind::Adopt {
-        detail.push("pre-existing, content exact from its first resync".into());
+        detail.push("pre-existing: content known from its first read-back".into());
     }
     let who = match &s.process {
         Some(p) => format!("pid {} ({})", p.pid, escaped(p.comm.as_bytes())),

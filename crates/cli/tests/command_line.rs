@@ -407,3 +407,93 @@ fn paths_too_long_or_too_deep_are_counted_and_reported_as_gaps() {
     assert!(stderr.contains("capture records were lost"), "{stderr}");
     assert!(!stderr.contains("--ring-size"), "{stderr}");
 }
+
+fn wait_for(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never came",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_file_also_written_outside_the_recording_is_read_back_and_said_so() {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, state) = (tmp.path().join("work"), tmp.path().join("state"));
+    fs::create_dir(&work).unwrap();
+    // The recorded workload writes f, lets the test (outside the recording) append to it,
+    // appends after that, then lets the test overwrite its start in place.
+    // g is only overwritten in place, after its last recorded write: no gap, a later mtime.
+    let script = "printf 'A%.0s' $(seq 100) > f; cp f g; touch ready1; \
+                  while [ ! -e go1 ]; do sleep 0.02; done; printf C >> f; touch ready2; \
+                  while [ ! -e go2 ]; do sleep 0.02; done";
+    let record = Command::new(DK)
+        .args([
+            "record",
+            &format!("--state-dir={}", state.display()),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&work.join("ready1"));
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(work.join("f"))
+        .unwrap();
+    f.write_all(&[b'B'; 10]).unwrap();
+    fs::write(work.join("go1"), b"").unwrap();
+    wait_for(&work.join("ready2"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Not through the O_APPEND handle: there pwrite appends.
+    let g = fs::OpenOptions::new()
+        .write(true)
+        .open(work.join("f"))
+        .unwrap();
+    g.write_all_at(b"ZZZZZ", 0).unwrap();
+    let h = fs::OpenOptions::new()
+        .write(true)
+        .open(work.join("g"))
+        .unwrap();
+    h.write_all_at(b"YYY", 50).unwrap();
+    fs::write(work.join("go2"), b"").unwrap();
+    let out = record.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let truth = fs::read(work.join("f")).unwrap();
+    assert_eq!(truth.len(), 111);
+    let exported = tmp.path().join("out");
+    let state_arg = format!("--state-dir={}", state.display());
+    let r = dk(
+        &[
+            "export",
+            &state_arg,
+            &format!("--out={}", exported.display()),
+        ],
+        &work,
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let got = fs::read(exported.join(work.strip_prefix("/").unwrap()).join("f")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&truth)
+    );
+    let log = text(&dk(&["log", &state_arg], &work).stdout);
+    assert!(
+        log.lines().any(|l| l.contains("GAP")
+            && l.contains("/f was also written by something the recording did not capture")),
+        "{log}"
+    );
+}

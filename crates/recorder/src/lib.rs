@@ -63,6 +63,17 @@ impl RecordError {
     }
 }
 
+/// A recorded path as a marker's text shows it: plain, or quoted with escapes when it holds
+/// control bytes (`log` escapes markers again; this keeps the detail one line in any reader).
+pub(crate) fn quoted_path(path: &diffkeeper_store::RecPath) -> String {
+    let text = path.to_string();
+    if text.chars().any(char::is_control) {
+        format!("{text:?}")
+    } else {
+        text
+    }
+}
+
 /// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns`, so user-space stamps (baseline,
 /// read-backs at the end) order correctly among kernel events.
 pub fn monotonic_ns() -> u64 {

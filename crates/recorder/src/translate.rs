@@ -66,6 +66,10 @@ pub struct Recorder {
     /// so an unprivileged workload cannot have root read a file it put out of its own reach.
     unprivileged: Option<FsIds>,
     rescan_needed: bool,
+    /// Files a recorded write left a gap in (it began past their recorded end): the end-of-run
+    /// check compares them with the disk, where processes outside the recording may have
+    /// written that gap.
+    gapped: std::collections::HashSet<NodeId>,
     /// Cut path changes not yet reported by a gap marker.
     cuts_unreported: u64,
     lost_seen: u64,
@@ -88,6 +92,7 @@ impl Recorder {
             node_ids: HashMap::new(),
             unprivileged: None,
             rescan_needed: false,
+            gapped: Default::default(),
             cuts_unreported: 0,
             lost_seen: 0,
             lost_ns_seen: 0,
@@ -364,8 +369,15 @@ impl Recorder {
         probe: &mut Probe,
     ) -> Result<(), RecordError> {
         match change {
-            Change::Write { file, offset, data } => match self.nodes.get(&file) {
-                Some(&node) => self.append(time, process, Op::Write { node, offset, data })?,
+            Change::Write { file, offset, data } => match self.nodes.get(&file).copied() {
+                Some(node) => {
+                    // A write past what the recording knows of the file: a sparse write, or
+                    // one after bytes a process outside the recording wrote. Checked at the end.
+                    if offset > 0 && self.known_size(node).is_some_and(|size| offset > size) {
+                        self.gapped.insert(node);
+                    }
+                    self.append(time, process, Op::Write { node, offset, data })?
+                }
                 // Its path record was lost: the file is dirty in the kernel map already.
                 None => self.mark_dirty(file, DirtyReason::Lost),
             },
@@ -829,6 +841,53 @@ impl Recorder {
         }
     }
 
+    /// The size the log has for file `node` now.
+    fn known_size(&self, node: NodeId) -> Option<u64> {
+        let path = self.writer.path_of(node)?;
+        match self.writer.entry(&path)?.kind {
+            diffkeeper_store::EntryKind::File { size } => Some(size),
+            _ => None,
+        }
+    }
+
+    /// A file the log holds exactly by its own account, which something the recording did not
+    /// capture may have written: compares the disk with the log, and when they differ reads
+    /// it back and says so (the moments before show what the recording saw, e.g. zeros where
+    /// another process's data was). Returns whether it was fixed.
+    fn check_outside_writes(
+        &mut self,
+        path: &RecPath,
+        node: NodeId,
+        key: FileKey,
+        who: FsIds,
+        time: u64,
+    ) -> Result<bool, RecordError> {
+        let Ok(disk) = self.root_dir.read_file(who, path, key) else {
+            return Ok(false);
+        };
+        self.writer.commit()?;
+        let store = self.writer.reader()?;
+        if store.read_content(node, store.span().last_seq)? == disk {
+            return Ok(false);
+        }
+        let detail = format!(
+            "{} was also written by something the recording did not capture (a process outside \
+             it): its content on disk differed from the recorded one at the end and was read \
+             back; before this moment it shows only the recorded writes",
+            crate::quoted_path(path)
+        );
+        self.append(time, None, Op::Resync { node, data: disk })?;
+        self.append(
+            time,
+            None,
+            Op::Marker {
+                kind: MarkerKind::Gap,
+                detail,
+            },
+        )?;
+        Ok(true)
+    }
+
     /// Returns whether the entry had to be fixed.
     fn reconcile_entry(
         &mut self,
@@ -888,6 +947,8 @@ impl Recorder {
                         self.append(time, None, Op::Resync { node, data })?;
                         fixed = true;
                     }
+                } else if self.gapped.contains(&entry.node) || changed_after(&meta, entry) {
+                    fixed = self.check_outside_writes(path, entry.node, key, who, time)?;
                 }
             }
             EntryKind::Symlink { target } => {
@@ -907,4 +968,14 @@ impl Recorder {
         }
         Ok(fixed)
     }
+}
+
+/// How far a file's mtime on disk may lead the log's (the kernel stamps it with a coarse clock,
+/// the log with the event's) before it means a change the recording did not see.
+const MTIME_SLACK_NS: i128 = 100_000_000;
+
+/// Whether the disk's mtime is later than the log's last change of the file.
+fn changed_after(meta: &fs::Metadata, entry: &diffkeeper_store::Entry) -> bool {
+    let disk = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    disk > entry.mtime_ns + MTIME_SLACK_NS
 }
