@@ -947,7 +947,9 @@ impl Recorder {
                         self.append(time, None, Op::Resync { node, data })?;
                         fixed = true;
                     }
-                } else if self.gapped.contains(&entry.node) || changed_after(&meta, entry) {
+                } else if meta.len() <= OUTSIDE_CHECK_MAX_BYTES
+                    && (self.gapped.contains(&entry.node) || changed_after(&meta, entry))
+                {
                     fixed = self.check_outside_writes(path, entry.node, key, who, time)?;
                 }
             }
@@ -969,6 +971,10 @@ impl Recorder {
         Ok(fixed)
     }
 }
+
+/// Largest file compared whole with the disk for writes from outside the recording: a legal
+/// sparse file may be terabytes long, and both sides are read into memory.
+const OUTSIDE_CHECK_MAX_BYTES: u64 = 64 << 20;
 
 /// How far a file's mtime on disk may lead the log's (the kernel stamps it with a coarse clock,
 /// the log with the event's) before it means a change the recording did not see.
