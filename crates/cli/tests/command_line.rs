@@ -130,6 +130,15 @@ fn a_command_that_cannot_start_exits_as_in_a_shell_and_leaves_nothing() {
     assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
     let out = dk(&["record", &state_arg, "--", "/"], tmp.path());
     assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+    // Found through PATH but not executable: 126 too, as bash says.
+    let out = Command::new(DK)
+        .args(["record", &state_arg, "--", "not-executable.sh"])
+        .env("PATH", format!("{}:/usr/bin:/bin", tmp.path().display()))
+        .current_dir(tmp.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
     assert!(!state.exists());
 
     // The dir is free for the recording that was meant.

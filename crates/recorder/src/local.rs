@@ -236,8 +236,17 @@ fn check_runnable(program: &std::ffi::OsStr) -> Result<(), RecordError> {
         };
     }
     let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    if std::env::split_paths(&search).any(|dir| executable(&dir.join(program))) {
+    let candidates: Vec<_> = std::env::split_paths(&search)
+        .map(|dir| dir.join(program))
+        .collect();
+    if candidates.iter().any(|path| executable(path)) {
         Ok(())
+    } else if candidates.iter().any(|path| path.is_file()) {
+        // As bash: found, but not executable.
+        Err(RecordError::NotExecutable {
+            command,
+            why: "permission denied (not executable)".into(),
+        })
     } else {
         Err(RecordError::CommandNotFound { command })
     }
