@@ -225,6 +225,9 @@ static __always_inline void fill_hdr(struct dk_hdr *h, __u16 kind, __u32 size, _
 	struct task_struct *task = bpf_get_current_task_btf();
 	h->cgroup = task->cgroups->dfl_cgrp->kn->id;
 	__builtin_memcpy(h->comm, task->comm, sizeof(h->comm));
+	const struct cred *cred = task->cred;
+	h->fsuid = cred->fsuid.val;
+	h->fsgid = cred->fsgid.val;
 }
 
 /* File descriptors are C ints: the upper half of the register is not sign-extended by callers,

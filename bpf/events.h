@@ -4,7 +4,7 @@
 #ifndef DK_EVENTS_H
 #define DK_EVENTS_H
 
-#define DK_WIRE_VERSION 1
+#define DK_WIRE_VERSION 2
 
 #define DK_COMM_LEN 16
 /* Bytes of write payload per record: large writes are split into records of at most this. */
@@ -77,6 +77,8 @@ struct dk_hdr {
 	__u32 tid;
 	__u64 cgroup;  /* cgroup v2 id of the task */
 	char comm[DK_COMM_LEN];
+	__u32 fsuid;   /* the task's file system ids (global, init user namespace): user space */
+	__u32 fsgid;   /* reads files back with them, never with its own */
 };
 
 struct dk_write {

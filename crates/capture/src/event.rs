@@ -40,6 +40,10 @@ pub struct Origin {
     pub tid: u32,
     pub cgroup: u64,
     pub comm: String,
+    /// The process's file system user and group ids (global ones, as the host sees them):
+    /// what a read-back on its behalf may open.
+    pub fsuid: u32,
+    pub fsgid: u32,
 }
 
 /// Why a file's content must be read back instead of trusting captured bytes.
@@ -220,26 +224,28 @@ impl Assembler {
             tid: h.tid,
             cgroup: h.cgroup,
             comm: comm_string(&h.comm),
+            fsuid: h.fsuid,
+            fsgid: h.fsgid,
         };
         let key = |dev_off, ino_off| -> Result<FileKey, WireError> {
             Ok(FileKey::from_kernel(rec.u64(dev_off)?, rec.u64(ino_off)?))
         };
         let change = match h.kind {
             wire::DK_WRITE => {
-                let len = rec.u32(72)? as usize;
+                let len = rec.u32(80)? as usize;
                 Change::Write {
-                    file: key(48, 56)?,
-                    offset: rec.u64(64)?,
-                    data: rec.bytes(80, len)?.to_vec(),
+                    file: key(56, 64)?,
+                    offset: rec.u64(72)?,
+                    data: rec.bytes(88, len)?.to_vec(),
                 }
             }
             wire::DK_INODE => {
-                let len = rec.u32(76)? as usize;
+                let len = rec.u32(84)? as usize;
                 Change::Inode {
-                    file: key(48, 56)?,
-                    size: rec.u64(64)?,
-                    mode: rec.u32(72)?,
-                    path: rec.bytes(80, len)?.to_vec(),
+                    file: key(56, 64)?,
+                    size: rec.u64(72)?,
+                    mode: rec.u32(80)?,
+                    path: rec.bytes(88, len)?.to_vec(),
                     created: h.flags & 1 != 0,
                     truncated: h.flags & 2 != 0,
                     unlinked: h.flags & 4 != 0,
@@ -252,10 +258,10 @@ impl Assembler {
                     h.tid,
                     PendingNs {
                         origin,
-                        op: rec.u32(48)?,
-                        mode: rec.u32(52)?,
-                        arg: rec.u64(56)?,
-                        flags: rec.u32(64)?,
+                        op: rec.u32(56)?,
+                        mode: rec.u32(60)?,
+                        arg: rec.u64(64)?,
+                        flags: rec.u32(72)?,
                         strings: Default::default(),
                         cut: false,
                     },
@@ -263,10 +269,10 @@ impl Assembler {
                 return Ok(None);
             }
             wire::DK_STR => {
-                let slot = rec.u16(48)? as usize;
-                let truncated = rec.u16(50)? != 0;
-                let len = rec.u32(52)? as usize;
-                let data = rec.bytes(56, len)?.to_vec();
+                let slot = rec.u16(56)? as usize;
+                let truncated = rec.u16(58)? != 0;
+                let len = rec.u32(60)? as usize;
+                let data = rec.bytes(64, len)?.to_vec();
                 if let Some(p) = self.pending.get_mut(&h.tid) {
                     if slot < 4 {
                         p.strings[slot] = Some(data);
@@ -276,7 +282,7 @@ impl Assembler {
                 return Ok(None);
             }
             wire::DK_NS_EXIT => {
-                let ret = rec.u64(48)? as i64;
+                let ret = rec.u64(56)? as i64;
                 let Some(p) = self.pending.remove(&h.tid) else {
                     return Ok(None);
                 };
@@ -291,9 +297,9 @@ impl Assembler {
                 }));
             }
             wire::DK_FD_OP => {
-                let file = key(56, 64)?;
-                let arg = rec.u64(72)?;
-                match rec.u32(48)? {
+                let file = key(64, 72)?;
+                let arg = rec.u64(80)?;
+                match rec.u32(56)? {
                     1 => Change::FdTruncate { file, size: arg },
                     2 => Change::FdChmod {
                         file,
@@ -315,8 +321,8 @@ impl Assembler {
                 }
             }
             wire::DK_PROC => {
-                let arg = rec.u64(56)?;
-                match rec.u32(48)? {
+                let arg = rec.u64(64)?;
+                match rec.u32(56)? {
                     1 => Change::Fork { parent: arg as u32 },
                     2 => Change::Exec,
                     3 => Change::Exit {

@@ -12,7 +12,7 @@ pub(crate) const DK_FD_OP: u16 = 5;
 pub(crate) const DK_PROC: u16 = 6;
 pub(crate) const DK_STR: u16 = 7;
 
-pub(crate) const HDR_LEN: usize = 48;
+pub(crate) const HDR_LEN: usize = 56;
 
 /// `struct dk_hdr`.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub(crate) struct Header {
     pub tid: u32,
     pub cgroup: u64,
     pub comm: [u8; 16],
+    pub fsuid: u32,
+    pub fsgid: u32,
 }
 
 /// A record that does not match the wire format: a version skew between the object file and
@@ -60,6 +62,8 @@ impl<'a> Record<'a> {
             tid: u32_at(bytes, 20),
             cgroup: u64_at(bytes, 24),
             comm,
+            fsuid: u32_at(bytes, 48),
+            fsgid: u32_at(bytes, 52),
         };
         Ok(Record { hdr, bytes })
     }

@@ -1,5 +1,6 @@
 //! `diffkeeper diff`: what differs between two moments.
 
+use crate::quoted::quoted;
 use diffkeeper_export::compile_globs;
 use diffkeeper_store::{ChangeKind, Entry, EntryKind, Seq, Store};
 use std::io::Write;
@@ -42,15 +43,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         writeln!(
             out,
             "{tag:<8} {}  {}",
-            c.path,
+            quoted(c.path.as_bytes()),
             describe_change(&c.before, &c.after)
         )?;
         let old = file_content(&store, c.before.as_ref(), from.seq)?;
         let new = file_content(&store, c.after.as_ref(), to.seq)?;
         if old.is_some() || new.is_some() {
-            let path = c.path.to_string();
             text_diff(
-                &path,
+                c.path.as_bytes(),
                 &old.unwrap_or_default(),
                 &new.unwrap_or_default(),
                 &mut out,
@@ -64,7 +64,7 @@ fn describe_change(before: &Option<Entry>, after: &Option<Entry>) -> String {
     let side = |e: &Entry| match &e.kind {
         EntryKind::File { size } => format!("file {size} B mode {:04o}", e.mode),
         EntryKind::Dir => format!("dir mode {:04o}", e.mode),
-        EntryKind::Symlink { target } => format!("symlink -> {}", String::from_utf8_lossy(target)),
+        EntryKind::Symlink { target } => format!("symlink -> {}", quoted(target)),
     };
     match (before, after) {
         (Some(b), Some(a)) => format!("{} => {}", side(b), side(a)),
@@ -85,7 +85,7 @@ fn file_content(store: &Store, entry: Option<&Entry>, seq: Seq) -> anyhow::Resul
 }
 
 /// A unified diff when both sides are text; binary files show only their sizes (printed above).
-fn text_diff(path: &str, old: &[u8], new: &[u8], out: &mut impl Write) -> anyhow::Result<()> {
+fn text_diff(path: &[u8], old: &[u8], new: &[u8], out: &mut impl Write) -> anyhow::Result<()> {
     let (Some(old), Some(new)) = (as_text(old), as_text(new)) else {
         return Ok(());
     };
@@ -95,9 +95,14 @@ fn text_diff(path: &str, old: &[u8], new: &[u8], out: &mut impl Write) -> anyhow
         "{}",
         diff.unified_diff()
             .context_radius(3)
-            .header(&format!("a{path}"), &format!("b{path}"))
+            .header(&side(b"a", path), &side(b"b", path))
     )?;
     Ok(())
+}
+
+/// "a/tmp/x" in a diff header; quoted whole, as git does, when the name needs it.
+fn side(prefix: &[u8], path: &[u8]) -> String {
+    quoted(&[prefix, path].concat()).into_owned()
 }
 
 fn as_text(b: &[u8]) -> Option<&str> {

@@ -1,10 +1,11 @@
 //! `diffkeeper export`: the files as they were at a moment.
 
+use crate::quoted::{escaped, quoted};
 use anyhow::Context;
 use bytesize::ByteSize;
 use diffkeeper_export::{compile_globs, export_store_dir, export_store_tar, ExportOptions};
 use diffkeeper_store::{format_wall, MarkerKind, OpKind, RecPath, Store};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Format {
@@ -28,9 +29,15 @@ pub struct Args {
     /// Only paths matching this glob (e.g. '/tmp/w/**'); repeatable.
     #[arg(long = "path", value_name = "GLOB")]
     paths: Vec<String>,
+    /// With --format tar: overwrite an existing regular file at --out (never a symlink).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if !(matches!(a.format, Format::Tar) && a.out.as_os_str() == "-") {
+        refuse_inside(&a.out, &a.state.state_dir)?;
+    }
     let store = crate::open_store(&a.state)?;
     let point = crate::moment(&store, &a.time)?;
     let span = store.span();
@@ -46,8 +53,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             export_store_tar(&store, seq, None, std::io::stdout().lock(), &opts)?
         }
         Format::Tar => {
-            let file = std::fs::File::create(&a.out)
-                .with_context(|| format!("creating {}", a.out.display()))?;
+            let file = create_tar_file(&a.out, a.force)?;
             export_store_tar(&store, seq, None, std::io::BufWriter::new(file), &opts)?
         }
     };
@@ -76,13 +82,84 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         eprintln!("diffkeeper: warning: {warning}");
     }
     for (path, why) in &summary.skipped {
-        eprintln!("diffkeeper: warning: skipped {path}: {why}");
+        let path = quoted(path.as_bytes());
+        eprintln!(
+            "diffkeeper: warning: skipped {path}: {}",
+            escaped(why.as_bytes())
+        );
     }
     Ok(())
 }
 
+/// Refuses an `out` at or below the state dir: writing there destroys the recording.
+fn refuse_inside(out: &Path, state_dir: &Path) -> anyhow::Result<()> {
+    let state = std::fs::canonicalize(state_dir)
+        .with_context(|| format!("opening recording {}", state_dir.display()))?;
+    let out_abs = resolved(out)?;
+    if out_abs.starts_with(&state) {
+        anyhow::bail!(
+            "--out {} is inside the recording's state dir {}: writing there would destroy the              recording; choose a path outside it",
+            out.display(),
+            state_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `path` made absolute with its existing part's symlinks resolved (the rest does not exist
+/// yet, so it holds none).
+fn resolved(path: &Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let mut missing = Vec::new();
+    let mut existing = abs.as_path();
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(real) => return Ok(missing.iter().rev().fold(real, |p, c| p.join(c))),
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    missing.push(name.to_os_string());
+                    existing = parent;
+                }
+                _ => return Ok(abs.clone()),
+            },
+        }
+    }
+}
+
+/// Creates the tar file: a new file, or with `force` an existing regular one, never through a
+/// symlink at `out`. Private (0600), as the recording it copies is.
+fn create_tar_file(out: &Path, force: bool) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    match std::fs::symlink_metadata(out) {
+        Ok(m) if m.file_type().is_symlink() => anyhow::bail!(
+            "--out {} is a symlink; export never writes through one: remove it or choose another              path",
+            out.display()
+        ),
+        Ok(m) if !m.is_file() => anyhow::bail!(
+            "--out {} exists and is not a regular file; choose another path",
+            out.display()
+        ),
+        Ok(_) if !force => anyhow::bail!(
+            "--out {} exists; pass --force to overwrite it, or choose another path",
+            out.display()
+        ),
+        Ok(_) => open.truncate(true),
+        Err(_) => open.create_new(true),
+    };
+    open.open(out)
+        .with_context(|| format!("creating {}", out.display()))
+}
+
 fn list(paths: &[RecPath]) -> String {
-    let mut s: Vec<String> = paths.iter().take(5).map(|p| p.to_string()).collect();
+    let mut s: Vec<String> = paths
+        .iter()
+        .take(5)
+        .map(|p| quoted(p.as_bytes()).into_owned())
+        .collect();
     if paths.len() > 5 {
         s.push(format!("and {} more", paths.len() - 5));
     }
@@ -102,10 +179,15 @@ fn gap_warning(store: &Store, mono_ns: u64) -> anyhow::Result<Option<String>> {
         return Ok(None);
     }
     let mut gaps = Vec::new();
+    let mut ring_full = false;
     for s in store.summaries(1, span.last_seq) {
         let s = s?;
         if s.op.kind == OpKind::Marker && s.op.marker == Some(MarkerKind::Gap) {
             gaps.push(s.time);
+            ring_full |=
+                s.op.detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("ring buffer"));
         }
     }
     let Some(&first) = gaps.first() else {
@@ -118,10 +200,14 @@ fn gap_warning(store: &Store, mono_ns: u64) -> anyhow::Result<Option<String>> {
     Ok(Some(format!(
         "capture records were lost during this recording ({} gap(s), from {} to {}; see \
          `diffkeeper log`). Files written then were read back later, so at this moment some of \
-         them may be missing or older than they were; the end of the recording is exact. A \
-         larger --ring-size when recording avoids losses.",
+         them may be missing or older than they were; the end of the recording is exact.{}",
         gaps.len(),
         crate::offset_label(&span, first),
         crate::offset_label(&span, last),
+        if ring_full {
+            " A larger --ring-size when recording avoids losses to a full ring buffer."
+        } else {
+            ""
+        }
     )))
 }

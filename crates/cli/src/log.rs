@@ -1,5 +1,6 @@
 //! `diffkeeper log`: every change, when, and by which process.
 
+use crate::quoted::{escaped, quoted};
 use diffkeeper_export::compile_globs;
 use diffkeeper_store::{format_wall, MarkerKind, OpKind, Summary};
 use std::io::Write;
@@ -33,6 +34,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(t) => crate::moment(&store, t)?.seq,
         None => span.last_seq,
     };
+    if from > to + 1 {
+        anyhow::bail!(
+            "--from {} is after --to {} (@seq:{} > @seq:{}): give the earlier moment as --from",
+            a.from.as_deref().unwrap_or("start"),
+            a.to.as_deref().unwrap_or("end"),
+            from - 1,
+            to
+        );
+    }
     let globs = compile_globs(&a.paths)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for s in store.summaries(from, to) {
@@ -73,7 +83,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 /// "write     /tmp/w/a.txt  64 B at 4096  pid 1234 (sh)"
 pub(crate) fn describe(s: &Summary) -> String {
     let op = &s.op;
-    let paths: Vec<String> = op.paths.iter().map(|p| p.to_string()).collect();
+    let paths: Vec<String> = op
+        .paths
+        .iter()
+        .map(|p| quoted(p.as_bytes()).into_owned())
+        .collect();
     let what = match op.kind {
         OpKind::Rename => paths.join(" -> "),
         OpKind::Exchange => paths.join(" <-> "),
@@ -83,7 +97,8 @@ pub(crate) fn describe(s: &Summary) -> String {
                 Some(MarkerKind::Gap) => "GAP",
                 Some(MarkerKind::Note) | None => "note",
             };
-            format!("{kind}: {}", op.detail.clone().unwrap_or_default())
+            let detail = op.detail.as_deref().unwrap_or_default();
+            format!("{kind}: {}", escaped(detail.as_bytes()))
         }
         _ if paths.is_empty() => "(unlinked file)".into(),
         _ => paths.join(", "),
@@ -102,13 +117,13 @@ pub(crate) fn describe(s: &Summary) -> String {
         detail.push(format!("mode {mode:04o}"));
     }
     if let Some(t) = &op.target {
-        detail.push(format!("-> {}", String::from_utf8_lossy(t)));
+        detail.push(format!("-> {}", quoted(t)));
     }
     if op.kind == OpKind::Adopt {
-        detail.push("pre-existing, content exact from its first resync".into());
+        detail.push("pre-existing: content known from its first read-back".into());
     }
     let who = match &s.process {
-        Some(p) => format!("pid {} ({})", p.pid, p.comm),
+        Some(p) => format!("pid {} ({})", p.pid, escaped(p.comm.as_bytes())),
         None => "diffkeeper".into(),
     };
     format!(

@@ -9,6 +9,7 @@ mod log;
 mod mount;
 mod operator;
 mod pack;
+mod quoted;
 mod record;
 mod report;
 mod snapshot;
@@ -125,10 +126,30 @@ fn warn_if_cut_short(store: &diffkeeper_store::Store) {
     }
 }
 
-/// Resolves a time expression against a recording.
+/// Resolves a time expression against a recording. A moment just past the end is taken as
+/// the end (people type the duration they saw), and said so.
 fn moment(store: &diffkeeper_store::Store, expr: &str) -> anyhow::Result<diffkeeper_store::Point> {
-    let parsed: diffkeeper_store::TimeExpr = expr.parse()?;
-    Ok(store.resolve(&parsed)?)
+    use diffkeeper_store::TimeExpr;
+    let parsed: TimeExpr = expr.parse()?;
+    let point = store.resolve(&parsed)?;
+    let span = store.span();
+    let asked = match parsed {
+        TimeExpr::Offset(d) => u64::try_from(d.as_nanos())
+            .ok()
+            .map(|ns| span.start_mono_ns.saturating_add(ns)),
+        TimeExpr::Absolute { wall_ns } => u64::try_from(wall_ns - span.started_wall_ns)
+            .ok()
+            .map(|ns| span.start_mono_ns.saturating_add(ns)),
+        _ => None,
+    };
+    if asked.is_some_and(|asked| asked > span.end_mono_ns) {
+        eprintln!(
+            "diffkeeper: warning: {expr} is after the recording's end ({}, {}); using the end",
+            offset_label(&span, span.end_mono_ns),
+            diffkeeper_store::format_wall(span.wall_of(span.end_mono_ns)),
+        );
+    }
+    Ok(point)
 }
 
 /// "+2m14.123s": a moment as an offset from the recording's start.

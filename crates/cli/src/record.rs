@@ -1,6 +1,5 @@
 //! `diffkeeper record`: run a command under the recorder.
 
-use anyhow::Context;
 use bytesize::ByteSize;
 use diffkeeper_capture::ProbeConfig;
 use diffkeeper_recorder::{record_local, LocalOptions};
@@ -54,8 +53,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             ..ProbeConfig::default()
         },
     };
-    let out = record_local(&opts)
-        .with_context(|| format!("recording into {}", a.state.state_dir.display()))?;
+    let out = match record_local(&opts) {
+        Ok(out) => out,
+        Err(e) => match e.shell_status() {
+            Some(status) => {
+                eprintln!("diffkeeper: {e}");
+                return Ok(status);
+            }
+            None => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("recording into {}", a.state.state_dir.display())))
+            }
+        },
+    };
     eprintln!(
         "diffkeeper: recorded {:.1}s: {} events, {} captured, {} files, {} drops healed \
          ({} records lost), store {} at {} (command exited with {})",
@@ -69,5 +79,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         a.state.state_dir.display(),
         out.exit_code,
     );
+    if out.stats.cut_paths > 0 {
+        eprintln!(
+            "diffkeeper: warning: {} path change(s) were too deep (over 64 levels) or too long \
+             (over 4096 bytes) to capture as they happened; the names they changed were taken \
+             from disk at the end, so moments before it may lack them (GAP lines in `diffkeeper \
+             log` say when)",
+            out.stats.cut_paths
+        );
+    }
     Ok(out.exit_code)
 }

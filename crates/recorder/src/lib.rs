@@ -2,8 +2,10 @@
 //! recordings (`diffkeeper record -- CMD`).
 
 mod cgroup;
+mod fs_ids;
 mod local;
 mod overlay;
+mod root_dir;
 mod translate;
 
 pub use cgroup::{cgroup2_mount, CgroupError, RecordingCgroup};
@@ -30,8 +32,46 @@ pub enum RecordError {
         command: String,
         cause: std::io::Error,
     },
+    #[error("{command}: command not found (nothing was recorded)")]
+    CommandNotFound { command: String },
+    #[error("{command}: {why} (nothing was recorded)")]
+    NotExecutable { command: String, why: String },
+    #[error("cannot make the state dir {path} (private, 0700): {cause}; pass a --state-dir you may create")]
+    StateDir {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("nothing to record: give the command after `--`, e.g. `diffkeeper record --state-dir=/tmp/trace -- make test`")]
     NoCommand,
+}
+
+impl RecordError {
+    /// The exit status a shell gives for this failure to start a command: 127 when it does not
+    /// exist, 126 when it cannot be executed.
+    pub fn shell_status(&self) -> Option<i32> {
+        match self {
+            RecordError::CommandNotFound { .. } => Some(127),
+            RecordError::NotExecutable { .. } => Some(126),
+            RecordError::Spawn { cause, .. } => match cause.kind() {
+                std::io::ErrorKind::NotFound => Some(127),
+                std::io::ErrorKind::PermissionDenied => Some(126),
+                _ if cause.raw_os_error() == Some(libc::ENOEXEC) => Some(126),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// A recorded path as a marker's text shows it: plain, or quoted with escapes when it holds
+/// control bytes (`log` escapes markers again; this keeps the detail one line in any reader).
+pub(crate) fn quoted_path(path: &diffkeeper_store::RecPath) -> String {
+    let text = path.to_string();
+    if text.chars().any(char::is_control) {
+        format!("{text:?}")
+    } else {
+        text
+    }
 }
 
 /// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns`, so user-space stamps (baseline,

@@ -49,6 +49,9 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
     let Some(program) = opts.command.first() else {
         return Err(RecordError::NoCommand);
     };
+    // As a shell would, before anything is made: a command that cannot start leaves no
+    // recording behind to block the state dir.
+    check_runnable(program)?;
     let mut probe = Probe::load(&opts.probe)?;
 
     let info = RecordingInfo {
@@ -63,6 +66,11 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
         labels: Default::default(),
     };
     let start_mono = info.started_mono_ns;
+    // The recording holds copies of whatever the workload wrote: private to its owner, as the
+    // files the store creates (now and later, e.g. sled's segments) are. The workload keeps
+    // the umask it was given.
+    let umask = unsafe { libc::umask(0o077) };
+    let made_dir = make_private_dir(&opts.state_dir)?;
     let writer = Writer::create(&opts.state_dir, info)?;
     let state_dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
     let mut rec = Recorder::new(writer, "/".into(), vec![state_dir]);
@@ -86,14 +94,25 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
     let procs = cgroup.procs_handle()?;
     let mut cmd = Command::new(program);
     cmd.args(&opts.command[1..]);
-    // SAFETY: join_from_child only calls write(2), which is async-signal-safe.
+    // SAFETY: join_from_child only calls write(2), and umask(2) is async-signal-safe too.
     unsafe {
-        cmd.pre_exec(move || RecordingCgroup::join_from_child(&procs));
+        cmd.pre_exec(move || {
+            libc::umask(umask);
+            RecordingCgroup::join_from_child(&procs)
+        });
     }
-    let mut child = cmd.spawn().map_err(|cause| RecordError::Spawn {
-        command: program.to_string_lossy().into_owned(),
-        cause,
-    })?;
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(cause) => {
+            // Gone or changed since it was checked: still leave nothing behind.
+            drop(rec);
+            remove_stub(&opts.state_dir, made_dir);
+            return Err(RecordError::Spawn {
+                command: program.to_string_lossy().into_owned(),
+                cause,
+            });
+        }
+    };
 
     let interrupted = Arc::new(AtomicBool::new(false));
     let terminated = Arc::new(AtomicBool::new(false));
@@ -184,6 +203,98 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
         store_bytes: dir_size(&opts.state_dir),
         elapsed: started.elapsed(),
     })
+}
+
+/// Whether `program` can be started, found the way execvp finds it (through PATH unless it
+/// names a path).
+fn check_runnable(program: &std::ffi::OsStr) -> Result<(), RecordError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let command = program.to_string_lossy().into_owned();
+    let executable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.as_bytes().contains(&b'/') {
+        let path = std::path::Path::new(program);
+        return match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(RecordError::CommandNotFound { command })
+            }
+            Err(e) => Err(RecordError::NotExecutable {
+                command,
+                why: e.to_string(),
+            }),
+            Ok(m) if m.is_dir() => Err(RecordError::NotExecutable {
+                command,
+                why: "is a directory".into(),
+            }),
+            Ok(_) if !executable(path) => Err(RecordError::NotExecutable {
+                command,
+                why: "permission denied (not executable)".into(),
+            }),
+            Ok(_) => Ok(()),
+        };
+    }
+    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let candidates: Vec<_> = std::env::split_paths(&search)
+        .map(|dir| dir.join(program))
+        .collect();
+    if candidates.iter().any(|path| executable(path)) {
+        Ok(())
+    } else if candidates.iter().any(|path| path.is_file()) {
+        // As bash: found, but not executable.
+        Err(RecordError::NotExecutable {
+            command,
+            why: "permission denied (not executable)".into(),
+        })
+    } else {
+        Err(RecordError::CommandNotFound { command })
+    }
+}
+
+/// Removes what a recording that never started left: the whole dir when this run made it.
+fn remove_stub(dir: &std::path::Path, made_dir: bool) {
+    let removed = if made_dir {
+        std::fs::remove_dir_all(dir)
+    } else {
+        std::fs::remove_dir_all(dir.join("db"))
+            .and_then(|()| std::fs::remove_file(dir.join("LOCK")))
+    };
+    if let Err(e) = removed {
+        tracing::warn!(
+            "cannot remove the empty recording in {}: {e}",
+            dir.display()
+        );
+    }
+}
+
+/// Creates the state dir 0700, or makes an existing one so. Returns whether it made it.
+fn make_private_dir(dir: &std::path::Path) -> Result<bool, RecordError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let private = |cause| RecordError::StateDir {
+        path: dir.to_path_buf(),
+        cause,
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(private)?;
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Missing parents are ordinary directories; only the state dir itself is private.
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent).map_err(private)?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(private)?;
+            Ok(true)
+        }
+        Err(e) => Err(private(e)),
+    }
 }
 
 fn hostname() -> String {

@@ -14,11 +14,13 @@
 //!   so the export hides the image's old content below it;
 //! - a directory the image does not have is recorded whole and owned, as `baseline` does.
 
+use crate::fs_ids::FsIds;
+use crate::root_dir::RootDir;
 use crate::translate::Recorder;
 use crate::RecordError;
 use diffkeeper_capture::FileKey;
 use diffkeeper_store::{EntryKind, MarkerKind, Op, Process, RecPath};
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -43,7 +45,12 @@ impl Recorder {
     ) -> Result<u64, RecordError> {
         self.overlay = true;
         let image = ImageDirs { lower_dirs };
-        let n = self.record_upper_dir(upper_dir, &RecPath::root(), &image, time)?;
+        // The container writes its upper dir: it is walked with no symlink followed either.
+        let upper = UpperDir {
+            dir: RootDir::open(upper_dir),
+            path: upper_dir,
+        };
+        let n = self.record_upper_dir(&upper, &RecPath::root(), &image, time)?;
         info!(upper = %upper_dir.display(), entries = n, "overlay baseline recorded");
         self.append(
             time,
@@ -63,19 +70,16 @@ impl Recorder {
     /// Records the entries of `upper` (the upper dir's copy of container directory `dir`).
     fn record_upper_dir(
         &mut self,
-        upper: &Path,
+        upper: &UpperDir,
         dir: &RecPath,
         image: &ImageDirs,
         time: u64,
     ) -> Result<u64, RecordError> {
-        let mut names: Vec<_> = match fs::read_dir(upper) {
-            Ok(listing) => listing
-                .filter_map(Result::ok)
-                .map(|e| e.file_name())
-                .collect(),
+        let mut names = match upper.dir.read_dir(FsIds::ROOT, dir) {
+            Ok(names) => names,
             Err(cause) if dir.is_root() => {
                 return Err(RecordError::Baseline {
-                    path: upper.to_path_buf(),
+                    path: upper.path.to_path_buf(),
                     cause,
                 })
             }
@@ -92,8 +96,7 @@ impl Recorder {
             let Ok(path) = dir.join(name.as_bytes()) else {
                 continue;
             };
-            let upper_child = upper.join(&name);
-            let Ok(meta) = fs::symlink_metadata(&upper_child) else {
+            let Ok(meta) = upper.dir.metadata(FsIds::ROOT, &path) else {
                 continue;
             };
             if self.is_excluded(&path) {
@@ -109,8 +112,8 @@ impl Recorder {
                 self.append(time, None, op)?;
                 n += 1;
             } else if meta.is_dir() {
-                let opaque = overlay_xattr(&upper_child, "opaque").as_deref() == Some(b"y");
-                let redirected = overlay_xattr(&upper_child, "redirect").is_some();
+                let opaque = upper.dir.overlay_xattr(&path, "opaque").as_deref() == Some(b"y");
+                let redirected = upper.dir.overlay_xattr(&path, "redirect").is_some();
                 if opaque || redirected {
                     // What the image has at this path is hidden (opaque) or is not what the
                     // container sees here (redirected: it shows another image directory).
@@ -120,7 +123,7 @@ impl Recorder {
                     n += self.adopt_tree(&path, time, None)?;
                 } else {
                     n += self.adopt_merged_dir(&path, time, None)?;
-                    n += self.record_upper_dir(&upper_child, &path, image, time)?;
+                    n += self.record_upper_dir(upper, &path, image, time)?;
                 }
             } else {
                 n += self.adopt_tree(&path, time, None)?;
@@ -137,7 +140,8 @@ impl Recorder {
         time: u64,
         process: Option<&Process>,
     ) -> Result<u64, RecordError> {
-        let Ok(meta) = fs::symlink_metadata(self.host_path(path)) else {
+        let who = self.reader_for(process, None);
+        let Ok(meta) = self.root_dir.metadata(who, path) else {
             return Ok(0); // gone already: a later event says what happened
         };
         if !meta.is_dir() {
@@ -166,7 +170,7 @@ impl Recorder {
         time: u64,
         process: Option<&Process>,
     ) -> Result<u64, RecordError> {
-        match fs::symlink_metadata(self.host_path(path)) {
+        match self.root_dir.metadata(self.reader_for(process, None), path) {
             Ok(meta) if meta.is_dir() => self.adopt_merged_dir(path, time, process),
             Ok(_) => self.adopt_tree(path, time, process),
             Err(_) => Ok(0),
@@ -198,12 +202,9 @@ impl Recorder {
             None => self.adopt_tree(path, time, process),
             Some(EntryKind::Dir) if !self.owned_dirs.contains(path) => {
                 self.owned_dirs.insert(path.clone());
-                let mut names: Vec<_> = match fs::read_dir(self.host_path(path)) {
-                    Ok(listing) => listing
-                        .filter_map(Result::ok)
-                        .map(|e| e.file_name())
-                        .collect(),
-                    Err(_) => return Ok(0), // moved on again: a later event says where
+                let who = self.reader_for(process, None);
+                let Ok(mut names) = self.root_dir.read_dir(who, path) else {
+                    return Ok(0); // moved on again: a later event says where
                 };
                 names.sort();
                 let mut n = 0;
@@ -237,6 +238,12 @@ impl Recorder {
         }
         self.adopt_tree(path, time, process)
     }
+}
+
+/// The overlay's upper dir, whose tree mirrors the container's paths.
+struct UpperDir<'a> {
+    dir: RootDir,
+    path: &'a Path,
 }
 
 /// The image's lower dirs, asked one question: does the image show a directory at a path?
@@ -286,21 +293,26 @@ fn is_whiteout(meta: &fs::Metadata) -> bool {
 /// The value of overlay xattr `name` on `path` itself (never a symlink's target), in the
 /// `trusted.` namespace (root-mounted overlays) or the `user.` one (rootless, `userxattr`).
 fn overlay_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    overlay_value(name, |attr, value| rustix::fs::lgetxattr(path, attr, value))
+}
+
+impl RootDir {
+    /// `overlay_xattr` of the directory `path` names below this root.
+    fn overlay_xattr(&self, path: &RecPath, name: &str) -> Option<Vec<u8>> {
+        // The upper dir, read as the baseline is: by the recorder.
+        let dir = self.open_dir(FsIds::ROOT, path).ok()?;
+        overlay_value(name, |attr, value| rustix::fs::fgetxattr(&dir, attr, value))
+    }
+}
+
+fn overlay_value(
+    name: &str,
+    get: impl Fn(&str, &mut [u8]) -> rustix::io::Result<usize>,
+) -> Option<Vec<u8>> {
     for namespace in ["trusted", "user"] {
-        let c_name = CString::new(format!("{namespace}.overlay.{name}")).ok()?;
         // Overlay's flags are a byte; redirects are paths, so room for one.
         let mut value = vec![0u8; libc::PATH_MAX as usize];
-        // SAFETY: both strings are NUL-terminated and `value` is writable for its length.
-        let len = unsafe {
-            libc::lgetxattr(
-                c_path.as_ptr(),
-                c_name.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if let Ok(len) = usize::try_from(len) {
+        if let Ok(len) = get(&format!("{namespace}.overlay.{name}"), &mut value) {
             value.truncate(len);
             return Some(value);
         }
@@ -318,6 +330,7 @@ mod tests {
     use diffkeeper_export::{export_store_dir, ExportOptions};
     use diffkeeper_store::{RecordingInfo, Store, Writer};
     use std::collections::BTreeMap;
+    use std::ffi::CString;
 
     /// Unmounts on drop, so a failing test does not leave a mount behind.
     struct Mounted(PathBuf);

@@ -6,6 +6,8 @@
 //! mid-recording is adopted, and content that was not captured byte by byte (writes above the
 //! cap, shared mmaps, splice, records lost to a full ring) is read back from the file itself.
 
+use crate::fs_ids::FsIds;
+use crate::root_dir::RootDir;
 use crate::RecordError;
 use diffkeeper_capture::{Change, DirtyReason, Event as Captured, FileKey, Origin, Probe};
 use diffkeeper_store::{
@@ -14,9 +16,8 @@ use diffkeeper_store::{
 };
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Counts a person wants in the recording summary.
@@ -32,6 +33,10 @@ pub struct RecorderStats {
     pub rescans: u64,
     /// Entries found different from the log at the final check, and fixed.
     pub reconciled: u64,
+    /// Path changes the kernel side could not send whole (a path deeper than its walk or
+    /// longer than PATH_MAX, or a record missing a part): the names they changed are taken
+    /// from disk at the end, so until then the log lacks them.
+    pub cut_paths: u64,
 }
 
 /// Translates events of one recording into store appends.
@@ -40,6 +45,9 @@ pub struct Recorder {
     /// Host directory under which recorded paths live: "/" for a local recording, a
     /// container's root (e.g. /proc/PID/root) otherwise.
     root: PathBuf,
+    /// `root` opened: every read-back and sweep resolves recorded names through it, never
+    /// following a symlink.
+    pub(crate) root_dir: RootDir,
     pub(crate) nodes: HashMap<FileKey, NodeId>,
     dirty: HashMap<FileKey, DirtyReason>,
     /// Directories every name of which belongs to the recording (baseline roots, directories
@@ -50,7 +58,20 @@ pub struct Recorder {
     /// The root is an overlay whose image the recording does not hold (set by
     /// `baseline_overlay`): a directory the recording has may hold image entries it lacks.
     pub(crate) overlay: bool,
+    /// The file system ids of each recorded process at its latest event, and of the process
+    /// that last changed each file: read-backs for them open only what they could.
+    pid_ids: HashMap<u32, FsIds>,
+    node_ids: HashMap<NodeId, FsIds>,
+    /// The latest non-root ids seen: a sweep of what no known process touched reads as them,
+    /// so an unprivileged workload cannot have root read a file it put out of its own reach.
+    unprivileged: Option<FsIds>,
     rescan_needed: bool,
+    /// Files a recorded write left a gap in (it began past their recorded end): the end-of-run
+    /// check compares them with the disk, where processes outside the recording may have
+    /// written that gap.
+    gapped: std::collections::HashSet<NodeId>,
+    /// Cut path changes not yet reported by a gap marker.
+    cuts_unreported: u64,
     lost_seen: u64,
     lost_ns_seen: u64,
     stats: RecorderStats,
@@ -60,13 +81,19 @@ impl Recorder {
     pub fn new(writer: Writer, root: PathBuf, excluded: Vec<PathBuf>) -> Self {
         Recorder {
             writer,
+            root_dir: RootDir::open(&root),
             root,
             nodes: HashMap::new(),
             dirty: HashMap::new(),
             owned_dirs: BTreeSet::new(),
             excluded,
             overlay: false,
+            pid_ids: HashMap::new(),
+            node_ids: HashMap::new(),
+            unprivileged: None,
             rescan_needed: false,
+            gapped: Default::default(),
+            cuts_unreported: 0,
             lost_seen: 0,
             lost_ns_seen: 0,
             stats: RecorderStats::default(),
@@ -103,6 +130,20 @@ impl Recorder {
     pub(crate) fn is_excluded(&self, path: &RecPath) -> bool {
         let host = self.host_path(path);
         self.excluded.iter().any(|x| host.starts_with(x))
+    }
+
+    /// Whose permissions a read-back for `process` (or of `node`, or neither) uses: the
+    /// process's own ids, else those of the file's last writer, else the recording's
+    /// unprivileged ones when there were any. Only a recording whose every process ran as root,
+    /// or a baseline (taken before the command runs, as the person recording chose), reads as
+    /// root.
+    pub(crate) fn reader_for(&self, process: Option<&Process>, node: Option<NodeId>) -> FsIds {
+        process
+            .and_then(|p| self.pid_ids.get(&p.pid))
+            .or_else(|| node.and_then(|n| self.node_ids.get(&n)))
+            .or(self.unprivileged.as_ref())
+            .copied()
+            .unwrap_or(FsIds::ROOT)
     }
 
     pub(crate) fn append(
@@ -149,11 +190,11 @@ impl Recorder {
         time: u64,
         process: Option<&Process>,
     ) -> Result<u64, RecordError> {
-        let host = self.host_path(path);
-        if self.excluded.iter().any(|x| host.starts_with(x)) {
+        if self.is_excluded(path) {
             return Ok(0);
         }
-        let Ok(meta) = fs::symlink_metadata(&host) else {
+        let who = self.reader_for(process, None);
+        let Ok(meta) = self.root_dir.metadata(who, path) else {
             return Ok(0); // gone already: a later event will say what happened
         };
         let key = FileKey {
@@ -178,9 +219,8 @@ impl Recorder {
                 )?;
             }
             self.owned_dirs.insert(path.clone());
-            let mut names: Vec<_> = match fs::read_dir(&host) {
-                Ok(rd) => rd.filter_map(Result::ok).map(|e| e.file_name()).collect(),
-                Err(_) => return Ok(1),
+            let Ok(mut names) = self.root_dir.read_dir(who, path) else {
+                return Ok(1);
             };
             names.sort();
             let mut n = 1;
@@ -192,7 +232,7 @@ impl Recorder {
             return Ok(n);
         }
         if ft.is_symlink() {
-            let Ok(target) = fs::read_link(&host) else {
+            let Ok(target) = self.root_dir.read_link(who, path) else {
                 return Ok(0);
             };
             let node = self.writer.new_node();
@@ -215,7 +255,9 @@ impl Recorder {
             // node of a deleted file. Only a name that is this very inode on disk makes a link.
             self.writer.path_of(node).is_some_and(|other| {
                 other != *path
-                    && fs::symlink_metadata(self.host_path(&other))
+                    && self
+                        .root_dir
+                        .metadata(who, &other)
                         .is_ok_and(|m| m.dev() == key.dev && m.ino() == key.ino)
             })
         });
@@ -230,24 +272,36 @@ impl Recorder {
                     path: path.clone(),
                 },
             )?;
-            if let Ok(data) = read_file_checked(&host, key) {
+            if let Ok(data) = self.root_dir.read_file(who, path, key) {
                 self.append(time, process, Op::Resync { node, data })?;
             }
             return Ok(1);
         }
         let node = self.writer.new_node();
         self.nodes.insert(key, node);
-        self.append(
-            time,
-            process.clone(),
-            Op::Create {
-                node,
-                path: path.clone(),
-                mode,
-            },
-        )?;
-        if let Ok(data) = read_file_checked(&host, key) {
-            self.append(time, process, Op::Resync { node, data })?;
+        match self.root_dir.read_file(who, path, key) {
+            Ok(data) => {
+                let op = Op::Create {
+                    node,
+                    path: path.clone(),
+                    mode,
+                };
+                self.append(time, process.clone(), op)?;
+                self.append(time, process, Op::Resync { node, data })?;
+            }
+            Err(e) => {
+                // Unreadable (by whom it is read for) or replaced meanwhile: a file of unknown
+                // content, which the export reports, not an empty one.
+                tracing::debug!(%path, "cannot read back: {e}");
+                let op = Op::Adopt {
+                    node,
+                    path: path.clone(),
+                    kind: NodeKind::File,
+                    mode,
+                    size: meta.len(),
+                };
+                self.append(time, process, op)?;
+            }
         }
         Ok(1)
     }
@@ -260,12 +314,70 @@ impl Recorder {
             pid,
             cgroup,
             comm,
+            fsuid,
+            fsgid,
             ..
         } = ev.origin;
-        let process = Some(Process { pid, comm, cgroup });
-        match ev.change {
-            Change::Write { file, offset, data } => match self.nodes.get(&file) {
-                Some(&node) => self.append(time, process, Op::Write { node, offset, data })?,
+        let ids = FsIds {
+            uid: fsuid,
+            gid: fsgid,
+        };
+        self.pid_ids.insert(pid, ids);
+        if ids != FsIds::ROOT {
+            self.unprivileged = Some(ids);
+        }
+        // Read-backs for an exiting process still run as it; its pid may be reused after.
+        let exited = matches!(ev.change, Change::Exit { .. });
+        let process = Process { pid, comm, cgroup };
+        let result = self.apply_change(ev.change, time, process, ids, probe);
+        if exited {
+            self.pid_ids.remove(&pid);
+        }
+        result
+    }
+
+    fn apply_change(
+        &mut self,
+        change: Change,
+        time: u64,
+        process: Process,
+        ids: FsIds,
+        probe: &mut Probe,
+    ) -> Result<(), RecordError> {
+        let touched = match &change {
+            Change::Write { file, .. }
+            | Change::Inode { file, .. }
+            | Change::FdTruncate { file, .. }
+            | Change::FdChmod { file, .. }
+            | Change::Dirty {
+                file: Some(file), ..
+            } => Some(*file),
+            _ => None,
+        };
+        self.apply_to_store(change, time, Some(process), probe)?;
+        if let Some(&node) = touched.and_then(|file| self.nodes.get(&file)) {
+            self.node_ids.insert(node, ids);
+        }
+        Ok(())
+    }
+
+    fn apply_to_store(
+        &mut self,
+        change: Change,
+        time: u64,
+        process: Option<Process>,
+        probe: &mut Probe,
+    ) -> Result<(), RecordError> {
+        match change {
+            Change::Write { file, offset, data } => match self.nodes.get(&file).copied() {
+                Some(node) => {
+                    // A write past what the recording knows of the file: a sparse write, or
+                    // one after bytes a process outside the recording wrote. Checked at the end.
+                    if offset > 0 && self.known_size(node).is_some_and(|size| offset > size) {
+                        self.gapped.insert(node);
+                    }
+                    self.append(time, process, Op::Write { node, offset, data })?
+                }
                 // Its path record was lost: the file is dirty in the kernel map already.
                 None => self.mark_dirty(file, DirtyReason::Lost),
             },
@@ -409,7 +521,7 @@ impl Recorder {
                     self.resync(file, time, process.clone())?;
                 }
             }
-            Change::NamespaceLost => self.rescan_needed = true,
+            Change::NamespaceLost => self.note_cut(),
             Change::Fork { .. } | Change::Exec => {}
         }
         Ok(())
@@ -500,12 +612,19 @@ impl Recorder {
         }
     }
 
+    /// A path change that cannot be placed: the end-of-run rescan takes what it changed from
+    /// disk, and a gap marker says so at the next loss check.
+    fn note_cut(&mut self) {
+        self.rescan_needed = true;
+        self.stats.cut_paths += 1;
+        self.cuts_unreported += 1;
+    }
+
     fn normalize(&mut self, raw: &[u8], cut: bool) -> Option<RecPath> {
-        if cut {
-            self.rescan_needed = true;
+        let Some(path) = RecPath::normalize(raw).ok().filter(|_| !cut) else {
+            self.note_cut();
             return None;
-        }
-        let path = RecPath::normalize(raw).ok()?;
+        };
         let host = self.host_path(&path);
         if self.excluded.iter().any(|x| host.starts_with(x)) {
             return None;
@@ -542,8 +661,8 @@ impl Recorder {
         let Some(path) = self.writer.path_of(node) else {
             return Ok(true); // unlinked: no name left to export, nothing to heal
         };
-        let host = self.host_path(&path);
-        match read_file_checked(&host, file) {
+        let who = self.reader_for(process.as_ref(), Some(node));
+        match self.root_dir.read_file(who, &path, file) {
             Ok(data) => {
                 self.stats.resyncs += 1;
                 if self.dirty.get(&file) == Some(&DirtyReason::Lost) {
@@ -563,6 +682,19 @@ impl Recorder {
     /// Notices records lost to a full ring buffer since the last call: writes a gap marker and
     /// takes the kernel's dirty marks, so the lost content is read back.
     pub fn check_losses(&mut self, probe: &mut Probe, time: u64) -> Result<(), RecordError> {
+        if self.cuts_unreported > 0 {
+            let n = std::mem::take(&mut self.cuts_unreported);
+            let detail = format!(
+                "{n} path change(s) could not be captured whole (a path deeper than 64 \
+                 components or longer than 4096 bytes); the names they changed are taken from \
+                 disk at the end of the recording"
+            );
+            let op = Op::Marker {
+                kind: MarkerKind::Gap,
+                detail,
+            };
+            self.append(time, None, op)?;
+        }
         let Ok(c) = probe.counters() else {
             return Ok(());
         };
@@ -656,12 +788,11 @@ impl Recorder {
         if rescan {
             let owned: Vec<RecPath> = self.owned_dirs.iter().cloned().collect();
             for dir in owned {
-                let host = self.host_path(&dir);
-                let Ok(rd) = fs::read_dir(&host) else {
+                let Ok(names) = self.root_dir.read_dir(self.reader_for(None, None), &dir) else {
                     continue;
                 };
-                for entry in rd.filter_map(Result::ok) {
-                    let Ok(child) = dir.join(entry.file_name().as_bytes()) else {
+                for name in names {
+                    let Ok(child) = dir.join(name.as_bytes()) else {
                         continue;
                     };
                     if self.writer.entry(&child).is_none() {
@@ -677,8 +808,9 @@ impl Recorder {
     /// gone from disk means removed; inside the recording's own directories it is made a real
     /// entry with its real mode. Elsewhere (/tmp, /home) it stays implied.
     fn reconcile_implicit(&mut self, path: &RecPath, time: u64) -> Result<bool, RecordError> {
-        let host = self.host_path(path);
-        match fs::symlink_metadata(&host) {
+        match self.root_dir.metadata(self.reader_for(None, None), path) {
+            // Out of the reader's reach is not gone.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(false),
             Err(_) => {
                 self.append(time, None, Op::Rmdir { path: path.clone() })?;
                 Ok(true)
@@ -709,6 +841,53 @@ impl Recorder {
         }
     }
 
+    /// The size the log has for file `node` now.
+    fn known_size(&self, node: NodeId) -> Option<u64> {
+        let path = self.writer.path_of(node)?;
+        match self.writer.entry(&path)?.kind {
+            diffkeeper_store::EntryKind::File { size } => Some(size),
+            _ => None,
+        }
+    }
+
+    /// A file the log holds exactly by its own account, which something the recording did not
+    /// capture may have written: compares the disk with the log, and when they differ reads
+    /// it back and says so (the moments before show what the recording saw, e.g. zeros where
+    /// another process's data was). Returns whether it was fixed.
+    fn check_outside_writes(
+        &mut self,
+        path: &RecPath,
+        node: NodeId,
+        key: FileKey,
+        who: FsIds,
+        time: u64,
+    ) -> Result<bool, RecordError> {
+        let Ok(disk) = self.root_dir.read_file(who, path, key) else {
+            return Ok(false);
+        };
+        self.writer.commit()?;
+        let store = self.writer.reader()?;
+        if store.read_content(node, store.span().last_seq)? == disk {
+            return Ok(false);
+        }
+        let detail = format!(
+            "{} was also written by something the recording did not capture (a process outside \
+             it): its content on disk differed from the recorded one at the end and was read \
+             back; before this moment it shows only the recorded writes",
+            crate::quoted_path(path)
+        );
+        self.append(time, None, Op::Resync { node, data: disk })?;
+        self.append(
+            time,
+            None,
+            Op::Marker {
+                kind: MarkerKind::Gap,
+                detail,
+            },
+        )?;
+        Ok(true)
+    }
+
     /// Returns whether the entry had to be fixed.
     fn reconcile_entry(
         &mut self,
@@ -717,9 +896,11 @@ impl Recorder {
         time: u64,
     ) -> Result<bool, RecordError> {
         use diffkeeper_store::EntryKind;
-        let host = self.host_path(path);
-        let meta = match fs::symlink_metadata(&host) {
+        let who = self.reader_for(None, Some(entry.node));
+        let meta = match self.root_dir.metadata(who, path) {
             Ok(m) => m,
+            // Out of the reader's reach is not gone: leave the entry as the log has it.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(false),
             // A container's root (/proc/PID/root) vanishes when it exits: then every name is
             // missing, and none of them was deleted.
             Err(_) if fs::metadata(&self.root).is_err() => return Ok(false),
@@ -748,7 +929,12 @@ impl Recorder {
             _ => true,
         };
         if !same_kind || !same_file {
-            // Replaced behind our back (a lost rename or create): take what is there now.
+            // Replaced behind our back (a lost rename or create): take what is there now. A
+            // directory's old children went with it: a creating op keeps what is below a path.
+            if entry.kind == EntryKind::Dir {
+                self.owned_dirs.retain(|d| !d.starts_with(path));
+                self.append(time, None, Op::Rmdir { path: path.clone() })?;
+            }
             self.adopt_tree(path, time, None)?;
             return Ok(true);
         }
@@ -756,15 +942,19 @@ impl Recorder {
         match &entry.kind {
             EntryKind::File { size } => {
                 if *size != meta.len() || !entry.exact {
-                    if let Ok(data) = read_file_checked(&host, key) {
+                    if let Ok(data) = self.root_dir.read_file(who, path, key) {
                         let node = entry.node;
                         self.append(time, None, Op::Resync { node, data })?;
                         fixed = true;
                     }
+                } else if meta.len() <= OUTSIDE_CHECK_MAX_BYTES
+                    && (self.gapped.contains(&entry.node) || changed_after(&meta, entry))
+                {
+                    fixed = self.check_outside_writes(path, entry.node, key, who, time)?;
                 }
             }
             EntryKind::Symlink { target } => {
-                if let Ok(now) = fs::read_link(&host) {
+                if let Ok(now) = self.root_dir.read_link(who, path) {
                     if now.as_os_str().as_bytes() != target.as_slice() {
                         self.adopt_tree(path, time, None)?;
                         return Ok(true);
@@ -782,18 +972,16 @@ impl Recorder {
     }
 }
 
-/// Reads a regular file, refusing to follow a symlink and checking it is still the inode we
-/// mean (a rename may have put another file at that name).
-fn read_file_checked(path: &Path, expect: FileKey) -> io::Result<Vec<u8>> {
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() || meta.dev() != expect.dev || meta.ino() != expect.ino {
-        return Err(io::Error::other("another file is at this path now"));
-    }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    f.read_to_end(&mut data)?;
-    Ok(data)
+/// Largest file compared whole with the disk for writes from outside the recording: a legal
+/// sparse file may be terabytes long, and both sides are read into memory.
+const OUTSIDE_CHECK_MAX_BYTES: u64 = 64 << 20;
+
+/// How far a file's mtime on disk may lead the log's (the kernel stamps it with a coarse clock,
+/// the log with the event's) before it means a change the recording did not see.
+const MTIME_SLACK_NS: i128 = 100_000_000;
+
+/// Whether the disk's mtime is later than the log's last change of the file.
+fn changed_after(meta: &fs::Metadata, entry: &diffkeeper_store::Entry) -> bool {
+    let disk = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    disk > entry.mtime_ns + MTIME_SLACK_NS
 }
