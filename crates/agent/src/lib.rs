@@ -16,14 +16,12 @@ mod serving;
 pub use catalog::{Catalog, IncarnationMeta};
 pub use diffkeeper_capture::ProbeConfig;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub node_name: String,
-    pub listen: SocketAddr,
     /// The endpoint clients reach this agent at: `https://HOST:PORT`.
     pub advertise: String,
     pub state_dir: PathBuf,
@@ -52,17 +50,20 @@ pub enum AgentError {
     Locate(String),
     #[error("{0}")]
     Config(String),
+    #[error("the gRPC listening socket: {0}")]
+    Listen(std::io::Error),
     #[error("cannot start the capture thread: {0}")]
     Thread(std::io::Error),
     #[error("capture on this node has stopped ({0}); restart the agent to record again")]
     CaptureStopped(String),
 }
 
-/// Runs the agent until `shutdown` resolves. Histories of live containers are left resumable:
-/// the next agent on this node continues them after a gap marker.
+/// Runs the agent, serving gRPC on `listener`, until `shutdown` resolves. Histories of live
+/// containers are left resumable: the next agent on this node continues them after a gap marker.
 pub async fn run(
     client: kube::Client,
     config: AgentConfig,
+    listener: std::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let catalog = Catalog::open(&config.state_dir).map_err(AgentError::StateDir)?;
@@ -80,24 +81,23 @@ pub async fn run(
         catalog: catalog.clone(),
         capture: Mutex::new(capture.clone()),
     });
+    let listen = listener.local_addr().map_err(AgentError::Listen)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(AgentError::Listen)?;
     let server = {
         let mut stopped = stopped.clone();
         let authorizer = diffkeeper_rpc::Authorizer::kubernetes(client.clone());
-        let serve_config = diffkeeper_rpc::ServeConfig {
-            listen: config.listen,
-            identity,
-            max_request_bytes: 64 << 10,
-        };
-        tokio::spawn(diffkeeper_rpc::serve(
+        tokio::spawn(diffkeeper_rpc::serve_on(
+            listener,
             history,
             authorizer,
-            serve_config,
+            identity,
+            diffkeeper_rpc::DEFAULT_MAX_REQUEST_BYTES,
             async move {
                 let _ = stopped.wait_for(|s| *s).await;
             },
         ))
     };
-    tracing::info!(listen = %config.listen, advertise = %config.advertise, "serving histories");
+    tracing::info!(%listen, advertise = %config.advertise, "serving histories");
     let control = control::Control::start(
         client,
         config.node_name.clone(),

@@ -3,6 +3,7 @@
 mod agent;
 mod diff;
 mod export;
+mod listen;
 mod log;
 mod operator;
 mod record;

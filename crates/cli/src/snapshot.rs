@@ -417,12 +417,10 @@ mod tests {
             &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let agent = format!("https://127.0.0.1:{port}");
+        // Bound but not listening until the agent starts: the Pod's first tries are refused,
+        // and no other process can take the port meanwhile.
+        let port = diffkeeper_test_cluster::ReservedPort::new();
+        let agent = format!("https://{}", port.addr());
 
         // The Pod starts before the agent does: it keeps trying until the agent answers.
         // `exit-500ms` is 4.5s, after the second write.
@@ -437,9 +435,9 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         server.block_on(async {
             let client = kube::Client::try_default().await.unwrap();
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
+            let listener = port.listen();
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             tokio::spawn(diffkeeper_rpc::serve_on(
                 listener,
                 history.clone(),

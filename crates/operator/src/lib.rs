@@ -20,8 +20,6 @@ pub use snapshot::SnapshotTemplate;
 /// How the operator runs.
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
-    /// Where /metrics, /healthz and /readyz are served.
-    pub http_addr: SocketAddr,
     /// The operator's own namespace: its leader Lease and the agents' CA Secret live there.
     pub operator_namespace: String,
     /// This replica's name in the Lease (the pod name in a cluster).
@@ -45,24 +43,30 @@ pub enum OperatorError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the metrics listening socket: {0}")]
+    HttpSocket(std::io::Error),
 }
 
-/// Runs until `shutdown` resolves (then returns Ok) or leadership is lost (then errors, so the
-/// process exits and its replacement waits its turn).
+/// Runs, serving /metrics, /healthz and /readyz on `http`, until `shutdown` resolves (then
+/// returns Ok) or leadership is lost (then errors, so the process exits and its replacement
+/// waits its turn).
 pub async fn run(
     client: Client,
     config: OperatorConfig,
+    http: std::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), OperatorError> {
     let metrics = Arc::new(metrics::Metrics::default());
+    let addr = http.local_addr().map_err(OperatorError::HttpSocket)?;
     let http = {
-        let (addr, metrics) = (config.http_addr, metrics.clone());
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            metrics::serve(addr, metrics)
+            metrics::serve(http, metrics)
                 .await
                 .map_err(|source| OperatorError::Http { addr, source })
         })
     };
+    info!(%addr, "serving /metrics, /healthz and /readyz");
     // A standby replica is healthy and ready: it is doing its job, which is to wait.
     metrics.ready.store(true, Ordering::Relaxed);
 

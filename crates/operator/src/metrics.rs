@@ -1,7 +1,6 @@
 //! Prometheus metrics and the health endpoints, served over plain HTTP for the kubelet's probes
 //! and a scraper.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -97,8 +96,8 @@ impl Metrics {
     }
 }
 
-/// Serves /metrics, /healthz and /readyz until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Serves /metrics, /healthz and /readyz on `listener` until the process ends.
+pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let app = Router::new()
         .route(
             "/metrics",
@@ -116,6 +115,6 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
             }),
         )
         .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     axum::serve(listener, app).await
 }

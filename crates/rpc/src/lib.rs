@@ -24,9 +24,8 @@ pub use client::{
 };
 pub use identity::{mint_serving_identity, TlsIdentity};
 pub use pb::*;
-pub use server::{serve, serve_on, ServeConfig, DEFAULT_MAX_REQUEST_BYTES};
+pub use server::{serve_on, DEFAULT_MAX_REQUEST_BYTES};
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Well-known name every agent certificate carries, for clients that reach an agent by a tunnel
@@ -68,14 +67,6 @@ pub enum HistoryError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
-    #[error(
-        "cannot listen on {addr}: {source}; another process may hold the port, pick a free one"
-    )]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-
     #[error(
         "cannot use the serving certificate and key: {0}; mint them with mint_serving_identity \
          from the CA in Secret diffkeeper-ca"

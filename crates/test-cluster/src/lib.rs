@@ -6,6 +6,10 @@
 //! controller) and no built-in type defaulting, so nothing here relies on any of them; the same
 //! tests run unchanged against kind or k3s.
 
+pub mod sockets;
+
+pub use sockets::{loopback_listener, pass_listener, ReservedPort};
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
