@@ -3,6 +3,8 @@
 
 pub mod access;
 pub mod controller;
+#[cfg(test)]
+mod fixtures;
 pub mod implicit;
 pub mod metrics;
 pub mod snapshot;
