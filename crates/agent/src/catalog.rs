@@ -6,7 +6,7 @@
 //! container id), so a restarted agent finds its histories by the same name the operator uses.
 //! A history per incarnation lets retention drop a whole history with one directory.
 
-use crate::capture::{dir_size, Command};
+use diffkeeper_locate::dir_size;
 use diffkeeper_rpc::{
     ContainerSelector, HistoryError, HistoryView, NodeHistory, RecordedContainer,
 };
@@ -14,7 +14,6 @@ use diffkeeper_store::{format_wall, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What the agent writes down about an incarnation, so a restarted agent knows it again.
@@ -257,11 +256,18 @@ fn file_name(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Read views of live histories, which only their writer (the capture thread) can give: how
+/// the catalog asks for one without knowing who writes.
+pub trait LiveViews: Send + Sync {
+    /// A view of live history `id`, as committed now.
+    fn view(&self, id: &str) -> Result<Store, HistoryError>;
+}
+
 /// The catalog as the gRPC server sees it.
 pub struct History {
     pub node: String,
     pub catalog: Catalog,
-    pub capture: Mutex<Sender<Command>>,
+    pub live: Box<dyn LiveViews>,
 }
 
 impl History {
@@ -301,20 +307,7 @@ impl NodeHistory for History {
         };
         let live = self.catalog.is_live(&id);
         let store = if live {
-            let (reply, answer) = std::sync::mpsc::sync_channel(1);
-            let sent = self
-                .capture
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send(Command::View {
-                    id: id.clone(),
-                    reply,
-                });
-            sent.map_err(|_| HistoryError::Unavailable("the agent is shutting down".into()))?;
-            answer
-                .recv()
-                .map_err(|_| HistoryError::Unavailable("the agent is shutting down".into()))?
-                .map_err(HistoryError::Unavailable)?
+            self.live.view(&id)?
         } else {
             let mut entries = self.catalog.lock();
             let Some(inc) = entries.get_mut(&id) else {

@@ -79,7 +79,7 @@ pub async fn run(
     let history = Arc::new(catalog::History {
         node: config.node_name.clone(),
         catalog: catalog.clone(),
-        capture: Mutex::new(capture.clone()),
+        live: Box::new(capture::CaptureViews(Mutex::new(capture.clone()))),
     });
     let listen = listener.local_addr().map_err(AgentError::Listen)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(AgentError::Listen)?;

@@ -1,7 +1,7 @@
 //! The node agent's gRPC API: a TLS server that checks every caller with the Kubernetes API server, and its client.
 //!
 //! The contract is `proto/diffkeeper/v1/agent.proto`; the security model is docs/security.md.
-//! The agent implements [`NodeHistory`] (what it recorded) and runs [`serve`]; snapshot Pods and
+//! The agent implements [`NodeHistory`] (what it recorded) and runs [`serve_on`]; snapshot Pods and
 //! `kubectl diffkeeper` [`connect`] and read with [`export_to_dir`] / [`export_to_writer`] or the
 //! generated [`agent_client::AgentClient`] directly.
 
@@ -15,6 +15,21 @@ mod timeline;
 /// The messages, server and client generated from agent.proto.
 pub mod pb {
     tonic::include_proto!("diffkeeper.v1");
+
+    /// What an export wrote, as every command says it: `3 files, 1 directories, 0 symlinks,
+    /// 42 B`.
+    impl std::fmt::Display for ExportSummary {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "{} files, {} directories, {} symlinks, {}",
+                self.files,
+                self.dirs,
+                self.symlinks,
+                bytesize::ByteSize::b(self.bytes)
+            )
+        }
+    }
 }
 
 pub use authorizer::Authorizer;
