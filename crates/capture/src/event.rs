@@ -545,26 +545,18 @@ mod tests {
             },
             b"/a/b",
         );
-        let Change::Inode {
-            path,
-            mode,
-            size,
-            created,
-            truncated,
-            unlinked,
-            cut,
-            ..
-        } = a.push(&rec).unwrap().change
-        else {
-            panic!("not an inode change")
-        };
         assert_eq!(
-            (path.as_slice(), mode, size),
-            (&b"/a/b"[..], 0o100644, 4096)
-        );
-        assert_eq!(
-            (created, truncated, unlinked, cut),
-            (true, false, false, true)
+            a.push(&rec).unwrap().change,
+            Change::Inode {
+                file: FileKey::from_kernel(KERNEL_DEV, 3),
+                path: b"/a/b".to_vec(),
+                mode: 0o100644,
+                size: 4096,
+                created: true,
+                truncated: false,
+                unlinked: false,
+                cut: true,
+            }
         );
     }
 

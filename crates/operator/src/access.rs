@@ -22,16 +22,23 @@ pub const CA_SECRET: &str = "diffkeeper-ca";
 /// The ClusterRole the chart defines for snapshot Pods.
 pub const SNAPSHOT_CLUSTER_ROLE: &str = "diffkeeper-snapshot";
 
+/// Why snapshot access could not be provisioned.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
+    /// An API call failed.
     #[error("Kubernetes API call failed: {0}")]
     Kube(#[from] kube::Error),
+    /// The CA could not be generated.
     #[error("generating the CA: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// The CA Secret exists without its certificate.
     #[error(
         "Secret {namespace}/{CA_SECRET} has no ca.crt; delete it and the operator makes a new CA"
     )]
-    BrokenSecret { namespace: String },
+    BrokenSecret {
+        /// The Secret's namespace.
+        namespace: String,
+    },
 }
 
 /// The CA certificate (PEM), creating the CA the first time. Two replicas racing both try to

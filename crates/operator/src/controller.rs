@@ -33,14 +33,19 @@ use crate::snapshot::{death_of, pod_for, pvc_for, snapshot_record, Death, Snapsh
 /// operator restart finds the death handled and never makes a second snapshot of it.
 pub const SNAPSHOT_ANNOTATION: &str = "diffkeeper.io/snapshot";
 
+/// Why a reconcile did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An API call failed.
     #[error("Kubernetes API call failed: {0}")]
     Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Agents still hold this many records of a deleted Recording (retried, not a failure).
     #[error("waiting for agents to release {0} ContainerRecord(s)")]
     AwaitingAgents(usize),
+    /// Provisioning snapshot access failed.
     #[error("snapshot access: {0}")]
     Access(#[from] AccessError),
 }
@@ -58,9 +63,13 @@ impl Error {
 
 /// What every reconcile shares.
 pub struct Context {
+    /// The API client.
     pub client: Client,
+    /// Publishes Events.
     pub recorder: Recorder,
+    /// The operator's counters.
     pub metrics: Arc<Metrics>,
+    /// How snapshot Pods are made.
     pub template: SnapshotTemplate,
     /// All Recordings, to pick the one owning a pod when several select it.
     pub recordings: Store<Recording>,
@@ -815,20 +824,26 @@ mod tests {
             .unwrap()
     }
 
-    fn says(status: &RecordingStatus, type_: ConditionType) -> (&str, &str) {
-        let c = find(status, type_);
-        (c.status.as_str(), c.reason.as_str())
+    /// Each condition as (type, status, reason), in order.
+    fn said(status: &RecordingStatus) -> Vec<(&str, &str, &str)> {
+        status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect()
     }
 
     #[test]
     fn a_valid_recording_of_no_pods_is_ready_not_recording_and_healthy() {
         let status = desired_status(&recording(), &Observed::default(), at(0));
-        assert_eq!(says(&status, ConditionType::Ready), ("True", "Valid"));
         assert_eq!(
-            says(&status, ConditionType::Recording),
-            ("False", "NoPodsSelected")
+            said(&status),
+            [
+                ("Ready", "True", "Valid"),
+                ("Recording", "False", "NoPodsSelected"),
+                ("Degraded", "False", "Healthy")
+            ]
         );
-        assert_eq!(says(&status, ConditionType::Degraded), ("False", "Healthy"));
         assert_eq!(status.observed_generation, Some(2));
         assert_eq!(
             requeue_after(&Observed::default()),
@@ -865,14 +880,13 @@ mod tests {
             ),
             (3, 2, 120, 1, 1)
         );
-        assert_eq!(
-            says(&status, ConditionType::Recording),
-            ("True", "ContainersRecording")
-        );
         // A failed attach outranks the failed snapshot and the gap.
         assert_eq!(
-            says(&status, ConditionType::Degraded),
-            ("True", "AttachFailed")
+            said(&status)[1..],
+            [
+                ("Recording", "True", "ContainersRecording"),
+                ("Degraded", "True", "AttachFailed")
+            ]
         );
         assert_eq!(
             find(&status, ConditionType::Degraded).message,
@@ -882,13 +896,10 @@ mod tests {
         let mut fixed = observed;
         fixed.records.pop();
         let status = desired_status(&recording(), &fixed, at(0));
-        assert_eq!(
-            says(&status, ConditionType::Degraded),
-            ("True", "SnapshotFailed")
-        );
+        assert_eq!(said(&status)[2], ("Degraded", "True", "SnapshotFailed"));
         fixed.snapshots.clear();
         let status = desired_status(&recording(), &fixed, at(0));
-        assert_eq!(says(&status, ConditionType::Degraded), ("True", "Gaps"));
+        assert_eq!(said(&status)[2], ("Degraded", "True", "Gaps"));
     }
 
     #[test]
@@ -900,12 +911,11 @@ mod tests {
         };
         let status = desired_status(&recording(), &observed, at(0));
         assert_eq!(
-            says(&status, ConditionType::Recording),
-            ("False", "NoContainersRecording")
-        );
-        assert_eq!(
-            says(&status, ConditionType::Degraded),
-            ("True", "NoAgentEndpoint")
+            said(&status)[1..],
+            [
+                ("Recording", "False", "NoContainersRecording"),
+                ("Degraded", "True", "NoAgentEndpoint")
+            ]
         );
         assert!(find(&status, ConditionType::Degraded)
             .message
@@ -927,10 +937,7 @@ mod tests {
             ..Default::default()
         };
         let status = desired_status(&bad, &observed, at(0));
-        assert_eq!(
-            says(&status, ConditionType::Ready),
-            ("False", "InvalidSpec")
-        );
+        assert_eq!(said(&status)[0], ("Ready", "False", "InvalidSpec"));
         assert!(find(&status, ConditionType::Ready)
             .message
             .contains("/var/[log"));

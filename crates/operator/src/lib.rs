@@ -1,6 +1,8 @@
 //! The DiffKeeper operator: one leader at a time reconciles Recordings, snapshots recorded
 //! containers when they die, and keeps the implicit Recording for annotated pods.
 
+#![warn(missing_docs)]
+
 pub mod access;
 pub mod controller;
 #[cfg(test)]
@@ -29,22 +31,31 @@ pub struct OperatorConfig {
     /// Reconcile only this namespace (a namespaced install, or one test among others); None
     /// watches the whole cluster.
     pub namespace: Option<String>,
+    /// How snapshot Pods are made.
     pub snapshot: SnapshotTemplate,
 }
 
+/// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
+    /// The leader Lease could not be read or written.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// Another replica took the Lease.
     #[error("lost the leader Lease to another replica; exiting so only one replica reconciles")]
     LostLease,
+    /// The agents' CA could not be made or read.
     #[error("provisioning the agents' CA: {0}")]
     Ca(#[from] access::AccessError),
+    /// The metrics server failed.
     #[error("serving metrics on {addr}: {source}")]
     Http {
+        /// Where it served.
         addr: SocketAddr,
+        /// Why it stopped.
         source: std::io::Error,
     },
+    /// The metrics socket passed in is not a usable TCP listener.
     #[error("the metrics listening socket: {0}")]
     HttpSocket(std::io::Error),
 }

@@ -23,11 +23,16 @@ struct ErrorLabels {
 /// The operator's counters, shared by every reconcile.
 pub struct Metrics {
     registry: Registry,
+    /// Reconciles run.
     pub reconciliations: Counter,
     failures: Family<ErrorLabels, Counter>,
+    /// How long reconciles take.
     pub reconcile_seconds: Histogram,
+    /// Snapshots of dead containers started.
     pub snapshots_started: Counter,
+    /// Snapshots whose Pod failed.
     pub snapshots_failed: Counter,
+    /// 1 while this replica leads.
     pub leader: Gauge,
     /// Set once the process can serve: it is the leader and reconciling, or a standby waiting.
     pub ready: AtomicBool,
@@ -84,6 +89,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a failed reconcile under its error's label.
     pub fn failure(&self, error: &'static str) {
         self.failures.get_or_create(&ErrorLabels { error }).inc();
     }

@@ -34,10 +34,15 @@ pub enum Cause {
 /// One dead incarnation of a recorded container.
 #[derive(Clone, Debug)]
 pub struct Death {
+    /// Which incarnation died: names its snapshot.
     pub key: DeathKey,
+    /// The pod's name.
     pub pod_name: String,
+    /// The node whose agent keeps its history.
     pub node: String,
+    /// Why it counts as dead.
     pub cause: Cause,
+    /// When it ended, if anyone said.
     pub died_at: Option<Time>,
 }
 
