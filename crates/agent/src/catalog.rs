@@ -20,25 +20,35 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct IncarnationMeta {
+    /// The pod's namespace.
     pub namespace: String,
+    /// The pod's name.
     pub pod_name: String,
+    /// The pod's uid.
     pub pod_uid: String,
+    /// The container's name in the pod.
     pub container: String,
     /// As the pod status says it: `containerd://<hex>`.
     pub container_id: String,
+    /// The pod's restart count for this container when the incarnation started.
     pub restart_count: i32,
+    /// The Recording that owns it.
     pub recording: String,
     /// The ContainerRecord that reports it.
     pub record_name: String,
     /// When recording began (wall clock, ns since the epoch) and its clock's monotonic twin.
     pub started_wall_ns: i128,
+    /// CLOCK_MONOTONIC ns at the same moment as `started_wall_ns`.
     pub started_mono_ns: u64,
+    /// When the container ended (wall clock, ns since the epoch).
     #[serde(default)]
     pub ended_wall_ns: Option<i128>,
+    /// Its exit code, once it ended.
     #[serde(default)]
     pub exit_code: Option<i32>,
     /// The image's layers, topmost first: the part of the container's view that is not recorded.
     pub image_layers: Vec<PathBuf>,
+    /// The overlay's writable layer on the host.
     pub upper_dir: PathBuf,
     /// Holes the agent knows of (its own restarts while the container ran).
     #[serde(default)]
@@ -114,6 +124,7 @@ impl Catalog {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Where history `id`'s store lives.
     pub fn store_dir(&self, id: &str) -> PathBuf {
         self.root.join(id).join(STORE_DIR)
     }
@@ -135,14 +146,17 @@ impl Catalog {
         Ok(())
     }
 
+    /// Whether history `id` is kept.
     pub fn contains(&self, id: &str) -> bool {
         self.lock().contains_key(id)
     }
 
+    /// What is known of history `id`.
     pub fn meta(&self, id: &str) -> Option<IncarnationMeta> {
         self.lock().get(id).map(|i| i.meta.clone())
     }
 
+    /// Whether history `id` is being recorded now.
     pub fn is_live(&self, id: &str) -> bool {
         self.lock().get(id).is_some_and(|i| i.live)
     }
@@ -156,6 +170,7 @@ impl Catalog {
             .collect()
     }
 
+    /// Every kept history.
     pub fn ids(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
     }
@@ -175,22 +190,26 @@ impl Catalog {
         }
     }
 
+    /// Marks history `id` as being recorded, or not.
     pub fn set_live(&self, id: &str, live: bool) {
         if let Some(inc) = self.lock().get_mut(id) {
             inc.live = live;
         }
     }
 
+    /// Records the capture thread's latest counters of history `id`.
     pub fn set_progress(&self, id: &str, progress: Progress) {
         if let Some(inc) = self.lock().get_mut(id) {
             inc.progress = progress;
         }
     }
 
+    /// The latest counters of history `id`.
     pub fn progress(&self, id: &str) -> Progress {
         self.lock().get(id).map(|i| i.progress).unwrap_or_default()
     }
 
+    /// The container of history `id` ended at `wall_ns`.
     pub fn mark_ended(&self, id: &str, wall_ns: i128) {
         self.set_live(id, false);
         self.update(id, |meta| {
@@ -208,6 +227,7 @@ impl Catalog {
         }
     }
 
+    /// Bytes every kept history takes.
     pub fn total_bytes(&self) -> u64 {
         self.lock().values().map(|i| i.progress.bytes).sum()
     }

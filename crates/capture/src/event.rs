@@ -14,7 +14,9 @@ use std::mem::offset_of;
 /// with `stat`) and inode number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileKey {
+    /// The device, as `st_dev`.
     pub dev: u64,
+    /// The inode number.
     pub ino: u64,
 }
 
@@ -39,9 +41,13 @@ impl FileKey {
 pub struct Origin {
     /// CLOCK_MONOTONIC nanoseconds.
     pub time: u64,
+    /// The process (thread group) id.
     pub pid: u32,
+    /// The thread id.
     pub tid: u32,
+    /// The cgroup v2 id of the task.
     pub cgroup: u64,
+    /// The task's command name.
     pub comm: String,
 }
 
@@ -96,78 +102,124 @@ impl DirtyReason {
 pub enum Change {
     /// Bytes the kernel accepted, at a file offset. Large writes come as several chunks.
     Write {
+        /// The file written.
         file: FileKey,
+        /// Where in the file.
         offset: u64,
+        /// The bytes.
         data: Vec<u8>,
     },
     /// The path of a file: on first sight, on creation, or on an O_TRUNC open.
     Inode {
+        /// The file.
         file: FileKey,
+        /// Its path.
         path: Vec<u8>,
+        /// `i_mode`: type and permission bits.
         mode: u32,
+        /// Its size when seen.
         size: u64,
+        /// This open created it.
         created: bool,
+        /// It was opened with O_TRUNC.
         truncated: bool,
         /// The dentry was already unlinked: the path is stale.
         unlinked: bool,
         /// The path was longer or deeper than the kernel walks.
         cut: bool,
     },
+    /// A path renamed (or two swapped).
     Rename {
+        /// The old path.
         from: Vec<u8>,
+        /// The new path.
         to: Vec<u8>,
+        /// RENAME_EXCHANGE: the two swapped.
         exchange: bool,
     },
+    /// A name removed.
     Unlink {
+        /// The removed name.
         path: Vec<u8>,
     },
+    /// A directory removed.
     Rmdir {
+        /// The removed directory.
         path: Vec<u8>,
     },
+    /// A directory made.
     Mkdir {
+        /// The new directory.
         path: Vec<u8>,
+        /// Its mode, umask applied.
         mode: u32,
     },
+    /// A symbolic link made.
     Symlink {
+        /// The link.
         path: Vec<u8>,
+        /// What it points to, verbatim.
         target: Vec<u8>,
     },
+    /// A hard link made.
     Link {
+        /// The existing name.
         existing: Vec<u8>,
+        /// The new name.
         new: Vec<u8>,
     },
+    /// A mode changed by path.
     Chmod {
+        /// The file.
         path: Vec<u8>,
+        /// Its new mode.
         mode: u32,
     },
+    /// A file truncated by path.
     Truncate {
+        /// The file.
         path: Vec<u8>,
+        /// Its new size.
         size: u64,
     },
+    /// A file truncated through an open descriptor.
     FdTruncate {
+        /// The file.
         file: FileKey,
+        /// Its new size.
         size: u64,
     },
+    /// A mode changed through an open descriptor.
     FdChmod {
+        /// The file.
         file: FileKey,
+        /// Its new mode.
         mode: u32,
     },
     /// The file's content must be read back (`file` is None for process-wide reasons).
     Dirty {
+        /// The file.
         file: Option<FileKey>,
+        /// Why.
         reason: DirtyReason,
     },
     /// A dirty file was closed: a quiescent moment to read it back.
     Close {
+        /// The file.
         file: FileKey,
     },
     /// msync/munmap by a process with shared writable mappings.
     Sync,
+    /// The process was forked from `parent`.
     Fork {
+        /// The parent tgid.
         parent: u32,
     },
+    /// The process called exec.
     Exec,
+    /// The process (thread group) exited.
     Exit {
+        /// The exit code (128 + signal when killed).
         code: i32,
     },
     /// A path-based change happened but its record was incomplete (strings lost or cut):
@@ -175,9 +227,12 @@ pub enum Change {
     NamespaceLost,
 }
 
+/// One completed change and who made it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
+    /// Who did it and when.
     pub origin: Origin,
+    /// What changed.
     pub change: Change,
 }
 

@@ -19,43 +19,57 @@ const PROGRAMS: [(&str, &str); 5] = [
     ("dk_exit", "sched_process_exit"),
 ];
 
+/// Why capture could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// Not root (nor CAP_BPF + CAP_PERFMON).
     #[error(
         "capturing file changes needs root (or CAP_BPF + CAP_PERFMON): run diffkeeper with sudo"
     )]
     NotPrivileged,
+    /// The kernel has no BTF.
     #[error(
         "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): DiffKeeper needs a kernel \
          built with CONFIG_DEBUG_INFO_BTF=y (the default of most distributions since 5.x)"
     )]
     NoBtf,
+    /// The object could not be loaded.
     #[error("cannot load the eBPF programs: {0}")]
     Load(#[source] aya::EbpfError),
+    /// The kernel refused a program.
     #[error(
         "the kernel refused eBPF program {program} ({source}); it needs BTF tracepoints \
          (tp_btf, Linux >= 5.5) and bpf_loop (Linux >= 5.17)"
     )]
     Program {
+        /// The program's name.
         program: &'static str,
+        /// Why.
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// A map could not be used.
     #[error("eBPF map {map}: {source}")]
     Map {
+        /// The map's name.
         map: &'static str,
+        /// Why.
         #[source]
         source: aya::maps::MapError,
     },
+    /// The object writes another wire version than this decoder reads.
     #[error(
         "the embedded eBPF object writes records of another format: {0}; rebuild diffkeeper \
          (`cargo clean -p diffkeeper-capture` if a stale build keeps it)"
     )]
     WireVersion(String),
+    /// Polling the ring buffer failed.
     #[error("waiting for capture records: {0}")]
     Poll(#[source] std::io::Error),
+    /// The drain thread could not start.
     #[error("cannot start the thread that drains the ring buffer: {0}")]
     DrainThread(#[source] std::io::Error),
+    /// The drain thread is gone.
     #[error("the thread that drains the ring buffer stopped (it panicked, or failed before)")]
     DrainStopped,
 }
