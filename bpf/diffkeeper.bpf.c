@@ -23,6 +23,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* Set by the loader before load. */
 const volatile __u64 max_write_capture = 1 << 20; /* bytes per syscall; above: resync instead */
 const volatile __u64 wakeup_bytes = 256 << 10;   /* wake the reader only past this much data */
+/* The wire format this object writes: the loader refuses an object of another version. */
+const volatile __u32 dk_wire_version = DK_WIRE_VERSION;
 
 #define AT_FDCWD -100
 #define AT_REMOVEDIR 0x200
@@ -141,9 +143,17 @@ struct {
 struct scratch {
 	const unsigned char *names[MAX_DEPTH];
 	__u32 lens[MAX_DEPTH];
+	/* Only inode and str are built here; the other records are named so that the object's
+	 * BTF describes every record type, for crates/capture's check of its decoder (no record is
+	 * larger than dk_inode, so they cost nothing). */
 	union {
 		struct dk_inode inode;
 		struct dk_str str;
+		struct dk_write write;
+		struct dk_ns ns;
+		struct dk_ret ret;
+		struct dk_fd_op fd_op;
+		struct dk_proc proc;
 	} rec;
 	/* Sized past what the masks below let the verifier prove, not what is used. */
 	__u8 room[DK_PATH_MAX * 2 + NAME_MASK + 1];

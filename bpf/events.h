@@ -1,6 +1,8 @@
-/* Wire format between the kernel programs and user space (crates/capture/src/wire.rs mirrors it).
- * Every record starts with struct dk_hdr; `size` is the whole record's length. Little-endian,
- * naturally aligned, no pointers. Bump DK_WIRE_VERSION on any change. */
+/* Wire format between the kernel programs and user space (crates/capture/src/wire.rs mirrors it;
+ * its tests check that mirror against the built object's BTF, so a change here fails them until
+ * wire.rs follows). Every record starts with struct dk_hdr; `size` is the whole record's length.
+ * Little-endian, naturally aligned, no pointers. Bump DK_WIRE_VERSION on any change: the object
+ * carries it (dk_wire_version) and the loader refuses an object of another version. */
 #ifndef DK_EVENTS_H
 #define DK_EVENTS_H
 

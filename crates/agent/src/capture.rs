@@ -4,9 +4,11 @@
 //! recorder. Adding a container is a map insert in the kernel, never a new program. The thread
 //! owns every live writer, so read views of live histories are lent out by it, on request.
 
-use crate::catalog::{Catalog, Progress};
+use crate::catalog::{Catalog, LiveViews, Progress};
 use diffkeeper_capture::{Event as Captured, Probe, ProbeConfig, RingDrain};
+use diffkeeper_locate::dir_size;
 use diffkeeper_recorder::{monotonic_ns, wall_ns, Recorder};
+use diffkeeper_rpc::HistoryError;
 use diffkeeper_store::{
     Event, MarkerKind, Op, RecordingInfo, Store, StoreError, Writer, WriterOptions,
 };
@@ -356,18 +358,26 @@ fn populated(cgroup_dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-pub fn dir_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
+/// The capture thread, asked for views of the histories it writes.
+pub struct CaptureViews(pub std::sync::Mutex<Sender<Command>>);
+
+impl LiveViews for CaptureViews {
+    fn view(&self, id: &str) -> Result<Store, HistoryError> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let sent = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Command::View {
+                id: id.to_string(),
+                reply,
+            });
+        sent.map_err(|_| HistoryError::Unavailable("the agent is shutting down".into()))?;
+        answer
+            .recv()
+            .map_err(|_| HistoryError::Unavailable("the agent is shutting down".into()))?
+            .map_err(HistoryError::Unavailable)
+    }
 }
 
 /// Starts the capture thread; dropping every sender stops it.

@@ -6,7 +6,7 @@
 //! container id), so a restarted agent finds its histories by the same name the operator uses.
 //! A history per incarnation lets retention drop a whole history with one directory.
 
-use crate::capture::{dir_size, Command};
+use diffkeeper_locate::dir_size;
 use diffkeeper_rpc::{
     ContainerSelector, HistoryError, HistoryView, NodeHistory, RecordedContainer,
 };
@@ -14,32 +14,41 @@ use diffkeeper_store::{format_wall, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What the agent writes down about an incarnation, so a restarted agent knows it again.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct IncarnationMeta {
+    /// The pod's namespace.
     pub namespace: String,
+    /// The pod's name.
     pub pod_name: String,
+    /// The pod's uid.
     pub pod_uid: String,
+    /// The container's name in the pod.
     pub container: String,
     /// As the pod status says it: `containerd://<hex>`.
     pub container_id: String,
+    /// The pod's restart count for this container when the incarnation started.
     pub restart_count: i32,
+    /// The Recording that owns it.
     pub recording: String,
     /// The ContainerRecord that reports it.
     pub record_name: String,
     /// When recording began (wall clock, ns since the epoch) and its clock's monotonic twin.
     pub started_wall_ns: i128,
+    /// CLOCK_MONOTONIC ns at the same moment as `started_wall_ns`.
     pub started_mono_ns: u64,
+    /// When the container ended (wall clock, ns since the epoch).
     #[serde(default)]
     pub ended_wall_ns: Option<i128>,
+    /// Its exit code, once it ended.
     #[serde(default)]
     pub exit_code: Option<i32>,
     /// The image's layers, topmost first: the part of the container's view that is not recorded.
     pub image_layers: Vec<PathBuf>,
+    /// The overlay's writable layer on the host.
     pub upper_dir: PathBuf,
     /// Holes the agent knows of (its own restarts while the container ran).
     #[serde(default)]
@@ -115,6 +124,7 @@ impl Catalog {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Where history `id`'s store lives.
     pub fn store_dir(&self, id: &str) -> PathBuf {
         self.root.join(id).join(STORE_DIR)
     }
@@ -136,14 +146,17 @@ impl Catalog {
         Ok(())
     }
 
+    /// Whether history `id` is kept.
     pub fn contains(&self, id: &str) -> bool {
         self.lock().contains_key(id)
     }
 
+    /// What is known of history `id`.
     pub fn meta(&self, id: &str) -> Option<IncarnationMeta> {
         self.lock().get(id).map(|i| i.meta.clone())
     }
 
+    /// Whether history `id` is being recorded now.
     pub fn is_live(&self, id: &str) -> bool {
         self.lock().get(id).is_some_and(|i| i.live)
     }
@@ -157,6 +170,7 @@ impl Catalog {
             .collect()
     }
 
+    /// Every kept history.
     pub fn ids(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
     }
@@ -176,22 +190,26 @@ impl Catalog {
         }
     }
 
+    /// Marks history `id` as being recorded, or not.
     pub fn set_live(&self, id: &str, live: bool) {
         if let Some(inc) = self.lock().get_mut(id) {
             inc.live = live;
         }
     }
 
+    /// Records the capture thread's latest counters of history `id`.
     pub fn set_progress(&self, id: &str, progress: Progress) {
         if let Some(inc) = self.lock().get_mut(id) {
             inc.progress = progress;
         }
     }
 
+    /// The latest counters of history `id`.
     pub fn progress(&self, id: &str) -> Progress {
         self.lock().get(id).map(|i| i.progress).unwrap_or_default()
     }
 
+    /// The container of history `id` ended at `wall_ns`.
     pub fn mark_ended(&self, id: &str, wall_ns: i128) {
         self.set_live(id, false);
         self.update(id, |meta| {
@@ -209,6 +227,7 @@ impl Catalog {
         }
     }
 
+    /// Bytes every kept history takes.
     pub fn total_bytes(&self) -> u64 {
         self.lock().values().map(|i| i.progress.bytes).sum()
     }
@@ -257,11 +276,18 @@ fn file_name(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Read views of live histories, which only their writer (the capture thread) can give: how
+/// the catalog asks for one without knowing who writes.
+pub trait LiveViews: Send + Sync {
+    /// A view of live history `id`, as committed now.
+    fn view(&self, id: &str) -> Result<Store, HistoryError>;
+}
+
 /// The catalog as the gRPC server sees it.
 pub struct History {
     pub node: String,
     pub catalog: Catalog,
-    pub capture: Mutex<Sender<Command>>,
+    pub live: Box<dyn LiveViews>,
 }
 
 impl History {
@@ -301,20 +327,7 @@ impl NodeHistory for History {
         };
         let live = self.catalog.is_live(&id);
         let store = if live {
-            let (reply, answer) = std::sync::mpsc::sync_channel(1);
-            let sent = self
-                .capture
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send(Command::View {
-                    id: id.clone(),
-                    reply,
-                });
-            sent.map_err(|_| HistoryError::Unavailable("the agent is shutting down".into()))?;
-            answer
-                .recv()
-                .map_err(|_| HistoryError::Unavailable("the agent is shutting down".into()))?
-                .map_err(HistoryError::Unavailable)?
+            self.live.view(&id)?
         } else {
             let mut entries = self.catalog.lock();
             let Some(inc) = entries.get_mut(&id) else {

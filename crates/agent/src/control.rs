@@ -11,11 +11,11 @@
 //! 5. retention: histories past the Recording's maxAge, or past maxBytes per container, go.
 
 use crate::capture::{Attachment, Command, GapCause};
-use crate::catalog::{Catalog, IncarnationMeta};
+use crate::catalog::{Catalog, IncarnationMeta, Progress};
 use crate::AgentError;
 use diffkeeper_api::{
-    owning_recording, parse_bytes, ContainerRecord, DeathKey, Recording, AGENT_MANAGER,
-    NODE_DATA_FINALIZER, RECORDING_LABEL,
+    owning_recording, parse_bytes, ContainerRecord, ContainerRecordSpec, ContainerRecordStatus,
+    DeathKey, PodRef, RecordPhase, Recording, AGENT_MANAGER, NODE_DATA_FINALIZER, RECORDING_LABEL,
 };
 use diffkeeper_locate::{
     find_container_cgroup, init_pid, locate_container, mountinfo, ContainerId,
@@ -24,6 +24,7 @@ use diffkeeper_recorder::{monotonic_ns, wall_ns};
 use diffkeeper_store::{format_wall, RecordingInfo};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store as Cache};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -49,7 +50,7 @@ pub struct Control {
     changed: Arc<Notify>,
     cgroup2_root: PathBuf,
     /// The last status sent per record, so unchanged ones are not written again.
-    reported: HashMap<String, serde_json::Value>,
+    reported: HashMap<String, ContainerRecordStatus>,
     /// Interrupted histories found at start, not yet continued or closed.
     interrupted: BTreeMap<String, IncarnationMeta>,
 }
@@ -427,30 +428,7 @@ impl Control {
         recording: &Recording,
     ) -> Result<(), kube::Error> {
         let api: Api<ContainerRecord> = Api::namespaced(self.client.clone(), &meta.namespace);
-        let record = json!({
-            "apiVersion": ContainerRecord::api_version(&()),
-            "kind": ContainerRecord::kind(&()),
-            "metadata": {
-                "name": meta.record_name,
-                "labels": { RECORDING_LABEL: meta.recording },
-                "finalizers": [NODE_DATA_FINALIZER],
-                "ownerReferences": [{
-                    "apiVersion": Recording::api_version(&()),
-                    "kind": Recording::kind(&()),
-                    "name": recording.name_any(),
-                    "uid": recording.uid().unwrap_or_default(),
-                    "controller": true,
-                }],
-            },
-            "spec": {
-                "recording": meta.recording,
-                "pod": { "name": meta.pod_name, "uid": meta.pod_uid },
-                "container": meta.container,
-                "containerId": meta.container_id,
-                "restartCount": meta.restart_count,
-                "node": self.node,
-            },
-        });
+        let record = record_of(meta, recording, &self.node);
         api.patch(
             &meta.record_name,
             &PatchParams::apply(AGENT_MANAGER).force(),
@@ -461,32 +439,18 @@ impl Control {
     }
 
     async fn report_status(&mut self, id: &str, meta: &IncarnationMeta) {
-        let progress = self.catalog.progress(id);
-        let live = self.catalog.is_live(id);
-        let wall_of =
-            |mono: u64| meta.started_wall_ns + i128::from(mono) - i128::from(meta.started_mono_ns);
-        let mut status = json!({
-            "phase": if live { "Recording" } else { "Ended" },
-            "agent": self.advertise,
-            "firstEvent": format_wall(meta.started_wall_ns),
-            "events": progress.events,
-            "bytes": progress.bytes,
-            "dropsHealed": progress.drops_healed,
-            "gaps": meta.gaps,
-        });
-        if let Some(mono) = progress.last_event_mono_ns {
-            status["lastEvent"] = json!(format_wall(wall_of(mono)));
-        }
-        if let Some(ended) = meta.ended_wall_ns {
-            status["endedAt"] = json!(format_wall(ended));
-        }
-        if let Some(code) = meta.exit_code {
-            status["exitCode"] = json!(code);
-        }
+        let status = status_of(
+            meta,
+            self.catalog.progress(id),
+            self.catalog.is_live(id),
+            &self.advertise,
+        );
         if self.reported.get(id) == Some(&status) {
             return;
         }
         let api: Api<ContainerRecord> = Api::namespaced(self.client.clone(), &meta.namespace);
+        // Only the status goes to the status subresource: a whole typed object would make this
+        // field manager claim the spec there too.
         let patch = json!({
             "apiVersion": ContainerRecord::api_version(&()),
             "kind": ContainerRecord::kind(&()),
@@ -501,8 +465,7 @@ impl Control {
             .await
         {
             Ok(_) => {
-                self.reported
-                    .insert(id.to_string(), patch["status"].clone());
+                self.reported.insert(id.to_string(), status);
             }
             Err(e) => tracing::warn!(record = %meta.record_name, error = %e, "reporting status"),
         }
@@ -645,4 +608,159 @@ where
         }
     });
     cache
+}
+
+/// The ContainerRecord that reports `meta`'s history, owned by its Recording.
+fn record_of(meta: &IncarnationMeta, recording: &Recording, node: &str) -> ContainerRecord {
+    let mut record = ContainerRecord::new(
+        &meta.record_name,
+        ContainerRecordSpec {
+            recording: meta.recording.clone(),
+            pod: PodRef {
+                name: meta.pod_name.clone(),
+                uid: meta.pod_uid.clone(),
+            },
+            container: meta.container.clone(),
+            container_id: meta.container_id.clone(),
+            restart_count: meta.restart_count,
+            node: node.to_string(),
+        },
+    );
+    record.metadata = ObjectMeta {
+        name: Some(meta.record_name.clone()),
+        labels: Some(BTreeMap::from([(
+            RECORDING_LABEL.to_string(),
+            meta.recording.clone(),
+        )])),
+        finalizers: Some(vec![NODE_DATA_FINALIZER.to_string()]),
+        owner_references: Some(vec![OwnerReference {
+            api_version: Recording::api_version(&()).into_owned(),
+            kind: Recording::kind(&()).into_owned(),
+            name: recording.name_any(),
+            uid: recording.uid().unwrap_or_default(),
+            controller: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    record
+}
+
+/// What the record's status says of a history (times at the API's second precision).
+fn status_of(
+    meta: &IncarnationMeta,
+    progress: Progress,
+    live: bool,
+    advertise: &str,
+) -> ContainerRecordStatus {
+    let wall_of =
+        |mono: u64| meta.started_wall_ns + i128::from(mono) - i128::from(meta.started_mono_ns);
+    ContainerRecordStatus {
+        phase: Some(if live {
+            RecordPhase::Recording
+        } else {
+            RecordPhase::Ended
+        }),
+        agent: Some(advertise.to_string()),
+        first_event: Some(time(meta.started_wall_ns)),
+        last_event: progress.last_event_mono_ns.map(|mono| time(wall_of(mono))),
+        ended_at: meta.ended_wall_ns.map(time),
+        exit_code: meta.exit_code,
+        events: progress.events,
+        bytes: progress.bytes,
+        drops_healed: progress.drops_healed,
+        gaps: meta.gaps,
+        message: None,
+    }
+}
+
+/// A wall-clock time in ns since the epoch as the API's Time (out of range: the epoch).
+fn time(wall_ns: i128) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_nanosecond(wall_ns).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta() -> IncarnationMeta {
+        IncarnationMeta {
+            namespace: "shop".into(),
+            pod_name: "web-1".into(),
+            pod_uid: "uid-1".into(),
+            container: "app".into(),
+            container_id: "containerd://abc".into(),
+            restart_count: 2,
+            recording: "rec".into(),
+            record_name: "web-1-app-abc".into(),
+            started_wall_ns: 1_767_225_600_000_000_000,
+            started_mono_ns: 5_000_000_000,
+            ended_wall_ns: None,
+            exit_code: None,
+            image_layers: vec![],
+            upper_dir: "/upper".into(),
+            gaps: 1,
+        }
+    }
+
+    #[test]
+    fn the_record_is_owned_by_its_recording_and_says_what_it_records() {
+        let recording: Recording = serde_json::from_value(json!({
+            "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+            "metadata": { "name": "rec", "namespace": "shop", "uid": "rec-uid" },
+            "spec": { "selector": {} },
+        }))
+        .unwrap();
+        let record = serde_json::to_value(record_of(&meta(), &recording, "node-a")).unwrap();
+        assert_eq!(record["apiVersion"], "diffkeeper.io/v1alpha1");
+        assert_eq!(record["kind"], "ContainerRecord");
+        assert_eq!(record["metadata"]["labels"][RECORDING_LABEL], "rec");
+        assert_eq!(record["metadata"]["finalizers"][0], NODE_DATA_FINALIZER);
+        let owner = &record["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (&owner["kind"], &owner["uid"], &owner["controller"]),
+            (&json!("Recording"), &json!("rec-uid"), &json!(true))
+        );
+        assert_eq!(
+            record["spec"],
+            json!({ "recording": "rec", "pod": { "name": "web-1", "uid": "uid-1" },
+                    "container": "app", "containerId": "containerd://abc", "restartCount": 2,
+                    "node": "node-a" })
+        );
+        // Applied as the agent's own fields only: no status in the record's body.
+        assert!(record.get("status").is_none(), "{record}");
+    }
+
+    #[test]
+    fn the_status_follows_the_history() {
+        let progress = Progress {
+            events: 10,
+            bytes: 4096,
+            drops_healed: 3,
+            last_event_mono_ns: Some(7_000_000_000),
+        };
+        let live = status_of(&meta(), progress, true, "https://10.0.0.5:7443");
+        assert_eq!(live.phase, Some(RecordPhase::Recording));
+        assert_eq!(live.agent.as_deref(), Some("https://10.0.0.5:7443"));
+        assert_eq!(
+            serde_json::to_value(&live).unwrap()["lastEvent"],
+            "2026-01-01T00:00:02Z",
+            "two seconds of monotonic time after the start"
+        );
+        assert_eq!(
+            (live.events, live.bytes, live.drops_healed, live.gaps),
+            (10, 4096, 3, 1)
+        );
+        let mut ended = meta();
+        ended.ended_wall_ns = Some(1_767_225_660_000_000_000);
+        ended.exit_code = Some(1);
+        let done = status_of(&ended, progress, false, "https://10.0.0.5:7443");
+        assert_eq!(done.phase, Some(RecordPhase::Ended));
+        assert_eq!(done.exit_code, Some(1));
+        assert_eq!(
+            serde_json::to_value(&done).unwrap()["endedAt"],
+            "2026-01-01T00:01:00Z"
+        );
+    }
 }

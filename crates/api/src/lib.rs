@@ -8,10 +8,13 @@
 //! `ContainerRecord`s of the containers it records, owned by their Recording, and the operator
 //! alone sums them into the Recording's status.
 
+#![warn(missing_docs)]
+
 mod quantity;
 mod record;
 mod recording;
 mod selection;
+mod status;
 
 pub use quantity::{parse_bytes, QuantityError};
 pub use record::{
@@ -22,6 +25,7 @@ pub use recording::{
     SnapshotPhase, SnapshotPolicy, SnapshotRecord, TreeScope,
 };
 pub use selection::{owning_recording, pod_is_annotated, DeathKey, Selects};
+pub use status::{ConditionReason, ConditionType, EventReason, SnapshotReport};
 
 /// The API group of every DiffKeeper kind.
 pub const GROUP: &str = "diffkeeper.io";
@@ -40,6 +44,7 @@ pub const RECORDING_FINALIZER: &str = "diffkeeper.io/recording";
 pub const NODE_DATA_FINALIZER: &str = "diffkeeper.io/node-data";
 /// The field manager names, so server-side apply keeps each writer's fields apart.
 pub const OPERATOR_MANAGER: &str = "diffkeeper-operator";
+/// The agents' field manager name (see [`OPERATOR_MANAGER`]).
 pub const AGENT_MANAGER: &str = "diffkeeper-agent";
 
 /// Every CRD DiffKeeper defines, in the order `kubectl apply` should see them.

@@ -2,6 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+/// A quantity that is not a number of bytes, with what is wrong with it.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{value:?} is not a byte quantity ({why}); write e.g. 4096, 4Ki, 10Mi or 1G")]
 pub struct QuantityError {

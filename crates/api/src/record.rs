@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 pub struct ContainerRecordSpec {
     /// The Recording this container is recorded for (same namespace).
     pub recording: String,
+    /// The recorded container's pod.
     pub pod: PodRef,
     /// The container's name in the pod.
     pub container: String,
@@ -52,7 +53,9 @@ pub struct ContainerRecordSpec {
 /// A pod by name and uid: the uid tells two pods of the same name apart.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PodRef {
+    /// The pod's name.
     pub name: String,
+    /// The pod's uid.
     pub uid: String,
 }
 
@@ -61,6 +64,7 @@ pub struct PodRef {
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = crate::kubernetes_integer_formats)]
 pub struct ContainerRecordStatus {
+    /// Whether the agent records it, it ended, or attaching failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RecordPhase>,
     /// The agent's gRPC endpoint that serves this history (`https://host:port`).
@@ -69,13 +73,16 @@ pub struct ContainerRecordStatus {
     /// The first and last recorded change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_event: Option<Time>,
+    /// The last recorded change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event: Option<Time>,
     /// When the container ended, and how.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Time>,
+    /// The container's exit code, once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Changes recorded.
     #[serde(default)]
     pub events: u64,
     /// Bytes this history takes in the node's store.
@@ -84,8 +91,10 @@ pub struct ContainerRecordStatus {
     /// Ring overflows the agent healed by re-reading files, and gaps it could not heal.
     #[serde(default)]
     pub drops_healed: u64,
+    /// Holes in the history the agent could not heal (its own restarts).
     #[serde(default)]
     pub gaps: u64,
+    /// Why attaching failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

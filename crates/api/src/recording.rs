@@ -281,9 +281,13 @@ pub struct RecordingStatus {
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = crate::kubernetes_integer_formats)]
 pub struct SnapshotRecord {
+    /// The dead container's pod, by name.
     pub pod: String,
+    /// The pod's uid.
     pub pod_uid: String,
+    /// The container's name in the pod.
     pub container: String,
+    /// The node whose agent kept its history.
     pub node: String,
     /// The container id of the incarnation that died.
     pub container_id: String,
@@ -296,11 +300,15 @@ pub struct SnapshotRecord {
     pub pvc: String,
     /// The Pod that writes them.
     pub snapshot_pod: String,
+    /// Files written into the PVC.
     #[serde(default)]
     pub files: u64,
+    /// Bytes of file content written.
     #[serde(default)]
     pub bytes: u64,
+    /// Where the snapshot is.
     pub phase: SnapshotPhase,
+    /// Why the snapshot failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

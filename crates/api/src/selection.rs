@@ -12,6 +12,7 @@ use crate::{Recording, IMPLICIT_RECORDING, RECORD_ANNOTATION};
 
 /// Whether a Recording selects a pod.
 pub trait Selects {
+    /// True when `pod` is one this Recording records (label selector, annotation rule).
     fn selects(&self, pod: &Pod) -> bool;
 }
 
@@ -57,8 +58,11 @@ pub fn owning_recording<'a>(
 /// repeated event, an operator restart) can only find the objects already made.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DeathKey {
+    /// The dead container's pod, by uid.
     pub pod_uid: String,
+    /// The container's name in the pod.
     pub container: String,
+    /// The incarnation that died (`containerd://...`).
     pub container_id: String,
 }
 

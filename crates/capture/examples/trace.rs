@@ -27,13 +27,14 @@ fn main() {
                 .write_all(b"0")
         });
     }
+    let mut reader = probe.take_reader().expect("a fresh probe has its reader");
     let mut child = cmd.spawn().expect("spawn");
     loop {
-        probe.wait(Duration::from_millis(20)).unwrap();
-        probe.drain(|ev| println!("{ev:?}"));
+        reader.wait(Duration::from_millis(20)).unwrap();
+        reader.drain(|ev| println!("{ev:?}"));
         if child.try_wait().unwrap().is_some() {
             std::thread::sleep(Duration::from_millis(50));
-            probe.drain(|ev| println!("{ev:?}"));
+            reader.drain(|ev| println!("{ev:?}"));
             break;
         }
     }

@@ -217,15 +217,10 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     fn cgroup2_mount() -> PathBuf {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        info.lines()
-            .find_map(|line| {
-                let (left, right) = line.split_once(" - ")?;
-                let mount_point = left.split_whitespace().nth(4)?;
-                (right.split_whitespace().next() == Some("cgroup2"))
-                    .then(|| PathBuf::from(mount_point))
-            })
+        let mounts = diffkeeper_locate::mountinfo::read_mountinfo(None).unwrap();
+        diffkeeper_locate::mountinfo::cgroup2_mount(&mounts)
             .expect("a cgroup2 mount")
+            .to_path_buf()
     }
 
     /// Runs `script` in `cgroup` to its end.

@@ -4,6 +4,8 @@
 //! put in its filter and streams what they changed, with the bytes written, over one ring
 //! buffer. This crate turns those records into [`Event`]s; it knows nothing of stores.
 
+#![warn(missing_docs)]
+
 mod drain;
 mod event;
 mod probe;

@@ -1,6 +1,7 @@
 //! Loading, attaching and reading the kernel programs.
 
 use crate::event::{Assembler, DirtyReason, Event, FileKey};
+use crate::wire::{self, file_key, maps, unsent_name};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -18,38 +19,57 @@ const PROGRAMS: [(&str, &str); 5] = [
     ("dk_exit", "sched_process_exit"),
 ];
 
+/// Why capture could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// Not root (nor CAP_BPF + CAP_PERFMON).
     #[error(
         "capturing file changes needs root (or CAP_BPF + CAP_PERFMON): run diffkeeper with sudo"
     )]
     NotPrivileged,
+    /// The kernel has no BTF.
     #[error(
         "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): DiffKeeper needs a kernel \
          built with CONFIG_DEBUG_INFO_BTF=y (the default of most distributions since 5.x)"
     )]
     NoBtf,
+    /// The object could not be loaded.
     #[error("cannot load the eBPF programs: {0}")]
     Load(#[source] aya::EbpfError),
+    /// The kernel refused a program.
     #[error(
         "the kernel refused eBPF program {program} ({source}); it needs BTF tracepoints \
          (tp_btf, Linux >= 5.5) and bpf_loop (Linux >= 5.17)"
     )]
     Program {
+        /// The program's name.
         program: &'static str,
+        /// Why.
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// A map could not be used.
     #[error("eBPF map {map}: {source}")]
     Map {
+        /// The map's name.
         map: &'static str,
+        /// Why.
         #[source]
         source: aya::maps::MapError,
     },
+    /// The object writes another wire version than this decoder reads.
+    #[error(
+        "the embedded eBPF object writes records of another format: {0}; rebuild diffkeeper \
+         (`cargo clean -p diffkeeper-capture` if a stale build keeps it)"
+    )]
+    WireVersion(String),
+    /// Polling the ring buffer failed.
     #[error("waiting for capture records: {0}")]
     Poll(#[source] std::io::Error),
+    /// The drain thread could not start.
     #[error("cannot start the thread that drains the ring buffer: {0}")]
     DrainThread(#[source] std::io::Error),
+    /// The drain thread is gone.
     #[error("the thread that drains the ring buffer stopped (it panicked, or failed before)")]
     DrainStopped,
 }
@@ -85,34 +105,11 @@ pub struct Counters {
     pub lost_namespace: u64,
     /// Payload bytes captured.
     pub captured_bytes: u64,
-    /// Dentry walks done to name files (one per inode, then cached).
-    pub path_walks: u64,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct KernelKey {
-    dev: u64,
-    ino: u64,
-}
-
-// SAFETY: plain integers, no padding.
-unsafe impl aya::Pod for KernelKey {}
-
-/// `struct unsent_name` of the kernel side.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct UnsentName {
-    len: u32,
-    path: [u8; 4096],
-}
-
-// SAFETY: an integer and bytes, no padding.
-unsafe impl aya::Pod for UnsentName {}
-
-impl From<FileKey> for KernelKey {
+impl From<FileKey> for file_key {
     fn from(k: FileKey) -> Self {
-        KernelKey {
+        file_key {
             dev: k.kernel_dev(),
             ino: k.ino,
         }
@@ -187,11 +184,12 @@ impl Probe {
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             return Err(CaptureError::NoBtf);
         }
+        check_wire_version(OBJECT)?;
         let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("max_write_capture", &cfg.max_write_capture, true)
             .override_global("wakeup_bytes", &cfg.wakeup_bytes, true)
-            .map_max_entries("events", cfg.ring_bytes)
+            .map_max_entries(maps::EVENTS, cfg.ring_bytes)
             .load(OBJECT)
             .map_err(CaptureError::Load)?;
         for (program, tracepoint) in PROGRAMS {
@@ -204,13 +202,12 @@ impl Probe {
                 .and_then(|()| prog.attach().map(drop))
                 .map_err(|source| CaptureError::Program { program, source })?;
         }
-        let ring =
-            RingBuf::try_from(ebpf.take_map("events").expect("events map")).map_err(|source| {
-                CaptureError::Map {
-                    map: "events",
-                    source,
-                }
-            })?;
+        let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).expect("events map")).map_err(
+            |source| CaptureError::Map {
+                map: maps::EVENTS,
+                source,
+            },
+        )?;
         tracing::debug!(ring_bytes = cfg.ring_bytes, "eBPF programs attached");
         Ok(Probe {
             ebpf,
@@ -225,7 +222,7 @@ impl Probe {
     /// Records the processes of cgroup v2 `id` (and of its descendants). `level` is the cgroup's
     /// depth below the cgroup2 root (the root is 0).
     pub fn record_cgroup(&mut self, id: u64, level: u32) -> Result<(), CaptureError> {
-        let name = "recorded_cgroups";
+        let name = maps::RECORDED_CGROUPS;
         let mut cgroups: HashMap<_, u64, u8> = self.hash_map(name)?;
         cgroups.insert(id, 1, 0).map_err(map_error(name))?;
         self.levels.insert(id, level);
@@ -234,7 +231,7 @@ impl Probe {
 
     /// Stops recording cgroup `id`.
     pub fn forget_cgroup(&mut self, id: u64) -> Result<(), CaptureError> {
-        let name = "recorded_cgroups";
+        let name = maps::RECORDED_CGROUPS;
         let mut cgroups: HashMap<_, u64, u8> = self.hash_map(name)?;
         absent_is_fine(cgroups.remove(&id), name)?;
         self.levels.remove(&id);
@@ -247,7 +244,7 @@ impl Probe {
             .values()
             .filter(|l| **l < 16)
             .fold(0u32, |m, l| m | (1 << l));
-        let name = "filter_levels";
+        let name = maps::FILTER_LEVELS;
         let mut levels: Array<_, u32> =
             Array::try_from(self.ebpf.map_mut(name).expect("map is in the object"))
                 .map_err(map_error(name))?;
@@ -262,32 +259,14 @@ impl Probe {
             .map_err(map_error(name))
     }
 
-    /// Takes the ring's reading end, to drain it elsewhere; [`Probe::wait`] and
-    /// [`Probe::drain`] find nothing from then on.
+    /// Takes the ring's reading end, to drain it (None once taken).
     pub fn take_reader(&mut self) -> Option<RingReader> {
         self.reader.take()
     }
 
-    /// [`RingReader::wait`] of the probe's own reader (false at once if it was taken).
-    pub fn wait(&self, timeout: Duration) -> Result<bool, CaptureError> {
-        match &self.reader {
-            Some(r) => r.wait(timeout),
-            None => Ok(false),
-        }
-    }
-
-    /// [`RingReader::drain`] of the probe's own reader (nothing if it was taken).
-    pub fn drain(&mut self, sink: impl FnMut(Event)) -> usize {
-        self.reader.as_mut().map_or(0, |r| r.drain(sink))
-    }
-
-    /// Records that could not be decoded (wire version skew), by the probe's own reader.
-    pub fn malformed(&self) -> u64 {
-        self.reader.as_ref().map_or(0, RingReader::malformed)
-    }
-
+    /// The kernel side's counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, CaptureError> {
-        let name = "counters";
+        let name = maps::COUNTERS;
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map(name).expect("map is in the object"))
                 .map_err(map_error(name))?;
@@ -295,17 +274,16 @@ impl Probe {
             Ok(counters.get(&i, 0).map_err(map_error(name))?.iter().sum())
         };
         Ok(Counters {
-            lost: sum(0)?,
-            lost_namespace: sum(1)?,
-            captured_bytes: sum(2)?,
-            path_walks: sum(3)?,
+            lost: sum(wire::DK_CNT_LOST)?,
+            lost_namespace: sum(wire::DK_CNT_LOST_NS)?,
+            captured_bytes: sum(wire::DK_CNT_CAPTURED)?,
         })
     }
 
     /// Files the kernel marked for read-back, with why.
     pub fn dirty_files(&mut self) -> Result<Vec<(FileKey, DirtyReason)>, CaptureError> {
-        let name = "dirty_files";
-        let dirty: HashMap<_, KernelKey, u32> = self.hash_map(name)?;
+        let name = maps::DIRTY_FILES;
+        let dirty: HashMap<_, file_key, u32> = self.hash_map(name)?;
         let mut out = Vec::new();
         for item in dirty.iter() {
             let (k, reason) = item.map_err(map_error(name))?;
@@ -319,25 +297,25 @@ impl Probe {
 
     /// Marks a file for read-back (so its close is reported).
     pub fn mark_dirty(&mut self, file: FileKey, reason: DirtyReason) -> Result<(), CaptureError> {
-        let name = "dirty_files";
-        let mut dirty: HashMap<_, KernelKey, u32> = self.hash_map(name)?;
+        let name = maps::DIRTY_FILES;
+        let mut dirty: HashMap<_, file_key, u32> = self.hash_map(name)?;
         dirty
-            .insert(KernelKey::from(file), reason.to_wire(), 0)
+            .insert(file_key::from(file), reason.to_wire(), 0)
             .map_err(map_error(name))
     }
 
     /// Clears a file's read-back mark once it has been read back.
     pub fn clear_dirty(&mut self, file: FileKey) -> Result<(), CaptureError> {
-        let name = "dirty_files";
-        let mut dirty: HashMap<_, KernelKey, u32> = self.hash_map(name)?;
-        absent_is_fine(dirty.remove(&KernelKey::from(file)), name)
+        let name = maps::DIRTY_FILES;
+        let mut dirty: HashMap<_, file_key, u32> = self.hash_map(name)?;
+        absent_is_fine(dirty.remove(&file_key::from(file)), name)
     }
 
     /// Takes the names of files whose naming record was lost to a full ring buffer.
     pub fn take_unsent_names(&mut self) -> Result<Vec<(FileKey, Vec<u8>)>, CaptureError> {
-        let mut names: HashMap<_, KernelKey, UnsentName> = self.hash_map("unsent_names")?;
+        let mut names: HashMap<_, file_key, unsent_name> = self.hash_map(maps::UNSENT_NAMES)?;
         let mut out = Vec::new();
-        let keys: Vec<KernelKey> = names.keys().filter_map(Result::ok).collect();
+        let keys: Vec<file_key> = names.keys().filter_map(Result::ok).collect();
         for k in keys {
             if let Ok(v) = names.get(&k, 0) {
                 let len = (v.len as usize).min(v.path.len());
@@ -351,10 +329,10 @@ impl Probe {
     /// Tells the kernel side user space already has this file (e.g. from the baseline), so its
     /// first write is neither named again nor read back.
     pub fn mark_known(&mut self, file: FileKey) -> Result<(), CaptureError> {
-        let name = "known_inodes";
-        let mut known: HashMap<_, KernelKey, u8> = self.hash_map(name)?;
+        let name = maps::KNOWN_INODES;
+        let mut known: HashMap<_, file_key, u8> = self.hash_map(name)?;
         known
-            .insert(KernelKey::from(file), 1, 0)
+            .insert(file_key::from(file), 1, 0)
             .map_err(map_error(name))
     }
 }
@@ -371,5 +349,29 @@ fn absent_is_fine(
     match result {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(source) => Err(CaptureError::Map { map, source }),
+    }
+}
+
+/// Refuses an object whose records this decoder would misread.
+fn check_wire_version(object: &[u8]) -> Result<(), CaptureError> {
+    match wire::object_wire_version(object) {
+        Ok(v) if v == wire::WIRE_VERSION => Ok(()),
+        Ok(v) => Err(CaptureError::WireVersion(format!(
+            "its DK_WIRE_VERSION is {v}, this decoder reads {}",
+            wire::WIRE_VERSION
+        ))),
+        Err(why) => Err(CaptureError::WireVersion(why)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_object_passes_the_version_check_and_another_does_not() {
+        check_wire_version(OBJECT).unwrap();
+        let e = check_wire_version(b"\x7fELF garbage").unwrap_err();
+        assert!(matches!(e, CaptureError::WireVersion(_)), "{e}");
     }
 }

@@ -10,7 +10,8 @@ pub struct Args {
     /// The node this agent records (the DaemonSet passes spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Where the gRPC server listens (TLS only).
+    /// Where the gRPC server listens (TLS only); a socket passed by the service manager
+    /// (LISTEN_FDS, systemd socket activation) is used instead when there is one.
     #[arg(long, default_value = "0.0.0.0:7443", value_name = "ADDR")]
     listen: SocketAddr,
     /// The endpoint written into ContainerRecords for clients: https://NODE_IP:PORT.
@@ -36,9 +37,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_write_capture: args.max_write_capture,
         ..ProbeConfig::default()
     };
+    let listener = crate::listen::listener(args.listen, "--listen")?;
     let config = AgentConfig {
         node_name: args.node_name,
-        listen: args.listen,
         advertise: args.advertise,
         state_dir: args.state_dir,
         ca_secret: args.ca_secret,
@@ -49,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API (in a pod: its service account; else KUBECONFIG or ~/.kube/config)")?;
-        diffkeeper_agent::run(client, config, crate::operator::shutdown_signal())
+        diffkeeper_agent::run(client, config, listener, crate::operator::shutdown_signal())
             .await
             .context("agent")
     })

@@ -5,6 +5,7 @@ mod bisect;
 mod diff;
 mod export;
 mod grep;
+mod listen;
 mod log;
 mod mount;
 mod operator;

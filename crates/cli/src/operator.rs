@@ -7,7 +7,8 @@ use diffkeeper_operator::{OperatorConfig, SnapshotTemplate};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where /metrics, /healthz and /readyz are served.
+    /// Where /metrics, /healthz and /readyz are served; a socket passed by the service manager
+    /// (LISTEN_FDS, systemd socket activation) is used instead when there is one.
     #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
     http_addr: SocketAddr,
     /// The operator's own namespace: its leader-election Lease and the agents' CA Secret.
@@ -41,8 +42,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_default();
         format!("{host}-{}", std::process::id())
     });
+    let http = crate::listen::listener(args.http_addr, "--http-addr")?;
     let config = OperatorConfig {
-        http_addr: args.http_addr,
         operator_namespace: args.operator_namespace,
         identity,
         namespace: args.watch_namespace,
@@ -57,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API (in a pod: its service account; else KUBECONFIG or ~/.kube/config)")?;
-        diffkeeper_operator::run(client, config, shutdown_signal()).await.context("operator")
+        diffkeeper_operator::run(client, config, http, shutdown_signal()).await.context("operator")
     })
 }
 

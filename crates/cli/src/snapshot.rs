@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
-use bytesize::ByteSize;
+use diffkeeper_api::SnapshotReport;
 use diffkeeper_rpc::export_request::Tree;
 use diffkeeper_rpc::{ContainerSelector, ExportRequest, ExportSummary, RpcError};
 use std::path::{Path, PathBuf};
@@ -85,16 +85,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let summary = result?;
     eprintln!(
-        "diffkeeper: snapshot of container {} of pod {} at {} unpacked into {}: {} files, {} \
-         directories, {} symlinks, {}",
+        "diffkeeper: snapshot of container {} of pod {} at {} unpacked into {}: {summary}",
         a.container,
         a.pod_uid,
         summary.time,
         a.out.display(),
-        summary.files,
-        summary.dirs,
-        summary.symlinks,
-        ByteSize::b(summary.bytes),
     );
     if !summary.inexact.is_empty() {
         eprintln!(
@@ -184,21 +179,24 @@ async fn export_once(
 
 /// The JSON the operator reads from the snapshot Pod's termination message.
 fn termination_message(result: &anyhow::Result<ExportSummary>) -> String {
+    let json = |report: &SnapshotReport| {
+        serde_json::to_string(report).expect("a report of numbers and strings serializes")
+    };
     match result {
-        Ok(s) => serde_json::json!({
-            "files": s.files,
-            "dirs": s.dirs,
-            "symlinks": s.symlinks,
-            "bytes": s.bytes,
-            "time": s.time,
-            "inexact": s.inexact.len(),
-            "skipped": s.skipped.len(),
-        })
-        .to_string(),
+        Ok(s) => json(&SnapshotReport {
+            files: s.files,
+            dirs: s.dirs,
+            symlinks: s.symlinks,
+            bytes: s.bytes,
+            time: Some(s.time.clone()),
+            inexact: s.inexact.len() as u64,
+            skipped: s.skipped.len() as u64,
+            error: None,
+        }),
         Err(e) => {
             let mut error = format!("{e:#}");
             loop {
-                let message = serde_json::json!({ "error": error }).to_string();
+                let message = json(&SnapshotReport::failed(error.clone()));
                 if message.len() <= TERMINATION_MESSAGE_MAX {
                     return message;
                 }
@@ -342,7 +340,8 @@ mod tests {
     /// under `tmp` and the token and termination log of the test.
     fn operator_args(agent: &str, at: &str, tmp: &Path, token: &str) -> Vec<String> {
         let recording: diffkeeper_api::Recording = serde_json::from_value(serde_json::json!({
-            "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+            "apiVersion": <diffkeeper_api::Recording as kube::Resource>::api_version(&()),
+            "kind": "Recording",
             "metadata": { "name": "rec", "namespace": "shop", "uid": "r-1" },
             "spec": { "selector": {}, "snapshot": { "at": at, "tree": "Changes" } },
         }))
@@ -417,12 +416,10 @@ mod tests {
             &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let agent = format!("https://127.0.0.1:{port}");
+        // Bound but not listening until the agent starts: the Pod's first tries are refused,
+        // and no other process can take the port meanwhile.
+        let port = diffkeeper_test_cluster::ReservedPort::new();
+        let agent = format!("https://{}", port.addr());
 
         // The Pod starts before the agent does: it keeps trying until the agent answers.
         // `exit-500ms` is 4.5s, after the second write.
@@ -437,9 +434,9 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         server.block_on(async {
             let client = kube::Client::try_default().await.unwrap();
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
+            let listener = port.listen();
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             tokio::spawn(diffkeeper_rpc::serve_on(
                 listener,
                 history.clone(),
@@ -455,10 +452,9 @@ mod tests {
         let out = tmp.path().join("out");
         assert_eq!(std::fs::read(out.join("app/data.txt")).unwrap(), b"v2\n");
         let report = std::fs::read_to_string(tmp.path().join("termination-log")).unwrap();
-        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
-        assert_eq!(report["files"], 1);
-        assert_eq!(report["bytes"], 3);
-        assert!(report.get("error").is_none(), "{report}");
+        let report: SnapshotReport = serde_json::from_str(&report).unwrap();
+        assert_eq!((report.files, report.bytes), (1, 3));
+        assert_eq!(report.error, None);
 
         // What the operator makes of that message.
         let record = snapshot_status(&tmp.path().join("termination-log"), "Succeeded");
@@ -490,7 +486,8 @@ mod tests {
         }))
         .unwrap();
         let recording: diffkeeper_api::Recording = serde_json::from_value(serde_json::json!({
-            "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+            "apiVersion": <diffkeeper_api::Recording as kube::Resource>::api_version(&()),
+            "kind": "Recording",
             "metadata": { "name": "rec", "namespace": "shop", "uid": "r-1" },
             "spec": { "selector": {} },
         }))

@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use bytesize::ByteSize;
 use diffkeeper_rpc::{export_request::Tree, ExportRequest, ExportSummary, RpcError};
 use indicatif::{ProgressBar, ProgressStyle};
 use kube::ResourceExt;
@@ -127,18 +126,13 @@ pub async fn run(cluster: &ClusterArgs, args: Args) -> anyhow::Result<()> {
         println!("{}", summary_json(&summary, &record, &target));
     } else {
         eprintln!(
-            "exported the files of {} at {} ({} tree) to {target}: {} files, {} directories, {} \
-             symlinks, {}",
+            "exported the files of {} at {} ({} tree) to {target}: {summary}",
             crate::target::describe(&record),
             summary.time,
             match args.tree {
                 TreeArg::Full => "full",
                 TreeArg::Changes => "changes",
             },
-            summary.files,
-            summary.dirs,
-            summary.symlinks,
-            ByteSize::b(summary.bytes),
         );
     }
     if !summary.inexact.is_empty() {

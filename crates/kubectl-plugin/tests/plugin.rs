@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use diffkeeper_api::ContainerRecord;
-use diffkeeper_test_cluster::{client, install_crds, TestNamespace};
+use diffkeeper_test_cluster::{client, install_crds, ReservedPort, TestNamespace};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -139,15 +139,6 @@ fn some_ca() -> String {
     let path = dir.join("ca.crt");
     std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
     path.display().to_string()
-}
-
-/// A loopback port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,8 +341,10 @@ async fn an_unreachable_agent_is_said_with_the_node_that_keeps_the_history() {
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("files");
 
-    // --agent-address: a real TCP connection refused.
-    let address = format!("127.0.0.1:{}", closed_port());
+    // --agent-address: a real TCP connection refused (a port bound for the test's lifetime but
+    // not listening, so nothing else can answer on it).
+    let closed = ReservedPort::new();
+    let address = closed.addr().to_string();
     let err = fails(&[
         "export",
         "pod/web",

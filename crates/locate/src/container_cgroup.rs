@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 /// A runtime's container id as the pod status gives it: `containerd://<hex>`, `cri-o://<hex>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContainerId {
+    /// The runtime's name before `://` (`containerd`, `cri-o`).
     pub runtime: String,
+    /// The hex id after it.
     pub id: String,
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::mountinfo::{cgroup2_mount, read_mountinfo};
 
+/// Where a container is on the host: its cgroup and its overlay's layers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerLocation {
     /// The process the location was read from (the container's init).
@@ -29,21 +30,46 @@ pub struct ContainerLocation {
     pub lower_dirs: Vec<PathBuf>,
 }
 
+/// Why a container could not be located.
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
+    /// The process exited first.
     #[error("process {pid} is gone (the container exited before it was located)")]
-    ProcessGone { pid: u32 },
+    ProcessGone {
+        /// The process looked at.
+        pid: u32,
+    },
+    /// The host has no cgroup v2 hierarchy.
     #[error("no cgroup2 hierarchy is mounted on this host")]
     NoCgroup2,
+    /// The process sits at the cgroup v2 root.
     #[error("process {pid} is in no cgroup v2 group below the root (runc did not join the unified hierarchy)")]
-    NotInCgroup2 { pid: u32 },
+    NotInCgroup2 {
+        /// The process looked at.
+        pid: u32,
+    },
+    /// The process's root is not an overlay.
     #[error("process {pid}'s root is not an overlay mount (found {found})")]
-    RootNotOverlay { pid: u32, found: String },
+    RootNotOverlay {
+        /// The process looked at.
+        pid: u32,
+        /// The filesystem type found at its root.
+        found: String,
+    },
+    /// The root overlay lacks an option needed to find its layers.
     #[error("process {pid}'s root overlay has no {option} option")]
-    OverlayOption { pid: u32, option: &'static str },
+    OverlayOption {
+        /// The process looked at.
+        pid: u32,
+        /// The missing option (`upperdir`, `lowerdir`).
+        option: &'static str,
+    },
+    /// A file of /proc or cgroupfs could not be read.
     #[error("reading {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },

@@ -7,10 +7,16 @@
 //! - [`container_location`]: from one of its processes, the cgroup id the eBPF filter matches
 //!   and the overlay's upper and lower directories.
 //! - [`mountinfo`]: `/proc/<pid>/mountinfo`, parsed.
+//! - [`disk_usage`]: the bytes a host directory holds (a history's store on the node); the
+//!   one copy for every crate (the recorder's `local.rs` still has its own, to move here).
+
+#![warn(missing_docs)]
 
 pub mod container_cgroup;
 pub mod container_location;
+pub mod disk_usage;
 pub mod mountinfo;
 
 pub use container_cgroup::{cgroup_pids, find_container_cgroup, init_pid, ContainerId};
 pub use container_location::{cgroup_id, locate_container, ContainerLocation, LocateError};
+pub use disk_usage::dir_size;

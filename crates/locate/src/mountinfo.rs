@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 pub struct MountEntry {
     /// The directory of the mounted filesystem that appears at `mount_point`.
     pub root: PathBuf,
+    /// Where it is mounted.
     pub mount_point: PathBuf,
+    /// The filesystem type (`overlay`, `cgroup2`, ...).
     pub fs_type: String,
+    /// The mount source (a device, or a name such as `overlay`).
     pub source: String,
     /// Filesystem-specific options, split at commas and each unescaped (overlayfs escapes a
     /// comma inside a path, so splitting first is right).

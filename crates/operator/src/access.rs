@@ -11,27 +11,34 @@ use std::collections::BTreeMap;
 
 use diffkeeper_api::OPERATOR_MANAGER;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use k8s_openapi::ByteString;
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{ByteString, Resource as _};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use serde_json::json;
 
 /// The Secret (in the operator's namespace) holding the CA: `ca.crt` and `ca.key`.
 pub const CA_SECRET: &str = "diffkeeper-ca";
 /// The ClusterRole the chart defines for snapshot Pods.
 pub const SNAPSHOT_CLUSTER_ROLE: &str = "diffkeeper-snapshot";
 
+/// Why snapshot access could not be provisioned.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
+    /// An API call failed.
     #[error("Kubernetes API call failed: {0}")]
     Kube(#[from] kube::Error),
+    /// The CA could not be generated.
     #[error("generating the CA: {0}")]
     Certificate(#[from] rcgen::Error),
+    /// The CA Secret exists without its certificate.
     #[error(
         "Secret {namespace}/{CA_SECRET} has no ca.crt; delete it and the operator makes a new CA"
     )]
-    BrokenSecret { namespace: String },
+    BrokenSecret {
+        /// The Secret's namespace.
+        namespace: String,
+    },
 }
 
 /// The CA certificate (PEM), creating the CA the first time. Two replicas racing both try to
@@ -52,7 +59,7 @@ pub async fn ensure_ca(client: &Client, namespace: &str) -> Result<String, Acces
         params.not_after = rcgen::date_time_ymd(2036, 1, 1);
         let cert = params.self_signed(&key)?;
         let secret = Secret {
-            metadata: kube::core::ObjectMeta {
+            metadata: ObjectMeta {
                 name: Some(CA_SECRET.into()),
                 labels: Some(managed()),
                 ..Default::default()
@@ -92,39 +99,42 @@ pub async fn ensure_namespace(
     ca_pem: &str,
 ) -> Result<(), AccessError> {
     let apply = PatchParams::apply(OPERATOR_MANAGER).force();
-    let labels = managed();
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.into()),
+        labels: Some(managed()),
+        ..Default::default()
+    };
+    let account = ServiceAccount {
+        metadata: meta(service_account),
+        ..Default::default()
+    };
     Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .patch(
-            service_account,
-            &apply,
-            &Patch::Apply(json!({
-                "apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": { "name": service_account, "labels": labels },
-            })),
-        )
+        .patch(service_account, &apply, &Patch::Apply(&account))
         .await?;
+    let binding = RoleBinding {
+        metadata: meta(service_account),
+        role_ref: RoleRef {
+            api_group: ClusterRole::GROUP.into(),
+            kind: ClusterRole::KIND.into(),
+            name: SNAPSHOT_CLUSTER_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: ServiceAccount::KIND.into(),
+            name: service_account.into(),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        }]),
+    };
     Api::<RoleBinding>::namespaced(client.clone(), namespace)
-        .patch(
-            service_account,
-            &apply,
-            &Patch::Apply(json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": { "name": service_account, "labels": labels },
-                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": SNAPSHOT_CLUSTER_ROLE },
-                "subjects": [{ "kind": "ServiceAccount", "name": service_account, "namespace": namespace }],
-            })),
-        )
+        .patch(service_account, &apply, &Patch::Apply(&binding))
         .await?;
+    let ca = ConfigMap {
+        metadata: meta(ca_configmap),
+        data: Some(BTreeMap::from([("ca.crt".to_string(), ca_pem.to_string())])),
+        ..Default::default()
+    };
     Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .patch(
-            ca_configmap,
-            &apply,
-            &Patch::Apply(json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": { "name": ca_configmap, "labels": labels },
-                "data": { "ca.crt": ca_pem },
-            })),
-        )
+        .patch(ca_configmap, &apply, &Patch::Apply(&ca))
         .await?;
     Ok(())
 }

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diffkeeper_api::{
-    owning_recording, parse_bytes, ContainerRecord, OnDelete, RecordPhase, Recording,
-    RecordingStatus, Selects, SnapshotPhase, SnapshotRecord, DEATH_LABEL, OPERATOR_MANAGER,
-    RECORDING_FINALIZER, RECORDING_LABEL,
+    owning_recording, parse_bytes, ConditionReason, ConditionType, ContainerRecord, EventReason,
+    OnDelete, RecordPhase, Recording, RecordingStatus, Selects, SnapshotPhase, SnapshotRecord,
+    DEATH_LABEL, OPERATOR_MANAGER, RECORDING_FINALIZER, RECORDING_LABEL,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod};
@@ -33,14 +33,19 @@ use crate::snapshot::{death_of, pod_for, pvc_for, snapshot_record, Death, Snapsh
 /// operator restart finds the death handled and never makes a second snapshot of it.
 pub const SNAPSHOT_ANNOTATION: &str = "diffkeeper.io/snapshot";
 
+/// Why a reconcile did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An API call failed.
     #[error("Kubernetes API call failed: {0}")]
     Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Agents still hold this many records of a deleted Recording (retried, not a failure).
     #[error("waiting for agents to release {0} ContainerRecord(s)")]
     AwaitingAgents(usize),
+    /// Provisioning snapshot access failed.
     #[error("snapshot access: {0}")]
     Access(#[from] AccessError),
 }
@@ -58,9 +63,13 @@ impl Error {
 
 /// What every reconcile shares.
 pub struct Context {
+    /// The API client.
     pub client: Client,
+    /// Publishes Events.
     pub recorder: Recorder,
+    /// The operator's counters.
     pub metrics: Arc<Metrics>,
+    /// How snapshot Pods are made.
     pub template: SnapshotTemplate,
     /// All Recordings, to pick the one owning a pod when several select it.
     pub recordings: Store<Recording>,
@@ -181,8 +190,40 @@ fn error_policy(recording: Arc<Recording>, error: &Error, ctx: Arc<Context>) -> 
     }
 }
 
-/// Brings one Recording's world in line: snapshots for new deaths, old snapshots pruned, status.
+/// Brings one Recording's world in line, in the order controller-rs keeps: observe what is, act
+/// on it (snapshots for new deaths, finished ones reported, old ones pruned), compute the status
+/// from what was seen ([`desired_status`], pure), and write it if it changed.
 async fn apply(recording: &Recording, ctx: &Context) -> Result<Action, Error> {
+    let observed = observe_and_snapshot(recording, ctx).await?;
+    let status = desired_status(
+        recording,
+        &observed,
+        Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    if recording.status.as_ref() != Some(&status) {
+        write_status(recording, &status, ctx).await?;
+    }
+    Ok(Action::requeue(requeue_after(&observed)))
+}
+
+/// What one reconcile saw and did: everything the status is computed from.
+#[derive(Debug, Default)]
+pub(crate) struct Observed {
+    /// What is wrong with the spec that the API server's schema cannot tell.
+    pub problems: Option<String>,
+    /// Pods this Recording records.
+    pub matched_pods: usize,
+    /// The Recording's ContainerRecords.
+    pub records: Vec<ContainerRecord>,
+    /// The snapshots that exist, oldest first.
+    pub snapshots: Vec<SnapshotRecord>,
+    /// `pod/container` of dead containers whose snapshot waits for their agent's endpoint.
+    pub waiting_for_agent: Vec<String>,
+}
+
+/// Reads the Recording's pods and records, and acts on deaths: starts their snapshots, follows
+/// them, prunes the oldest.
+async fn observe_and_snapshot(recording: &Recording, ctx: &Context) -> Result<Observed, Error> {
     let name = recording.name_any();
     let namespace = recording.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -190,14 +231,13 @@ async fn apply(recording: &Recording, ctx: &Context) -> Result<Action, Error> {
     let previous = recording.status.clone().unwrap_or_default();
 
     provision(&namespace, ctx).await?;
-    let problems = spec_problems(recording);
     let matched = matched_pods(recording, &pods, ctx).await?;
     let records = records
         .list(&ListParams::default().labels(&format!("{RECORDING_LABEL}={name}")))
         .await?
         .items;
 
-    let mut snapshots = Vec::new();
+    let mut deaths = Vec::new();
     let mut waiting_for_agent = Vec::new();
     for record in &records {
         // Most records' pods were just listed; only a pod that no longer matches (relabelled,
@@ -229,14 +269,31 @@ async fn apply(recording: &Recording, ctx: &Context) -> Result<Action, Error> {
                 }
             }
         }
-        snapshots.push(death);
+        deaths.push(death);
     }
-    let snapshots = snapshot_statuses(recording, &previous, snapshots, ctx).await?;
+    let snapshots = snapshot_statuses(recording, &previous, deaths, ctx).await?;
     let snapshots = prune(recording, snapshots, ctx).await?;
+    Ok(Observed {
+        problems: spec_problems(recording),
+        matched_pods: matched.len(),
+        records,
+        snapshots,
+        waiting_for_agent,
+    })
+}
 
-    let recording_now = records
-        .iter()
-        .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(RecordPhase::Recording))
+/// The status a Recording should have after a reconcile that observed `observed`. Pure: `now`
+/// is the lastTransitionTime of a condition that changes.
+pub(crate) fn desired_status(
+    recording: &Recording,
+    observed: &Observed,
+    now: Time,
+) -> RecordingStatus {
+    let previous = recording.status.clone().unwrap_or_default();
+    let records = &observed.records;
+    let statuses = || records.iter().filter_map(|r| r.status.as_ref());
+    let recording_now = statuses()
+        .filter(|s| s.phase == Some(RecordPhase::Recording))
         .count();
     let failed_records: Vec<String> = records
         .iter()
@@ -250,123 +307,141 @@ async fn apply(recording: &Recording, ctx: &Context) -> Result<Action, Error> {
             format!("{}/{}: {why}", r.spec.pod.name, r.spec.container)
         })
         .collect();
-    let gaps: u64 = records
-        .iter()
-        .filter_map(|r| r.status.as_ref())
-        .map(|s| s.gaps)
-        .sum();
-    let failed_snapshots: Vec<String> = snapshots
+    let gaps: u64 = statuses().map(|s| s.gaps).sum();
+    let failed_snapshots: Vec<String> = observed
+        .snapshots
         .iter()
         .filter(|s| s.phase == SnapshotPhase::Failed)
         .map(|s| format!("{}: {}", s.pvc, s.message.clone().unwrap_or_default()))
         .collect();
 
+    use ConditionReason as R;
+    use ConditionType as T;
     let generation = recording.metadata.generation;
-    let condition = |type_: &str, ok: bool, reason: &str, message: String| {
-        condition(&previous.conditions, generation, type_, ok, reason, message)
-    };
-    let conditions = vec![
-        match &problems {
-            None => condition(
-                "Ready",
-                true,
-                "Valid",
-                "the Recording is valid and reconciled".into(),
-            ),
-            Some(why) => condition("Ready", false, "InvalidSpec", why.clone()),
-        },
-        if recording_now > 0 {
-            condition(
-                "Recording",
-                true,
-                "ContainersRecording",
-                format!("{recording_now} container(s) being recorded"),
-            )
-        } else if matched.is_empty() {
-            condition(
-                "Recording",
-                false,
-                "NoPodsSelected",
-                "the selector matches no pod in this namespace".into(),
-            )
-        } else {
-            condition(
-                "Recording",
-                false,
-                "NoContainersRecording",
-                "no agent reports recording a selected container".into(),
-            )
-        },
-        if !failed_records.is_empty() {
-            condition("Degraded", true, "AttachFailed", failed_records.join("; "))
-        } else if !failed_snapshots.is_empty() {
-            condition(
-                "Degraded",
-                true,
-                "SnapshotFailed",
-                failed_snapshots.join("; "),
-            )
-        } else if !waiting_for_agent.is_empty() {
-            condition(
-                "Degraded",
-                true,
-                "NoAgentEndpoint",
-                format!(
-                    "no agent endpoint reported for {}; their snapshots wait",
-                    waiting_for_agent.join(", ")
-                ),
-            )
-        } else if gaps > 0 {
-            condition(
-                "Degraded",
-                true,
-                "Gaps",
-                format!("{gaps} gap(s) in the history could not be healed"),
-            )
-        } else {
-            condition(
-                "Degraded",
-                false,
-                "Healthy",
-                "nothing recorded is at risk".into(),
-            )
-        },
-    ];
-    let pending = snapshots.iter().any(|s| s.phase == SnapshotPhase::Pending)
-        || !waiting_for_agent.is_empty();
-    let status = RecordingStatus {
-        observed_generation: generation,
-        conditions,
-        matched_pods: matched.len() as u32,
-        recording_containers: recording_now as u32,
-        bytes_recorded: records
-            .iter()
-            .filter_map(|r| r.status.as_ref())
-            .map(|s| s.bytes)
-            .sum(),
-        drops_healed: records
-            .iter()
-            .filter_map(|r| r.status.as_ref())
-            .map(|s| s.drops_healed)
-            .sum(),
-        snapshot_count: snapshots.len() as u32,
-        snapshots,
-    };
-    if recording.status.as_ref() != Some(&status) {
-        let api: Api<Recording> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = json!({ "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording", "status": status });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(OPERATOR_MANAGER).force(),
-            &Patch::Apply(&patch),
+    let condition = |type_: T, ok: bool, reason: R, message: String| {
+        condition(
+            &previous.conditions,
+            generation,
+            (type_, ok, reason, message),
+            &now,
         )
-        .await?;
+    };
+    let ready = match &observed.problems {
+        None => condition(
+            T::Ready,
+            true,
+            R::Valid,
+            "the Recording is valid and reconciled".into(),
+        ),
+        Some(why) => condition(T::Ready, false, R::InvalidSpec, why.clone()),
+    };
+    let recording_condition = if recording_now > 0 {
+        condition(
+            T::Recording,
+            true,
+            R::ContainersRecording,
+            format!("{recording_now} container(s) being recorded"),
+        )
+    } else if observed.matched_pods == 0 {
+        condition(
+            T::Recording,
+            false,
+            R::NoPodsSelected,
+            "the selector matches no pod in this namespace".into(),
+        )
+    } else {
+        condition(
+            T::Recording,
+            false,
+            R::NoContainersRecording,
+            "no agent reports recording a selected container".into(),
+        )
+    };
+    let degraded = if !failed_records.is_empty() {
+        condition(
+            T::Degraded,
+            true,
+            R::AttachFailed,
+            failed_records.join("; "),
+        )
+    } else if !failed_snapshots.is_empty() {
+        condition(
+            T::Degraded,
+            true,
+            R::SnapshotFailed,
+            failed_snapshots.join("; "),
+        )
+    } else if !observed.waiting_for_agent.is_empty() {
+        condition(
+            T::Degraded,
+            true,
+            R::NoAgentEndpoint,
+            format!(
+                "no agent endpoint reported for {}; their snapshots wait",
+                observed.waiting_for_agent.join(", ")
+            ),
+        )
+    } else if gaps > 0 {
+        condition(
+            T::Degraded,
+            true,
+            R::Gaps,
+            format!("{gaps} gap(s) in the history could not be healed"),
+        )
+    } else {
+        condition(
+            T::Degraded,
+            false,
+            R::Healthy,
+            "nothing recorded is at risk".into(),
+        )
+    };
+    RecordingStatus {
+        observed_generation: generation,
+        conditions: vec![ready, recording_condition, degraded],
+        matched_pods: observed.matched_pods as u32,
+        recording_containers: recording_now as u32,
+        bytes_recorded: statuses().map(|s| s.bytes).sum(),
+        drops_healed: statuses().map(|s| s.drops_healed).sum(),
+        snapshot_count: observed.snapshots.len() as u32,
+        snapshots: observed.snapshots.clone(),
     }
-    Ok(Action::requeue(if pending {
+}
+
+/// Soon while a snapshot is under way or waits for its agent, else a slow resync.
+pub(crate) fn requeue_after(observed: &Observed) -> Duration {
+    let pending = observed
+        .snapshots
+        .iter()
+        .any(|s| s.phase == SnapshotPhase::Pending)
+        || !observed.waiting_for_agent.is_empty();
+    if pending {
         Duration::from_secs(5)
     } else {
         Duration::from_secs(300)
-    }))
+    }
+}
+
+/// Writes the status by server-side apply, as this operator's field manager.
+async fn write_status(
+    recording: &Recording,
+    status: &RecordingStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let namespace = recording.namespace().unwrap_or_default();
+    let api: Api<Recording> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = json!({
+        "apiVersion": Recording::api_version(&()),
+        "kind": Recording::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &recording.name_any(),
+        &PatchParams::apply(OPERATOR_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Gives the namespace what its snapshot Pods need, once per operator run.
@@ -450,6 +525,33 @@ async fn start_snapshot(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     create_if_absent(&pvcs, &pvc_for(recording, death)).await?;
     create_if_absent(&pods, &pod_for(recording, death, agent, &ctx.template)).await?;
+    info!(recording = %recording.name_any(), pod = %death.pod_name, container = %death.key.container,
+          node = %death.node, cause = ?death.cause, snapshot = %name, "snapshot started");
+    // Events before the mark: an operator that dies in between leaves the death unmarked, and
+    // its successor starts (finds) the snapshot again and tells people again. After the mark,
+    // nobody would.
+    let note = format!(
+        "container {} of pod {} died ({:?}) on node {}; keeping its files at {} in PVC {name}",
+        death.key.container, death.pod_name, death.cause, death.node, recording.spec.snapshot.at
+    );
+    publish(
+        ctx,
+        recording.object_ref(&()),
+        EventType::Normal,
+        EventReason::SnapshotStarted,
+        &note,
+    )
+    .await;
+    if let Some(pod) = dead_pod {
+        publish(
+            ctx,
+            pod.object_ref(&()),
+            EventType::Normal,
+            EventReason::SnapshotStarted,
+            &note,
+        )
+        .await;
+    }
     let records: Api<ContainerRecord> = Api::namespaced(ctx.client.clone(), &namespace);
     let mark = json!({ "metadata": { "annotations": { SNAPSHOT_ANNOTATION: name } } });
     records
@@ -460,30 +562,6 @@ async fn start_snapshot(
         )
         .await?;
     ctx.metrics.snapshots_started.inc();
-    info!(recording = %recording.name_any(), pod = %death.pod_name, container = %death.key.container,
-          node = %death.node, cause = ?death.cause, snapshot = %name, "snapshot started");
-    let note = format!(
-        "container {} of pod {} died ({:?}) on node {}; keeping its files at {} in PVC {name}",
-        death.key.container, death.pod_name, death.cause, death.node, recording.spec.snapshot.at
-    );
-    publish(
-        ctx,
-        recording.object_ref(&()),
-        EventType::Normal,
-        "SnapshotStarted",
-        &note,
-    )
-    .await;
-    if let Some(pod) = dead_pod {
-        publish(
-            ctx,
-            pod.object_ref(&()),
-            EventType::Normal,
-            "SnapshotStarted",
-            &note,
-        )
-        .await;
-    }
     Ok(())
 }
 
@@ -554,7 +632,7 @@ async fn announce(recording: &Recording, line: &SnapshotRecord, ctx: &Context) {
         SnapshotPhase::Pending => return,
         SnapshotPhase::Succeeded => (
             EventType::Normal,
-            "SnapshotSucceeded",
+            EventReason::SnapshotSucceeded,
             format!(
                 "{} files, {} bytes of {}/{} in PVC {}",
                 line.files, line.bytes, line.pod, line.container, line.pvc
@@ -564,7 +642,7 @@ async fn announce(recording: &Recording, line: &SnapshotRecord, ctx: &Context) {
             ctx.metrics.snapshots_failed.inc();
             (
                 EventType::Warning,
-                "SnapshotFailed",
+                EventReason::SnapshotFailed,
                 format!(
                     "snapshot of {}/{} into PVC {} failed: {}",
                     line.pod,
@@ -577,8 +655,8 @@ async fn announce(recording: &Recording, line: &SnapshotRecord, ctx: &Context) {
     };
     publish(ctx, recording.object_ref(&()), kind, reason, &note).await;
     let snapshot_pod = ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
+        api_version: Some(Pod::api_version(&()).into_owned()),
+        kind: Some(Pod::kind(&()).into_owned()),
         name: Some(line.snapshot_pod.clone()),
         namespace: recording.namespace(),
         ..Default::default()
@@ -690,43 +768,202 @@ async fn publish(
     ctx: &Context,
     regarding: ObjectReference,
     type_: EventType,
-    reason: &str,
+    reason: EventReason,
     note: &str,
 ) {
     let event = KubeEvent {
         type_,
-        reason: reason.into(),
+        reason: reason.as_str().into(),
         note: Some(note.chars().take(1000).collect()),
         action: "Snapshot".into(),
         secondary: None,
     };
     // Events are for people; losing one must not fail or repeat the reconcile.
     if let Err(e) = ctx.recorder.publish(&event, &regarding).await {
-        warn!(error = %e, reason, "could not publish an Event");
+        warn!(error = %e, %reason, "could not publish an Event");
     }
 }
 
-/// A condition that keeps its lastTransitionTime while its status does not change.
+/// A condition (type, status, reason, message) that keeps its lastTransitionTime while its
+/// status does not change, and takes `now` when it does.
 fn condition(
     previous: &[Condition],
     generation: Option<i64>,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
+    (type_, ok, reason, message): (ConditionType, bool, ConditionReason, String),
+    now: &Time,
 ) -> Condition {
     let status = if ok { "True" } else { "False" };
     let since = previous
         .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
+        .find(|c| c.type_ == type_.as_str() && c.status == status)
         .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+        .unwrap_or_else(|| now.clone());
     Condition {
-        type_: type_.into(),
+        type_: type_.as_str().into(),
         status: status.into(),
-        reason: reason.into(),
+        reason: reason.as_str().into(),
         message,
         last_transition_time: since,
         observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The status computation, without a cluster.
+
+    use super::*;
+    use crate::fixtures::{at, record, recording, snapshot};
+    use serde_json::json;
+
+    fn find(status: &RecordingStatus, type_: ConditionType) -> &Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_.as_str())
+            .unwrap()
+    }
+
+    /// Each condition as (type, status, reason), in order.
+    fn said(status: &RecordingStatus) -> Vec<(&str, &str, &str)> {
+        status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_recording_of_no_pods_is_ready_not_recording_and_healthy() {
+        let status = desired_status(&recording(), &Observed::default(), at(0));
+        assert_eq!(
+            said(&status),
+            [
+                ("Ready", "True", "Valid"),
+                ("Recording", "False", "NoPodsSelected"),
+                ("Degraded", "False", "Healthy")
+            ]
+        );
+        assert_eq!(status.observed_generation, Some(2));
+        assert_eq!(
+            requeue_after(&Observed::default()),
+            Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn records_are_summed_and_the_worst_problem_is_said() {
+        let observed = Observed {
+            matched_pods: 3,
+            records: vec![
+                record(
+                    "web-1",
+                    json!({ "phase": "Recording", "bytes": 100, "dropsHealed": 1, "gaps": 1 }),
+                ),
+                record("web-2", json!({ "phase": "Recording", "bytes": 20 })),
+                record(
+                    "web-3",
+                    json!({ "phase": "Failed", "message": "no cgroup" }),
+                ),
+            ],
+            snapshots: vec![snapshot("snap-a", SnapshotPhase::Failed, Some("denied"))],
+            ..Default::default()
+        };
+        let status = desired_status(&recording(), &observed, at(0));
+        assert_eq!(
+            (
+                status.matched_pods,
+                status.recording_containers,
+                status.bytes_recorded,
+                status.drops_healed,
+                status.snapshot_count
+            ),
+            (3, 2, 120, 1, 1)
+        );
+        // A failed attach outranks the failed snapshot and the gap.
+        assert_eq!(
+            said(&status)[1..],
+            [
+                ("Recording", "True", "ContainersRecording"),
+                ("Degraded", "True", "AttachFailed")
+            ]
+        );
+        assert_eq!(
+            find(&status, ConditionType::Degraded).message,
+            "web-3/app: no cgroup"
+        );
+
+        let mut fixed = observed;
+        fixed.records.pop();
+        let status = desired_status(&recording(), &fixed, at(0));
+        assert_eq!(said(&status)[2], ("Degraded", "True", "SnapshotFailed"));
+        fixed.snapshots.clear();
+        let status = desired_status(&recording(), &fixed, at(0));
+        assert_eq!(said(&status)[2], ("Degraded", "True", "Gaps"));
+    }
+
+    #[test]
+    fn a_snapshot_waiting_for_its_agent_is_said_and_looked_at_again_soon() {
+        let observed = Observed {
+            matched_pods: 1,
+            waiting_for_agent: vec!["web-1/app".into()],
+            ..Default::default()
+        };
+        let status = desired_status(&recording(), &observed, at(0));
+        assert_eq!(
+            said(&status)[1..],
+            [
+                ("Recording", "False", "NoContainersRecording"),
+                ("Degraded", "True", "NoAgentEndpoint")
+            ]
+        );
+        assert!(find(&status, ConditionType::Degraded)
+            .message
+            .contains("web-1/app"));
+        assert_eq!(requeue_after(&observed), Duration::from_secs(5));
+        let pending = Observed {
+            snapshots: vec![snapshot("snap-a", SnapshotPhase::Pending, None)],
+            ..Default::default()
+        };
+        assert_eq!(requeue_after(&pending), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_invalid_spec_is_not_ready() {
+        let mut bad = recording();
+        bad.spec.paths.include = vec!["/var/[log".into()];
+        let observed = Observed {
+            problems: spec_problems(&bad),
+            ..Default::default()
+        };
+        let status = desired_status(&bad, &observed, at(0));
+        assert_eq!(said(&status)[0], ("Ready", "False", "InvalidSpec"));
+        assert!(find(&status, ConditionType::Ready)
+            .message
+            .contains("/var/[log"));
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_flips() {
+        let mut rec = recording();
+        let first = desired_status(&rec, &Observed::default(), at(0));
+        rec.status = Some(first.clone());
+        // Same status later: the same status object, so nothing is written.
+        let again = desired_status(&rec, &Observed::default(), at(60));
+        assert_eq!(again, first);
+        // Degraded flips: only it takes the new time.
+        let waiting = Observed {
+            waiting_for_agent: vec!["web-1/app".into()],
+            ..Default::default()
+        };
+        let flipped = desired_status(&rec, &waiting, at(120));
+        assert_eq!(
+            find(&flipped, ConditionType::Degraded).last_transition_time,
+            at(120)
+        );
+        assert_eq!(
+            find(&flipped, ConditionType::Ready).last_transition_time,
+            at(0)
+        );
     }
 }

@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -56,8 +56,8 @@ async fn ensure(client: &Client, namespace: &str) -> Result<(), kube::Error> {
     // Apply only what makes it the implicit one; defaults fill the rest, and a person's later
     // edits to other fields (retention, snapshot) are theirs to keep.
     let recording = json!({
-        "apiVersion": "diffkeeper.io/v1alpha1",
-        "kind": "Recording",
+        "apiVersion": Recording::api_version(&()),
+        "kind": Recording::kind(&()),
         "metadata": {
             "name": IMPLICIT_RECORDING,
             "labels": { "app.kubernetes.io/managed-by": OPERATOR_MANAGER },

@@ -1,8 +1,12 @@
 //! The DiffKeeper operator: one leader at a time reconciles Recordings, snapshots recorded
 //! containers when they die, and keeps the implicit Recording for annotated pods.
 
+#![warn(missing_docs)]
+
 pub mod access;
 pub mod controller;
+#[cfg(test)]
+mod fixtures;
 pub mod implicit;
 pub mod metrics;
 pub mod snapshot;
@@ -20,8 +24,6 @@ pub use snapshot::SnapshotTemplate;
 /// How the operator runs.
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
-    /// Where /metrics, /healthz and /readyz are served.
-    pub http_addr: SocketAddr,
     /// The operator's own namespace: its leader Lease and the agents' CA Secret live there.
     pub operator_namespace: String,
     /// This replica's name in the Lease (the pod name in a cluster).
@@ -29,40 +31,55 @@ pub struct OperatorConfig {
     /// Reconcile only this namespace (a namespaced install, or one test among others); None
     /// watches the whole cluster.
     pub namespace: Option<String>,
+    /// How snapshot Pods are made.
     pub snapshot: SnapshotTemplate,
 }
 
+/// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
+    /// The leader Lease could not be read or written.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// Another replica took the Lease.
     #[error("lost the leader Lease to another replica; exiting so only one replica reconciles")]
     LostLease,
+    /// The agents' CA could not be made or read.
     #[error("provisioning the agents' CA: {0}")]
     Ca(#[from] access::AccessError),
+    /// The metrics server failed.
     #[error("serving metrics on {addr}: {source}")]
     Http {
+        /// Where it served.
         addr: SocketAddr,
+        /// Why it stopped.
         source: std::io::Error,
     },
+    /// The metrics socket passed in is not a usable TCP listener.
+    #[error("the metrics listening socket: {0}")]
+    HttpSocket(std::io::Error),
 }
 
-/// Runs until `shutdown` resolves (then returns Ok) or leadership is lost (then errors, so the
-/// process exits and its replacement waits its turn).
+/// Runs, serving /metrics, /healthz and /readyz on `http`, until `shutdown` resolves (then
+/// returns Ok) or leadership is lost (then errors, so the process exits and its replacement
+/// waits its turn).
 pub async fn run(
     client: Client,
     config: OperatorConfig,
+    http: std::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), OperatorError> {
     let metrics = Arc::new(metrics::Metrics::default());
+    let addr = http.local_addr().map_err(OperatorError::HttpSocket)?;
     let http = {
-        let (addr, metrics) = (config.http_addr, metrics.clone());
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            metrics::serve(addr, metrics)
+            metrics::serve(http, metrics)
                 .await
                 .map_err(|source| OperatorError::Http { addr, source })
         })
     };
+    info!(%addr, "serving /metrics, /healthz and /readyz");
     // A standby replica is healthy and ready: it is doing its job, which is to wait.
     metrics.ready.store(true, Ordering::Relaxed);
 

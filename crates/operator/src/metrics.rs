@@ -1,7 +1,6 @@
 //! Prometheus metrics and the health endpoints, served over plain HTTP for the kubelet's probes
 //! and a scraper.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -24,11 +23,16 @@ struct ErrorLabels {
 /// The operator's counters, shared by every reconcile.
 pub struct Metrics {
     registry: Registry,
+    /// Reconciles run.
     pub reconciliations: Counter,
     failures: Family<ErrorLabels, Counter>,
+    /// How long reconciles take.
     pub reconcile_seconds: Histogram,
+    /// Snapshots of dead containers started.
     pub snapshots_started: Counter,
+    /// Snapshots whose Pod failed.
     pub snapshots_failed: Counter,
+    /// 1 while this replica leads.
     pub leader: Gauge,
     /// Set once the process can serve: it is the leader and reconciling, or a standby waiting.
     pub ready: AtomicBool,
@@ -85,6 +89,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a failed reconcile under its error's label.
     pub fn failure(&self, error: &'static str) {
         self.failures.get_or_create(&ErrorLabels { error }).inc();
     }
@@ -97,8 +102,8 @@ impl Metrics {
     }
 }
 
-/// Serves /metrics, /healthz and /readyz until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Serves /metrics, /healthz and /readyz on `listener` until the process ends.
+pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let app = Router::new()
         .route(
             "/metrics",
@@ -116,6 +121,6 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
             }),
         )
         .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     axum::serve(listener, app).await
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use diffkeeper_api::{
     ContainerRecord, DeathKey, RecordPhase, Recording, SnapshotMoment, SnapshotPhase,
-    SnapshotRecord, TreeScope,
+    SnapshotRecord, SnapshotReport, TreeScope,
 };
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ContainerStatus, PersistentVolumeClaim,
@@ -15,7 +15,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
-use serde::Deserialize;
 
 /// Why a recorded incarnation counts as dead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,10 +34,15 @@ pub enum Cause {
 /// One dead incarnation of a recorded container.
 #[derive(Clone, Debug)]
 pub struct Death {
+    /// Which incarnation died: names its snapshot.
     pub key: DeathKey,
+    /// The pod's name.
     pub pod_name: String,
+    /// The node whose agent keeps its history.
     pub node: String,
+    /// Why it counts as dead.
     pub cause: Cause,
+    /// When it ended, if anyone said.
     pub died_at: Option<Time>,
 }
 
@@ -256,17 +260,6 @@ fn owned_meta(recording: &Recording, death: &Death) -> ObjectMeta {
     }
 }
 
-/// What the snapshot Pod's `diffkeeper snapshot` writes as its termination message.
-#[derive(Deserialize, Default)]
-struct SnapshotResult {
-    #[serde(default)]
-    files: u64,
-    #[serde(default)]
-    bytes: u64,
-    #[serde(default)]
-    error: Option<String>,
-}
-
 /// The status line of one snapshot, from its death and (if it still exists) its Pod.
 pub fn snapshot_record(recording: &Recording, death: &Death, pod: Option<&Pod>) -> SnapshotRecord {
     let name = death.key.object_name(&death.pod_name);
@@ -279,7 +272,7 @@ pub fn snapshot_record(recording: &Recording, death: &Death, pod: Option<&Pod>) 
         .and_then(|cs| cs.first())
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.terminated.as_ref());
-    let result: SnapshotResult = terminated
+    let result: SnapshotReport = terminated
         .and_then(|t| t.message.as_deref())
         .and_then(|m| serde_json::from_str(m).ok())
         .unwrap_or_default();

@@ -7,6 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use diffkeeper_locate::mountinfo;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error(
@@ -186,40 +188,11 @@ fn remove_stale(parent: &Path) {
 /// Where cgroup2 is mounted: /sys/fs/cgroup on unified hosts, often /sys/fs/cgroup/unified on
 /// hybrid ones. Read from mountinfo rather than assumed.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|cause| CgroupError::Io {
+    let mounts = mountinfo::read_mountinfo(None).map_err(|cause| CgroupError::Io {
         path: "/proc/self/mountinfo".into(),
         cause,
     })?;
-    for line in info.lines() {
-        // "... mount_point options - fstype source super_options"
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.split_whitespace().next() == Some("cgroup2") {
-            if let Some(mp) = left.split_whitespace().nth(4) {
-                return Ok(PathBuf::from(unescape_mount(mp)));
-            }
-        }
-    }
-    Err(CgroupError::NoCgroup2)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape_mount(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            out.push(
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap(), 8)
-                    .unwrap_or(b'?'),
-            );
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    mountinfo::cgroup2_mount(&mounts)
+        .map(Path::to_path_buf)
+        .ok_or(CgroupError::NoCgroup2)
 }

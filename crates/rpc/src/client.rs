@@ -26,6 +26,7 @@ pub type AgentConnection = AgentClient<InterceptedService<Channel, BearerToken>>
 pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl BearerToken {
+    /// The interceptor for `token`; refuses a token no HTTP header can carry.
     pub fn new(token: Option<String>) -> Result<Self, RpcError> {
         let value = token
             .map(|t| {

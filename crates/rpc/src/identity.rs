@@ -10,7 +10,9 @@ use std::time::Duration;
 /// A PEM certificate and its PEM private key.
 #[derive(Clone)]
 pub struct TlsIdentity {
+    /// The certificate chain, PEM.
     pub cert_pem: String,
+    /// Its private key, PEM.
     pub key_pem: String,
 }
 

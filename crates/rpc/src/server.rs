@@ -14,7 +14,6 @@ use crate::{HistoryError, HistoryView, NodeHistory, RpcError, TlsIdentity};
 use diffkeeper_export::{compile_globs, ExportOptions, ImageLayers};
 use diffkeeper_store::{format_wall, Point, Seq, Store, TimeError, TimeExpr};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -35,48 +34,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(500);
 const EXPORT_CHUNKS_BUFFERED: usize = 4;
 const TIMELINE_EVENTS_BUFFERED: usize = 256;
 
-pub struct ServeConfig {
-    pub listen: SocketAddr,
-    pub identity: TlsIdentity,
-    /// Larger requests are refused, undecoded, with OUT_OF_RANGE (tonic's code for it).
-    pub max_request_bytes: usize,
-}
-
-impl ServeConfig {
-    pub fn new(listen: SocketAddr, identity: TlsIdentity) -> Self {
-        ServeConfig {
-            listen,
-            identity,
-            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
-        }
-    }
-}
-
-/// Serves the Agent service over TLS until `shutdown` resolves.
-pub async fn serve<H: NodeHistory>(
-    history: Arc<H>,
-    authorizer: Authorizer,
-    config: ServeConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), RpcError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| RpcError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    serve_on(
-        listener,
-        history,
-        authorizer,
-        config.identity,
-        config.max_request_bytes,
-        shutdown,
-    )
-    .await
-}
-
-/// [`serve`] on a socket already bound (e.g. to port 0, to learn the port first).
+/// Serves the Agent service over TLS on `listener` until `shutdown` resolves. The caller binds
+/// (or is passed) the socket, so it knows the address before anyone connects.
 pub async fn serve_on<H: NodeHistory>(
     listener: TcpListener,
     history: Arc<H>,

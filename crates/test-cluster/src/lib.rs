@@ -6,6 +6,12 @@
 //! controller) and no built-in type defaulting, so nothing here relies on any of them; the same
 //! tests run unchanged against kind or k3s.
 
+#![warn(missing_docs)]
+
+pub mod sockets;
+
+pub use sockets::{loopback_listener, pass_listener, ReservedPort};
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -73,11 +79,13 @@ pub async fn install_crds(client: &Client) {
 /// The tests must run on a multi-threaded runtime (`#[tokio::test(flavor = "multi_thread")]`):
 /// the drop blocks one worker while the client's connection is driven on another.
 pub struct TestNamespace {
+    /// The namespace's generated name.
     pub name: String,
     client: Client,
 }
 
 impl TestNamespace {
+    /// Creates a namespace named `prefix` and a unique suffix, deleted again on drop.
     pub async fn new(client: &Client, prefix: &str) -> TestNamespace {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -76,18 +76,17 @@ fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 struct Node {
     scratch: tempfile::TempDir,
     client: Client,
     kubeconfig: PathBuf,
     api_env: BTreeMap<String, String>,
     agent_port: u16,
+    /// The agent's gRPC socket, held by the test and passed to each agent it starts: the port
+    /// stays the agent's across the SIGKILL and restart, and no other process can take it.
+    agent_listener: std::net::TcpListener,
+    /// The operator's metrics socket, held the same way.
+    operator_listener: std::net::TcpListener,
     agent: Option<Daemon>,
     operator: Option<Daemon>,
     sim: Option<Daemon>,
@@ -132,12 +131,15 @@ impl Node {
         .await?;
         let client = Client::try_from(config)?;
         let runtime_env = RuntimeEnv::load(&rt_dir)?;
+        let agent_listener = diffkeeper_test_cluster::loopback_listener();
         let mut node = Node {
             scratch,
             client,
             kubeconfig,
             api_env,
-            agent_port: free_port()?,
+            agent_port: agent_listener.local_addr()?.port(),
+            agent_listener,
+            operator_listener: diffkeeper_test_cluster::loopback_listener(),
             agent: None,
             operator: None,
             sim: None,
@@ -164,16 +166,12 @@ impl Node {
                     .args(["--heartbeat-seconds", "2", "--poll-ms", "200"]),
             )?,
         );
-        node.operator = Some(
-            node.daemon(
-                "the operator",
-                "operator",
-                Command::new(&diffkeeper)
-                    .arg("operator")
-                    .arg(format!("--http-addr=127.0.0.1:{}", free_port()?))
-                    .args(["--operator-namespace", "diffkeeper", "--identity", "op-1"]),
-            )?,
-        );
+        let mut operator = Command::new(&diffkeeper);
+        operator
+            .arg("operator")
+            .args(["--operator-namespace", "diffkeeper", "--identity", "op-1"]);
+        diffkeeper_test_cluster::pass_listener(&mut operator, &node.operator_listener);
+        node.operator = Some(node.daemon("the operator", "operator", &mut operator)?);
         node.start_agent()?;
         Ok(node)
     }
@@ -284,20 +282,16 @@ impl Node {
 
     fn start_agent(&mut self) -> Result<()> {
         let port = self.agent_port;
-        self.agent = Some(
-            self.daemon(
-                "the agent",
-                "agent",
-                Command::new(binary("diffkeeper")?)
-                    .arg("agent")
-                    .args(["--node-name", NODE])
-                    .arg(format!("--listen=127.0.0.1:{port}"))
-                    .arg(format!("--advertise=https://127.0.0.1:{port}"))
-                    .arg("--state-dir")
-                    .arg(self.scratch.path().join("agent"))
-                    .args(["--ca-secret", "diffkeeper/diffkeeper-ca"]),
-            )?,
-        );
+        let mut agent = Command::new(binary("diffkeeper")?);
+        agent
+            .arg("agent")
+            .args(["--node-name", NODE])
+            .arg(format!("--advertise=https://127.0.0.1:{port}"))
+            .arg("--state-dir")
+            .arg(self.scratch.path().join("agent"))
+            .args(["--ca-secret", "diffkeeper/diffkeeper-ca"]);
+        diffkeeper_test_cluster::pass_listener(&mut agent, &self.agent_listener);
+        self.agent = Some(self.daemon("the agent", "agent", &mut agent)?);
         Ok(())
     }
 

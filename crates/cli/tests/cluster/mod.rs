@@ -1,10 +1,10 @@
 //! What the operator tests share beyond the cluster itself (a client, the CRDs and a namespace
 //! per test come from `diffkeeper-test-cluster`): the operator as a real child process, waiting
-//! for what it does, and reading its HTTP port.
+//! for what it does, and reading its HTTP port (a socket the test holds and passes to it, so no
+//! other process can take the port between the test choosing it and the operator serving).
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,31 +12,28 @@ use std::time::{Duration, Instant};
 pub struct Operator {
     child: Child,
     pub http: String,
+    /// The operator's listening socket, kept open by the test for the operator's lifetime.
+    _listener: std::net::TcpListener,
 }
 
 impl Operator {
     pub fn start(namespace: &str, identity: &str) -> Operator {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let http = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_diffkeeper"))
-            .args([
-                "operator",
-                "--http-addr",
-                &http,
-                "--watch-namespace",
-                namespace,
-            ])
+        let listener = diffkeeper_test_cluster::loopback_listener();
+        let http = listener.local_addr().unwrap().to_string();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_diffkeeper"));
+        command
+            .args(["operator", "--watch-namespace", namespace])
             .args(["--operator-namespace", namespace, "--identity", identity])
             .args(["--snapshot-image", "diffkeeper:test"])
             .env("DIFFKEEPER_LOG", "info,kube=warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting diffkeeper operator");
-        Operator { child, http }
+            .stdin(Stdio::null());
+        diffkeeper_test_cluster::pass_listener(&mut command, &listener);
+        let child = command.spawn().expect("starting diffkeeper operator");
+        Operator {
+            child,
+            http,
+            _listener: listener,
+        }
     }
 
     /// SIGKILL: no chance to release the Lease or finish a reconcile.
