@@ -17,6 +17,11 @@ pub struct Args {
     /// Do not snapshot the working directory at start.
     #[arg(long)]
     no_cwd_baseline: bool,
+    /// Refuse to snapshot a working directory holding more than this (it is then almost
+    /// surely not the project: a home directory, / or /tmp).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size,
+          default_value_t = diffkeeper_recorder::DEFAULT_CWD_BASELINE_LIMIT)]
+    cwd_baseline_limit: u64,
     /// Largest write copied in the kernel; larger ones are read back from the file instead.
     #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_size)]
     max_write_capture: u64,
@@ -47,6 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         command: a.command,
         baselines: a.baseline,
         no_cwd_baseline: a.no_cwd_baseline,
+        cwd_baseline_limit: a.cwd_baseline_limit,
         probe: ProbeConfig {
             ring_bytes: a.ring_size as u32,
             max_write_capture: a.max_write_capture,

@@ -145,6 +145,48 @@ fn a_command_that_cannot_start_exits_as_in_a_shell_and_leaves_nothing() {
     record_sh(&state, tmp.path(), "true");
 }
 
+#[test]
+fn a_working_directory_too_large_to_be_the_project_is_refused_before_anything_is_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("home");
+    fs::create_dir_all(work.join("cache")).unwrap();
+    fs::write(work.join("cache/blob"), vec![7u8; 64 * 1024]).unwrap();
+    let state = tmp.path().join("state");
+    let state_arg = format!("--state-dir={}", state.display());
+    let out = dk(
+        &[
+            "record",
+            &state_arg,
+            "--cwd-baseline-limit=32KiB",
+            "--",
+            "true",
+        ],
+        &work,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let msg = text(&out.stderr);
+    assert!(
+        msg.contains("too large to be the project") && msg.contains("--no-cwd-baseline"),
+        "{msg}"
+    );
+    assert!(!state.exists(), "a stub recording was left behind");
+    // Either way out works: a larger limit, or no snapshot of the working directory.
+    record_sh(&state, &work, "true");
+    let other = tmp.path().join("state2");
+    let out = dk(
+        &[
+            "record",
+            &format!("--state-dir={}", other.display()),
+            "--cwd-baseline-limit=32KiB",
+            "--no-cwd-baseline",
+            "--",
+            "true",
+        ],
+        &work,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 /// A name that would forge a `log` line if printed raw, and one that would recolour the
 /// terminal.
 const FORGED: &[u8] =

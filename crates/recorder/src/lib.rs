@@ -9,7 +9,7 @@ mod root_dir;
 mod translate;
 
 pub use cgroup::{cgroup2_mount, CgroupError, RecordingCgroup};
-pub use local::{record_local, LocalOptions, LocalOutcome};
+pub use local::{record_local, LocalOptions, LocalOutcome, DEFAULT_CWD_BASELINE_LIMIT};
 pub use translate::{Recorder, RecorderStats};
 
 use std::path::PathBuf;
@@ -41,6 +41,17 @@ pub enum RecordError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error(
+        "the working directory {} holds more than {} MiB of files ({} MiB counted before \
+         stopping): record snapshots it before the command starts, so that in-place edits replay \
+         exactly, and this one is too large to be the project (a home directory, / or /tmp?); \
+         run record from the project's directory, pass --no-cwd-baseline (and --baseline DIR for \
+         what matters), or raise --cwd-baseline-limit (nothing was recorded)",
+        dir.display(),
+        limit.div_ceil(1 << 20),
+        seen >> 20
+    )]
+    CwdTooLarge { dir: PathBuf, seen: u64, limit: u64 },
     #[error("nothing to record: give the command after `--`, e.g. `diffkeeper record --state-dir=/tmp/trace -- make test`")]
     NoCommand,
 }

@@ -8,7 +8,7 @@ use diffkeeper_capture::{Counters, Probe, ProbeConfig, RingDrain};
 use diffkeeper_store::{Event, MarkerKind, Op, RecordingInfo, Writer};
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +21,45 @@ pub struct LocalOptions {
     /// Directories snapshotted at start (the working directory is one unless `no_cwd_baseline`).
     pub baselines: Vec<PathBuf>,
     pub no_cwd_baseline: bool,
+    /// The working directory is refused as a baseline when it holds more than this many bytes
+    /// of files (see [`DEFAULT_CWD_BASELINE_LIMIT`]); explicit `baselines` are never limited.
+    pub cwd_baseline_limit: u64,
     pub probe: ProbeConfig,
+}
+
+/// A working directory this large is almost never the project being tested: it is a home
+/// directory, `/` or `/tmp`, and snapshotting it first would take minutes and gigabytes
+/// before the command even starts.
+pub const DEFAULT_CWD_BASELINE_LIMIT: u64 = 2 << 30;
+
+/// Whether the files below `dir` (symlinks not followed, `skip` not entered) add up to more
+/// than `limit` bytes: the bytes counted when the limit was passed, or None. Stops counting
+/// there, so a huge directory costs no more than a small one.
+fn tree_exceeds(dir: &Path, limit: u64, skip: &Path) -> Option<u64> {
+    let mut seen = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if d == skip {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                seen += meta.len();
+                if seen > limit {
+                    return Some(seen);
+                }
+            }
+        }
+    }
+    None
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +90,17 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
     // As a shell would, before anything is made: a command that cannot start leaves no
     // recording behind to block the state dir.
     check_runnable(program)?;
+    let cwd = std::env::current_dir().unwrap_or("/".into());
+    if !opts.no_cwd_baseline {
+        let state = std::path::absolute(&opts.state_dir).unwrap_or(opts.state_dir.clone());
+        if let Some(seen) = tree_exceeds(&cwd, opts.cwd_baseline_limit, &state) {
+            return Err(RecordError::CwdTooLarge {
+                dir: cwd,
+                seen,
+                limit: opts.cwd_baseline_limit,
+            });
+        }
+    }
     let mut probe = Probe::load(&opts.probe)?;
 
     let info = RecordingInfo {
@@ -80,7 +129,7 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
 
     let mut baselines = opts.baselines.clone();
     if !opts.no_cwd_baseline {
-        baselines.insert(0, std::env::current_dir().unwrap_or("/".into()));
+        baselines.insert(0, cwd);
     }
     for dir in &baselines {
         let n = rec.baseline(dir, start_mono)?;
