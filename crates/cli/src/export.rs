@@ -2,7 +2,6 @@
 
 use crate::quoted::{escaped, quoted};
 use anyhow::Context;
-use bytesize::ByteSize;
 use diffkeeper_export::{compile_globs, export_store_dir, export_store_tar, ExportOptions};
 use diffkeeper_store::{format_wall, MarkerKind, OpKind, RecPath, Store};
 use std::path::{Path, PathBuf};
@@ -58,16 +57,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     };
     eprintln!(
-        "diffkeeper: exported the files at {} ({}, @seq:{}) to {}: {} files, {} directories, {} \
-         symlinks, {}",
+        "diffkeeper: exported the files at {} ({}, @seq:{}) to {}: {summary}",
         crate::offset_label(&span, point.mono_ns),
         format_wall(span.wall_of(point.mono_ns)),
         point.seq,
         a.out.display(),
-        summary.files,
-        summary.dirs,
-        summary.symlinks,
-        ByteSize::b(summary.bytes),
     );
     if !summary.inexact.is_empty() {
         eprintln!(

@@ -69,6 +69,26 @@ pub struct ExportSummary {
     pub skipped: Vec<(RecPath, String)>,
 }
 
+/// "3 files, 1 directories, 0 symlinks, 12 B": what an export wrote, worded the same wherever
+/// one is reported (the cli's export, the snapshot Pods, the kubectl plugin through the agent).
+pub fn describe_counts(files: u64, dirs: u64, symlinks: u64, bytes: u64) -> String {
+    format!(
+        "{files} files, {dirs} directories, {symlinks} symlinks, {}",
+        bytesize::ByteSize::b(bytes)
+    )
+}
+
+impl std::fmt::Display for ExportSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe_counts(
+            self.files,
+            self.dirs,
+            self.symlinks,
+            self.bytes,
+        ))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error(

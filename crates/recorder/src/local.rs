@@ -249,7 +249,7 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
         counters,
         events: wstats.events,
         files,
-        store_bytes: dir_size(&opts.state_dir),
+        store_bytes: diffkeeper_locate::dir_size(&opts.state_dir),
         elapsed: started.elapsed(),
     })
 }
@@ -350,17 +350,4 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-fn dir_size(dir: &std::path::Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.filter_map(Result::ok)
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }

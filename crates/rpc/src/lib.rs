@@ -24,14 +24,12 @@ pub mod pb {
     /// 42 B`.
     impl std::fmt::Display for ExportSummary {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(
-                f,
-                "{} files, {} directories, {} symlinks, {}",
+            f.write_str(&diffkeeper_export::describe_counts(
                 self.files,
                 self.dirs,
                 self.symlinks,
-                bytesize::ByteSize::b(self.bytes)
-            )
+                self.bytes,
+            ))
         }
     }
 }
