@@ -336,19 +336,7 @@ fn is_xwhiteout(dir: BorrowedFd<'_>, name: &[u8]) -> Result<bool, Errno> {
     Ok(overlay_xattr(file.as_fd(), "whiteout").is_some())
 }
 
-/// The value of overlay xattr `name`, in the `trusted.` namespace (root-mounted overlays) or
-/// the `user.` one (rootless overlays mounted with `userxattr`).
+/// The value of overlay xattr `name` on `fd` (see `diffkeeper_locate::overlay_xattr`).
 fn overlay_xattr(fd: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
-    for namespace in ["trusted", "user"] {
-        // The flags overlay keeps here are a byte or two; a longer value is some other use of
-        // the name, present but not one of the flags compared against.
-        let mut value = [0u8; 16];
-        match rustix::fs::fgetxattr(fd, format!("{namespace}.overlay.{name}"), &mut value) {
-            Ok(len) => return Some(value[..len].to_vec()),
-            Err(Errno::RANGE) => return Some(Vec::new()),
-            // Absent (ENODATA) or unsupported by the file system: not set in this namespace.
-            Err(_) => {}
-        }
-    }
-    None
+    diffkeeper_locate::overlay_xattr(name, |attr, value| rustix::fs::fgetxattr(fd, attr, value))
 }

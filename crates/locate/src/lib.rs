@@ -7,8 +7,9 @@
 //! - [`container_location`]: from one of its processes, the cgroup id the eBPF filter matches
 //!   and the overlay's upper and lower directories.
 //! - [`mountinfo`]: `/proc/<pid>/mountinfo`, parsed.
-//! - [`disk_usage`]: the bytes a host directory holds (a history's store on the node); the
-//!   one copy for every crate (the recorder's `local.rs` still has its own, to move here).
+//! - [`disk_usage`]: the bytes a host directory holds (a history's store on the node, a
+//!   recording's state dir); the one copy for every crate.
+//! - [`overlay_xattr`]: overlayfs's own xattrs on a layer directory, read the one way.
 
 #![warn(missing_docs)]
 
@@ -16,7 +17,9 @@ pub mod container_cgroup;
 pub mod container_location;
 pub mod disk_usage;
 pub mod mountinfo;
+pub mod overlay_xattr;
 
 pub use container_cgroup::{cgroup_pids, find_container_cgroup, init_pid, ContainerId};
 pub use container_location::{cgroup_id, locate_container, ContainerLocation, LocateError};
 pub use disk_usage::dir_size;
+pub use overlay_xattr::overlay_xattr;

@@ -293,7 +293,7 @@ fn is_whiteout(meta: &fs::Metadata) -> bool {
 /// The value of overlay xattr `name` on `path` itself (never a symlink's target), in the
 /// `trusted.` namespace (root-mounted overlays) or the `user.` one (rootless, `userxattr`).
 fn overlay_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-    overlay_value(name, |attr, value| rustix::fs::lgetxattr(path, attr, value))
+    diffkeeper_locate::overlay_xattr(name, |attr, value| rustix::fs::lgetxattr(path, attr, value))
 }
 
 impl RootDir {
@@ -301,24 +301,10 @@ impl RootDir {
     fn overlay_xattr(&self, path: &RecPath, name: &str) -> Option<Vec<u8>> {
         // The upper dir, read as the baseline is: by the recorder.
         let dir = self.open_dir(FsIds::ROOT, path).ok()?;
-        overlay_value(name, |attr, value| rustix::fs::fgetxattr(&dir, attr, value))
+        diffkeeper_locate::overlay_xattr(name, |attr, value| {
+            rustix::fs::fgetxattr(&dir, attr, value)
+        })
     }
-}
-
-fn overlay_value(
-    name: &str,
-    get: impl Fn(&str, &mut [u8]) -> rustix::io::Result<usize>,
-) -> Option<Vec<u8>> {
-    for namespace in ["trusted", "user"] {
-        // Overlay's flags are a byte; redirects are paths, so room for one.
-        let mut value = vec![0u8; libc::PATH_MAX as usize];
-        if let Ok(len) = get(&format!("{namespace}.overlay.{name}"), &mut value) {
-            value.truncate(len);
-            return Some(value);
-        }
-        // Absent (ENODATA) or unsupported by the file system: not set in this namespace.
-    }
-    None
 }
 
 #[cfg(test)]
