@@ -10,9 +10,9 @@
 //! its reference is rebuilt only from shallower data, so a rebuild follows at most
 //! [`codec::MAX_DELTA_DEPTH`] (in practice `WriterOptions::max_delta_depth`) references.
 
-use crate::codec::{self, ContentOp, Keyframe, PayloadBlock, StoredPayload};
+use crate::codec::{self, ContentOp, EventHeader, Keyframe, PayloadBlock, StoredPayload};
 use crate::error::StoreError;
-use crate::model::{NodeId, Seq};
+use crate::model::{Event, NodeId, Seq};
 use crate::records::{payload_in, Records};
 use std::sync::Arc;
 
@@ -85,6 +85,28 @@ fn content_within(
 
 /// The data of `node`'s events in the record holding `seq`, decoding a delta only if its depth is
 /// at most `depth`.
+/// Event `seq` whole: its header joined with its data (decoded from its delta, if it is one).
+/// Here rather than in `records`, which only fetches stored bytes and knows nothing of how a
+/// content is rebuilt.
+pub(crate) fn full_event(
+    records: &Records,
+    seq: Seq,
+    header: EventHeader,
+) -> Result<Event, StoreError> {
+    let payload = match header.op.payload_node() {
+        Some(node) => {
+            let block = payload_block(records, node, seq, codec::MAX_DELTA_DEPTH)?;
+            Some(payload_in(&block, seq)?.to_vec())
+        }
+        None => None,
+    };
+    Ok(Event {
+        time: header.time,
+        process: header.process,
+        op: header.op.join(payload),
+    })
+}
+
 pub(crate) fn payload_block(
     records: &Records,
     node: NodeId,

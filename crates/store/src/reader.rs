@@ -151,7 +151,7 @@ impl Store {
     ) -> impl Iterator<Item = Result<(Seq, Event), StoreError>> + '_ {
         self.records.headers(from, to).map(move |item| {
             let (seq, header) = item?;
-            Ok((seq, self.records.full_event(seq, header)?))
+            Ok((seq, content::full_event(&self.records, seq, header)?))
         })
     }
 

@@ -4,7 +4,7 @@
 
 use crate::codec::{self, ContentOp, EventHeader, Keyframe, PayloadBlock, SegRef};
 use crate::error::StoreError;
-use crate::model::{Event, NodeId, Seq};
+use crate::model::{NodeId, Seq};
 use crate::namespace::{Clock, Namespace};
 use crate::segment::{BlockAddr, SegmentFiles};
 use std::collections::VecDeque;
@@ -282,20 +282,6 @@ impl Records {
         Ok((first, bytes.into()))
     }
 
-    /// The data of `node`'s events in the record that holds `seq`.
-    pub(crate) fn payload_block(
-        &self,
-        node: NodeId,
-        seq: Seq,
-    ) -> Result<Arc<PayloadBlock>, StoreError> {
-        crate::content::payload_block(self, node, seq, codec::MAX_DELTA_DEPTH)
-    }
-
-    pub(crate) fn payload(&self, node: NodeId, seq: Seq) -> Result<Vec<u8>, StoreError> {
-        let block = self.payload_block(node, seq)?;
-        payload_in(&block, seq).map(<[u8]>::to_vec)
-    }
-
     /// A reference content decoded earlier, if it is still cached.
     pub(crate) fn cached_reference(&self, node: NodeId, seq: Seq) -> Option<Arc<Vec<u8>>> {
         let cache = self.references.lock().expect("reference cache lock");
@@ -320,18 +306,6 @@ impl Records {
             };
             bytes -= old.len();
         }
-    }
-
-    pub(crate) fn full_event(&self, seq: Seq, header: EventHeader) -> Result<Event, StoreError> {
-        let payload = match header.op.payload_node() {
-            Some(node) => Some(self.payload(node, seq)?),
-            None => None,
-        };
-        Ok(Event {
-            time: header.time,
-            process: header.process,
-            op: header.op.join(payload),
-        })
     }
 
     /// Content ops of `node` in events `from..=to`.
