@@ -120,7 +120,8 @@ fn warn_if_cut_short(store: &diffkeeper_store::Store) {
     if !span.finished {
         eprintln!(
             "diffkeeper: note: this recording was cut short: its recorder stopped without \
-             finishing (killed?) after {} (@seq:{}); later changes were not recorded",
+             finishing it (killed, or its disk full) after {} (@seq:{}); later changes were not \
+             recorded",
             diffkeeper_store::format_wall(span.wall_of(span.end_mono_ns)),
             span.last_seq
         );

@@ -85,6 +85,20 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         a.state.state_dir.display(),
         out.exit_code,
     );
+    if let Some(stopped) = &out.stopped {
+        // The command's exit code still decides this command's: a recorder must not change
+        // a job's outcome. What failed is said plainly instead.
+        eprintln!(
+            "diffkeeper: error: recording stopped {:.1}s in: {}. The command went on unrecorded \
+             and exited with {}; what was recorded before the stop is readable (`diffkeeper log \
+             --state-dir={}`). Free space on the state dir's file system or choose another \
+             --state-dir, and record again",
+            stopped.after.as_secs_f64(),
+            stopped.reason,
+            out.exit_code,
+            a.state.state_dir.display()
+        );
+    }
     if out.stats.cut_paths > 0 {
         eprintln!(
             "diffkeeper: warning: {} path change(s) were too deep (over 64 levels) or too long \

@@ -9,7 +9,9 @@ mod root_dir;
 mod translate;
 
 pub use cgroup::{cgroup2_mount, CgroupError, RecordingCgroup};
-pub use local::{record_local, LocalOptions, LocalOutcome, DEFAULT_CWD_BASELINE_LIMIT};
+pub use local::{
+    record_local, LocalOptions, LocalOutcome, StoppedEarly, DEFAULT_CWD_BASELINE_LIMIT,
+};
 pub use translate::{Recorder, RecorderStats};
 
 use std::path::PathBuf;

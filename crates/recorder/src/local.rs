@@ -9,7 +9,7 @@ use diffkeeper_store::{Event, MarkerKind, Op, RecordingInfo, Writer};
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +72,18 @@ pub struct LocalOutcome {
     pub files: u64,
     pub store_bytes: u64,
     pub elapsed: Duration,
+    /// Set when recording stopped before the command did (the store could not be written):
+    /// the command went on unrecorded.
+    pub stopped: Option<StoppedEarly>,
+}
+
+/// Why and when a recording stopped before its command.
+#[derive(Clone, Debug)]
+pub struct StoppedEarly {
+    /// Time from the start of `record` to the stop.
+    pub after: Duration,
+    /// The error that stopped it.
+    pub reason: String,
 }
 
 /// How often appended events are made durable: the store promises at most this much loss.
@@ -84,11 +96,35 @@ const COMMIT_BYTES: u64 = 32 << 20;
 
 pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
     let started = Instant::now();
+    let (program, cwd) = preflight(opts)?;
+    let mut run = Run::prepare(opts, cwd)?;
+    let mut child = match run.spawn(opts, program) {
+        Ok(child) => child,
+        Err(cause) => {
+            // Gone or changed since it was checked: still leave nothing behind (the store is
+            // closed first, so nothing writes into the removed dir).
+            let made_dir = run.made_dir;
+            drop(run);
+            remove_stub(&opts.state_dir, made_dir);
+            return Err(RecordError::Spawn {
+                command: program.to_string_lossy().into_owned(),
+                cause,
+            });
+        }
+    };
+    let status = match run.watch(&mut child) {
+        Ok(status) => status,
+        Err(error) => return run.abandon(opts, child, error, started),
+    };
+    run.finish(opts, status, started)
+}
+
+/// What a shell would check before anything is made: a command that cannot start, or a
+/// working directory too large to snapshot, leaves no recording behind to block the state dir.
+fn preflight(opts: &LocalOptions) -> Result<(&std::ffi::OsStr, PathBuf), RecordError> {
     let Some(program) = opts.command.first() else {
         return Err(RecordError::NoCommand);
     };
-    // As a shell would, before anything is made: a command that cannot start leaves no
-    // recording behind to block the state dir.
     check_runnable(program)?;
     let cwd = std::env::current_dir().unwrap_or("/".into());
     if !opts.no_cwd_baseline {
@@ -101,157 +137,267 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
             });
         }
     }
-    let mut probe = Probe::load(&opts.probe)?;
+    Ok((program, cwd))
+}
 
-    let info = RecordingInfo {
-        command: opts
-            .command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        started_wall_ns: wall_ns(),
-        started_mono_ns: monotonic_ns(),
-        hostname: hostname(),
-        labels: Default::default(),
-    };
-    let start_mono = info.started_mono_ns;
-    // The recording holds copies of whatever the workload wrote: private to its owner, as the
-    // files the store creates (now and later, e.g. sled's segments) are. The workload keeps
-    // the umask it was given.
-    let umask = unsafe { libc::umask(0o077) };
-    let made_dir = make_private_dir(&opts.state_dir)?;
-    let writer = Writer::create(&opts.state_dir, info)?;
-    let state_dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
-    let mut rec = Recorder::new(writer, "/".into(), vec![state_dir]);
+/// One local recording from its store's creation to its end: the probe, the recorder over the
+/// new store, the cgroup the command runs in.
+struct Run {
+    probe: Probe,
+    rec: Recorder,
+    cgroup: RecordingCgroup,
+    /// The umask the command gets back (the recorder's own is 077).
+    umask: libc::mode_t,
+    made_dir: bool,
+}
 
-    let cgroup = RecordingCgroup::create(&format!("rec-{}", std::process::id()))?;
-    probe.record_cgroup(cgroup.id(), cgroup.level())?;
+impl Run {
+    /// Loads the probe, creates the private store and the cgroup, and snapshots the baselines.
+    fn prepare(opts: &LocalOptions, cwd: PathBuf) -> Result<Run, RecordError> {
+        let mut probe = Probe::load(&opts.probe)?;
+        let info = RecordingInfo {
+            command: opts
+                .command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            started_wall_ns: wall_ns(),
+            started_mono_ns: monotonic_ns(),
+            hostname: hostname(),
+            labels: Default::default(),
+        };
+        let start_mono = info.started_mono_ns;
+        // The recording holds copies of whatever the workload wrote: private to its owner, as
+        // the files the store creates (now and later, e.g. sled's segments) are. The workload
+        // keeps the umask it was given.
+        let umask = unsafe { libc::umask(0o077) };
+        let made_dir = make_private_dir(&opts.state_dir)?;
+        let writer = Writer::create(&opts.state_dir, info)?;
+        let state_dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
+        let mut rec = Recorder::new(writer, "/".into(), vec![state_dir]);
 
-    let mut baselines = opts.baselines.clone();
-    if !opts.no_cwd_baseline {
-        baselines.insert(0, cwd);
-    }
-    for dir in &baselines {
-        let n = rec.baseline(dir, start_mono)?;
-        tracing::info!("baseline {}: {n} entries", dir.display());
-    }
-    rec.writer_mut().flush()?;
-    for file in rec.known_files().collect::<Vec<_>>() {
-        probe.mark_known(file)?;
+        let cgroup = RecordingCgroup::create(&format!("rec-{}", std::process::id()))?;
+        probe.record_cgroup(cgroup.id(), cgroup.level())?;
+
+        let mut baselines = opts.baselines.clone();
+        if !opts.no_cwd_baseline {
+            baselines.insert(0, cwd);
+        }
+        for dir in &baselines {
+            let n = rec.baseline(dir, start_mono)?;
+            tracing::info!("baseline {}: {n} entries", dir.display());
+        }
+        rec.writer_mut().flush()?;
+        for file in rec.known_files().collect::<Vec<_>>() {
+            probe.mark_known(file)?;
+        }
+        Ok(Run {
+            probe,
+            rec,
+            cgroup,
+            umask,
+            made_dir,
+        })
     }
 
-    let procs = cgroup.procs_handle()?;
-    let mut cmd = Command::new(program);
-    cmd.args(&opts.command[1..]);
-    // SAFETY: join_from_child only calls write(2), and umask(2) is async-signal-safe too.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::umask(umask);
-            RecordingCgroup::join_from_child(&procs)
-        });
-    }
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(cause) => {
-            // Gone or changed since it was checked: still leave nothing behind.
-            drop(rec);
-            remove_stub(&opts.state_dir, made_dir);
-            return Err(RecordError::Spawn {
-                command: program.to_string_lossy().into_owned(),
-                cause,
+    /// Starts the command inside the cgroup: it moves itself in before exec, so not one of its
+    /// syscalls escapes the filter.
+    fn spawn(
+        &mut self,
+        opts: &LocalOptions,
+        program: &std::ffi::OsStr,
+    ) -> std::io::Result<std::process::Child> {
+        let procs = self
+            .cgroup
+            .procs_handle()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let umask = self.umask;
+        let mut cmd = Command::new(program);
+        cmd.args(&opts.command[1..]);
+        // SAFETY: join_from_child only calls write(2), and umask(2) is async-signal-safe too.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(umask);
+                RecordingCgroup::join_from_child(&procs)
             });
         }
-    };
+        cmd.spawn()
+    }
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let terminated = Arc::new(AtomicBool::new(false));
-    // Registration fails only for forbidden signals; INT and TERM are not.
-    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
-    let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, terminated.clone());
-    let from_terminal = unsafe { libc::isatty(0) } == 1;
+    /// Records until the command and everything it started have exited; passes signals on.
+    fn watch(&mut self, child: &mut std::process::Child) -> Result<ExitStatus, RecordError> {
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let terminated = Arc::new(AtomicBool::new(false));
+        // Registration fails only for forbidden signals; INT and TERM are not.
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, terminated.clone());
+        let from_terminal = unsafe { libc::isatty(0) } == 1;
 
-    let reader = probe.take_reader().expect("a fresh probe has its reader");
-    // Commits, keyframes and read-backs below must not stop the ring from being emptied.
-    let mut ring = RingDrain::start(reader)?;
-    let mut status = None;
-    let mut last_flush = Instant::now();
-    let mut last_check = Instant::now();
-    let mut forwarded = 0u32;
-    loop {
-        if let Some(batch) = ring.next(POLL_EVERY)? {
+        let reader = self
+            .probe
+            .take_reader()
+            .expect("a fresh probe has its reader");
+        // Commits, keyframes and read-backs below must not stop the ring from being emptied.
+        let mut ring = RingDrain::start(reader)?;
+        let mut status = None;
+        let mut last_flush = Instant::now();
+        let mut last_check = Instant::now();
+        let mut forwarded = 0u32;
+        loop {
+            if let Some(batch) = ring.next(POLL_EVERY)? {
+                for ev in batch {
+                    self.rec.apply(ev, &mut self.probe)?;
+                }
+                // Bounds what the pending batch holds between the timed flushes below.
+                if self.rec.writer().uncommitted_payload_bytes() >= COMMIT_BYTES {
+                    self.rec.writer_mut().commit()?;
+                }
+                if last_check.elapsed() < POLL_EVERY {
+                    continue;
+                }
+            }
+            last_check = Instant::now();
+            self.rec.check_losses(&mut self.probe, monotonic_ns())?;
+            if last_flush.elapsed() >= FLUSH_EVERY {
+                self.rec.writer_mut().flush()?;
+                last_flush = Instant::now();
+            }
+            if status.is_none() {
+                status = child.try_wait().ok().flatten();
+            }
+            if status.is_some() && !self.cgroup.populated()? {
+                break;
+            }
+            // Ctrl-C from a terminal already reached the child (same process group); a signal
+            // sent to us alone is passed on. A second one kills whatever is left.
+            let int = interrupted.swap(false, Ordering::Relaxed);
+            let term = terminated.swap(false, Ordering::Relaxed);
+            if int || term {
+                forwarded += 1;
+                if forwarded > 1 {
+                    self.cgroup.kill_all();
+                } else if term || !from_terminal {
+                    self.cgroup
+                        .signal_all(if term { libc::SIGTERM } else { libc::SIGINT });
+                }
+            }
+        }
+        // What the last processes did may still be in the ring.
+        for batch in ring.finish()? {
             for ev in batch {
-                rec.apply(ev, &mut probe)?;
-            }
-            // Bounds what the pending batch holds between the timed flushes below.
-            if rec.writer().uncommitted_payload_bytes() >= COMMIT_BYTES {
-                rec.writer_mut().commit()?;
-            }
-            if last_check.elapsed() < POLL_EVERY {
-                continue;
+                self.rec.apply(ev, &mut self.probe)?;
             }
         }
-        last_check = Instant::now();
-        rec.check_losses(&mut probe, monotonic_ns())?;
-        if last_flush.elapsed() >= FLUSH_EVERY {
-            rec.writer_mut().flush()?;
-            last_flush = Instant::now();
-        }
-        if status.is_none() {
-            status = child.try_wait().ok().flatten();
-        }
-        if status.is_some() && !cgroup.populated()? {
-            break;
-        }
-        // Ctrl-C from a terminal already reached the child (same process group); a signal
-        // sent to us alone is passed on. A second one kills whatever is left.
-        let int = interrupted.swap(false, Ordering::Relaxed);
-        let term = terminated.swap(false, Ordering::Relaxed);
-        if int || term {
-            forwarded += 1;
-            if forwarded > 1 {
-                cgroup.kill_all();
-            } else if term || !from_terminal {
-                cgroup.signal_all(if term { libc::SIGTERM } else { libc::SIGINT });
-            }
-        }
+        Ok(status.expect("the loop exits only after the child"))
     }
-    // What the last processes did may still be in the ring.
-    for batch in ring.finish()? {
-        for ev in batch {
-            rec.apply(ev, &mut probe)?;
-        }
+
+    /// The normal end: heal what is left, note the exit, close the store.
+    fn finish(
+        mut self,
+        opts: &LocalOptions,
+        status: ExitStatus,
+        started: Instant,
+    ) -> Result<LocalOutcome, RecordError> {
+        let end = monotonic_ns();
+        self.rec.finish_healing(&mut self.probe, end)?;
+        let exit_code = shell_code(status);
+        self.rec.writer_mut().append(Event {
+            time: end,
+            process: None,
+            op: Op::Marker {
+                kind: MarkerKind::Note,
+                detail: format!("command exited with code {exit_code}"),
+            },
+        })?;
+        let counters = self.probe.counters()?;
+        let stats = self.rec.stats();
+        let writer = self.rec.into_writer();
+        let files = writer.file_count();
+        let wstats = writer.stats();
+        writer.finish(end)?;
+        drop(self.probe); // detach before the cgroup goes
+        drop(self.cgroup);
+        Ok(LocalOutcome {
+            exit_code,
+            stats,
+            counters,
+            events: wstats.events,
+            files,
+            store_bytes: diffkeeper_locate::dir_size(&opts.state_dir),
+            elapsed: started.elapsed(),
+            stopped: None,
+        })
     }
-    let end = monotonic_ns();
-    rec.finish_healing(&mut probe, end)?;
-    let status = status.expect("loop exits only after the child");
-    let exit_code = status
+
+    /// Recording failed while the command runs (the state dir's disk is full, its store was
+    /// damaged): the command is not the recorder's to kill, so the probe detaches, the command
+    /// goes on unrecorded, and its exit code is still the one returned. What was committed
+    /// before stays readable; the store is closed with a marker saying where and why recording
+    /// stopped if it still can be written, and readers call the history cut short if not.
+    fn abandon(
+        self,
+        opts: &LocalOptions,
+        mut child: std::process::Child,
+        error: RecordError,
+        started: Instant,
+    ) -> Result<LocalOutcome, RecordError> {
+        let stopped_at = monotonic_ns();
+        let after = started.elapsed();
+        tracing::error!("recording stopped: {error}; the command goes on unrecorded");
+        let Run {
+            probe, rec, cgroup, ..
+        } = self;
+        let counters = probe.counters().unwrap_or_default();
+        drop(probe);
+        let stats = rec.stats();
+        let mut writer = rec.into_writer();
+        let closed = writer
+            .append(Event {
+                time: stopped_at,
+                process: None,
+                op: Op::Marker {
+                    kind: MarkerKind::Gap,
+                    detail: format!(
+                        "recording stopped here: {error}; later changes were not recorded"
+                    ),
+                },
+            })
+            .and_then(|_| writer.flush());
+        let status = child.wait().map_err(|cause| RecordError::Spawn {
+            command: opts.command[0].to_string_lossy().into_owned(),
+            cause,
+        })?;
+        while cgroup.populated().unwrap_or(false) {
+            std::thread::sleep(POLL_EVERY);
+        }
+        let files = writer.file_count();
+        let events = writer.stats().events;
+        let closed = closed.and_then(|()| writer.finish(monotonic_ns()));
+        if let Err(e) = &closed {
+            tracing::warn!("could not close the recording ({e}): readers will call it cut short");
+        }
+        drop(cgroup);
+        Ok(LocalOutcome {
+            exit_code: shell_code(status),
+            stats,
+            counters,
+            events,
+            files,
+            store_bytes: diffkeeper_locate::dir_size(&opts.state_dir),
+            elapsed: started.elapsed(),
+            stopped: Some(StoppedEarly {
+                after,
+                reason: error.to_string(),
+            }),
+        })
+    }
+}
+
+/// The exit code as a shell reports it: 128 + the signal for a command killed by one.
+fn shell_code(status: ExitStatus) -> i32 {
+    status
         .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    rec.writer_mut().append(Event {
-        time: end,
-        process: None,
-        op: Op::Marker {
-            kind: MarkerKind::Note,
-            detail: format!("command exited with code {exit_code}"),
-        },
-    })?;
-    let counters = probe.counters()?;
-    let stats = rec.stats();
-    let writer = rec.into_writer();
-    let files = writer.file_count();
-    let wstats = writer.stats();
-    writer.finish(end)?;
-    drop(probe); // detach before the cgroup goes
-    drop(cgroup);
-    Ok(LocalOutcome {
-        exit_code,
-        stats,
-        counters,
-        events: wstats.events,
-        files,
-        store_bytes: diffkeeper_locate::dir_size(&opts.state_dir),
-        elapsed: started.elapsed(),
-    })
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// Whether `program` can be started, found the way execvp finds it (through PATH unless it
