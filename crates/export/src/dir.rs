@@ -5,12 +5,11 @@
 //! (`mkdirat`, `O_CREAT | O_EXCL`, `symlinkat`), so neither a symlink the export itself created
 //! nor one that appeared in the destination concurrently is ever followed.
 
-use crate::{split_ns, Destination, ExportError, Item, Written};
+use crate::{split_ns, Destination, ExportError, FileData, Item, Written};
 use diffkeeper_store::model::RecPath;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
-use std::io::Read;
 use std::path::Path;
 use tracing::{debug, warn};
 
@@ -139,7 +138,7 @@ impl Destination for DirDestination {
     fn file(
         &mut self,
         item: &Item,
-        data: &mut dyn Read,
+        data: &mut dyn FileData,
         _len: u64,
     ) -> Result<Written, ExportError> {
         let path = item.path.as_ref();
@@ -151,11 +150,11 @@ impl Destination for DirDestination {
                 Mode::from_raw_mode(WORKING_FILE_MODE),
             )
         });
-        let mut file = match opened {
+        let file = match opened {
             Ok(fd) => std::fs::File::from(fd),
             Err(errno) => return refused_or_fatal(errno, "create file", path),
         };
-        std::io::copy(data, &mut file).map_err(|source| ExportError::Write {
+        copy_sparse(data, &file).map_err(|source| ExportError::Write {
             action: "write file",
             path: path.clone(),
             source,
@@ -283,4 +282,42 @@ fn timestamps(path: &RecPath, mtime_ns: i128) -> Option<Timestamps> {
         last_access: time,
         last_modification: time,
     })
+}
+
+/// Bytes gathered before each write: small recorded extents (a log grown 64 bytes at a time)
+/// still reach the file system in large writes.
+const WRITE_CHUNK: usize = 256 << 10;
+
+/// Writes `data` into the empty `file`, leaving its holes unwritten so a sparse file stays sparse.
+fn copy_sparse(data: &mut dyn FileData, file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    let mut at = 0u64;
+    loop {
+        let hole = data.hole_len();
+        if hole > 0 {
+            data.skip_hole(hole);
+            at += hole;
+            continue;
+        }
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = match data.read(&mut buf[filled..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            filled += n;
+            if n == 0 || data.hole_len() > 0 {
+                break;
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        file.write_all_at(&buf[..filled], at)?;
+        at += filled as u64;
+    }
+    // A hole at the end has no data after it to give the file its length.
+    file.set_len(at)
 }

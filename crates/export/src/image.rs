@@ -14,7 +14,7 @@
 //! are not interpreted here.
 
 use crate::dir::open_below;
-use crate::{ExportError, FileContent};
+use crate::{ExportError, FileContent, StreamOrigin};
 use diffkeeper_store::model::{EntryKind, RecPath};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
@@ -160,7 +160,7 @@ impl ImageTree {
         path: &RecPath,
         layer: usize,
         len: u64,
-    ) -> Result<FileContent, ExportError> {
+    ) -> Result<FileContent<'static>, ExportError> {
         let content_err = |source: std::io::Error| ExportError::ImageContent {
             path: path.clone(),
             layer: self.layer_dirs[layer].clone(),
@@ -182,7 +182,7 @@ impl ImageTree {
         Ok(FileContent::Stream {
             reader: Box::new(std::fs::File::from(fd)),
             len,
-            layer: self.layer_dirs[layer].clone(),
+            origin: StreamOrigin::Image(self.layer_dirs[layer].clone()),
         })
     }
 

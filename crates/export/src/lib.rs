@@ -248,29 +248,52 @@ pub fn export_tar<W: std::io::Write>(
 }
 
 /// The bytes of one file as the walk receives them.
-pub(crate) enum FileContent {
+pub(crate) enum FileContent<'s> {
     Whole(Vec<u8>),
-    /// Copied while writing, so a large image file never sits in memory whole. The stream must
+    /// Copied while writing, so a large file never sits in memory whole. The stream must
     /// deliver exactly `len` bytes (the size the tree was planned with: it is in the tar header
     /// before the first byte is read).
     Stream {
-        reader: Box<dyn Read>,
+        reader: Box<dyn FileData + 's>,
         len: u64,
-        /// The image layer it comes from, for error messages.
-        layer: PathBuf,
+        /// Where the bytes come from, for error messages.
+        origin: StreamOrigin,
     },
 }
 
+/// Where a streamed file's bytes come from, so a failed read blames the right thing.
+pub(crate) enum StreamOrigin {
+    /// The recording itself (its segments).
+    Store,
+    /// An image layer directory.
+    Image(PathBuf),
+}
+
+/// A file's bytes read in order. A source that knows where its holes are (a recorded sparse
+/// file) says so, and a destination that can leave holes (a directory) skips them instead of
+/// writing zeros: a 100 GiB sparse file exports as a sparse file, not 100 GiB of zeros.
+pub(crate) trait FileData: Read {
+    /// How many bytes from the current position on are a hole (0: data, or holes unknown).
+    fn hole_len(&self) -> u64 {
+        0
+    }
+    /// Moves past `n` bytes of a hole (at most [`Self::hole_len`]).
+    fn skip_hole(&mut self, _n: u64) {}
+}
+
+impl FileData for &[u8] {}
+impl FileData for std::fs::File {}
+
 /// Where the walk gets file contents: a caller's [`ContentSource`], or a store and image layers.
 pub(crate) trait FileFeed {
-    fn open(&mut self, path: &RecPath, entry: &Entry) -> Result<FileContent, ExportError>;
+    fn open(&mut self, path: &RecPath, entry: &Entry) -> Result<FileContent<'_>, ExportError>;
 }
 
 /// A caller's [`ContentSource`] as a feed of whole contents.
 struct SourceFeed<'a>(&'a mut dyn ContentSource);
 
 impl FileFeed for SourceFeed<'_> {
-    fn open(&mut self, path: &RecPath, entry: &Entry) -> Result<FileContent, ExportError> {
+    fn open(&mut self, path: &RecPath, entry: &Entry) -> Result<FileContent<'_>, ExportError> {
         self.0
             .content(path, entry)
             .map(FileContent::Whole)
@@ -282,15 +305,27 @@ impl FileFeed for SourceFeed<'_> {
 }
 
 /// Hands out exactly `remaining` bytes of a stream and keeps the stream's own failure aside, so
-/// the walk can blame the source (an image file that vanished or shrank) rather than the
-/// destination the bytes were being written to.
-struct ExactLen {
-    inner: Box<dyn Read>,
+/// the walk can blame the source (an image file that vanished or shrank, a damaged segment)
+/// rather than the destination the bytes were being written to.
+struct ExactLen<'s> {
+    inner: Box<dyn FileData + 's>,
     remaining: u64,
     source_error: Option<std::io::Error>,
 }
 
-impl Read for ExactLen {
+impl FileData for ExactLen<'_> {
+    fn hole_len(&self) -> u64 {
+        self.inner.hole_len().min(self.remaining)
+    }
+
+    fn skip_hole(&mut self, n: u64) {
+        let n = n.min(self.hole_len());
+        self.inner.skip_hole(n);
+        self.remaining -= n;
+    }
+}
+
+impl Read for ExactLen<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.remaining == 0 {
             return Ok(0);
@@ -355,7 +390,12 @@ pub(crate) enum Written {
 pub(crate) trait Destination {
     fn dir(&mut self, item: &Item) -> Result<Written, ExportError>;
     /// `data` yields exactly `len` bytes, or fails.
-    fn file(&mut self, item: &Item, data: &mut dyn Read, len: u64) -> Result<Written, ExportError>;
+    fn file(
+        &mut self,
+        item: &Item,
+        data: &mut dyn FileData,
+        len: u64,
+    ) -> Result<Written, ExportError>;
     fn symlink(&mut self, item: &Item, target: &[u8]) -> Result<Written, ExportError>;
     /// Called once after the last item (directory metadata, archive trailer).
     fn finish(self) -> Result<(), ExportError>;
@@ -442,22 +482,32 @@ fn write_file<D: Destination>(
     entry: &Entry,
     src: &mut dyn FileFeed,
 ) -> Result<(Written, u64), ExportError> {
+    let warn_len = |content_len: u64| {
+        if let EntryKind::File { size } = entry.kind {
+            if size != content_len {
+                warn!(
+                    path = %item.path,
+                    recorded_size = size,
+                    content_len,
+                    "content length differs from the recorded size; exporting the content as given"
+                );
+            }
+        }
+    };
     match src.open(&item.path, entry)? {
         FileContent::Whole(data) => {
-            if let EntryKind::File { size } = entry.kind {
-                if size != data.len() as u64 {
-                    warn!(
-                        path = %item.path,
-                        recorded_size = size,
-                        content_len = data.len(),
-                        "content length differs from the recorded size; exporting the content as given"
-                    );
-                }
-            }
             let len = data.len() as u64;
+            warn_len(len);
             Ok((dest.file(item, &mut data.as_slice(), len)?, len))
         }
-        FileContent::Stream { reader, len, layer } => {
+        FileContent::Stream {
+            reader,
+            len,
+            origin,
+        } => {
+            if matches!(origin, StreamOrigin::Store) {
+                warn_len(len);
+            }
             let mut stream = ExactLen {
                 inner: reader,
                 remaining: len,
@@ -465,10 +515,20 @@ fn write_file<D: Destination>(
             };
             let written = dest.file(item, &mut stream, len);
             if let Some(source) = stream.source_error.take() {
-                return Err(ExportError::ImageContent {
-                    path: item.path.clone().into_owned(),
-                    layer,
-                    source,
+                let path = item.path.clone().into_owned();
+                return Err(match origin {
+                    StreamOrigin::Image(layer) => ExportError::ImageContent {
+                        path,
+                        layer,
+                        source,
+                    },
+                    StreamOrigin::Store => ExportError::Content {
+                        path,
+                        source: match source.into_inner() {
+                            Some(inner) => inner,
+                            None => "the recorded content could not be read".into(),
+                        },
+                    },
                 });
             }
             Ok((written?, len))

@@ -19,10 +19,14 @@
 use crate::dir::DirDestination;
 use crate::image::ImageTree;
 use crate::tar_stream::TarDestination;
-use crate::{walk, ExportError, ExportOptions, ExportSummary, FileContent, FileFeed, ImageLayers};
+use crate::{
+    walk, ExportError, ExportOptions, ExportSummary, FileContent, FileData, FileFeed, ImageLayers,
+    StreamOrigin,
+};
 use diffkeeper_store::model::{Entry, EntryKind, NodeId, RecPath, IMPLICIT_DIR_NODE_BIT};
-use diffkeeper_store::{OpKind, Seq, Store};
+use diffkeeper_store::{ContentReader, OpKind, Seq, Store};
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::Path;
 use tracing::{debug, info};
 
@@ -97,19 +101,44 @@ struct MomentFeed<'s> {
 }
 
 impl FileFeed for MomentFeed<'_> {
-    fn open(&mut self, path: &RecPath, entry: &Entry) -> Result<FileContent, ExportError> {
+    fn open(&mut self, path: &RecPath, entry: &Entry) -> Result<FileContent<'_>, ExportError> {
         if let (Some(image), Some(&layer), EntryKind::File { size }) =
             (&self.image, self.image_files.get(path), &entry.kind)
         {
             return image.open_file(path, layer, *size);
         }
-        self.store
-            .read_content(entry.node, self.seq)
-            .map(FileContent::Whole)
+        // Streamed: the content is never built whole in memory, and its holes stay holes.
+        let reader = self
+            .store
+            .content_reader(entry.node, self.seq)
             .map_err(|source| ExportError::Content {
                 path: path.clone(),
                 source: Box::new(source),
-            })
+            })?;
+        Ok(FileContent::Stream {
+            len: reader.len(),
+            reader: Box::new(Recorded(reader)),
+            origin: StreamOrigin::Store,
+        })
+    }
+}
+
+/// A recorded file's bytes, with the holes the store knows of.
+struct Recorded<'s>(ContentReader<'s>);
+
+impl Read for Recorded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl FileData for Recorded<'_> {
+    fn hole_len(&self) -> u64 {
+        self.0.hole_len()
+    }
+
+    fn skip_hole(&mut self, n: u64) {
+        self.0.skip(n.min(self.0.hole_len()));
     }
 }
 

@@ -5,7 +5,7 @@
 //! part, which classic headers cannot hold). Nothing is canonicalized along the way, because a
 //! symlink target is data, not a path to clean up.
 
-use crate::{split_ns, Destination, ExportError, Item, Written};
+use crate::{split_ns, Destination, ExportError, FileData, Item, Written};
 use std::io::{Read, Write};
 use tar::{Builder, EntryType, Header};
 use tracing::warn;
@@ -129,7 +129,13 @@ impl<W: Write> Destination for TarDestination<W> {
         self.append(item, EntryType::Directory, &mut std::io::empty(), 0, None)
     }
 
-    fn file(&mut self, item: &Item, data: &mut dyn Read, len: u64) -> Result<Written, ExportError> {
+    fn file(
+        &mut self,
+        item: &Item,
+        data: &mut dyn FileData,
+        len: u64,
+    ) -> Result<Written, ExportError> {
+        // A tar without sparse headers holds holes as zeros: reading them gives exactly that.
         self.append(item, EntryType::Regular, data, len, None)
     }
 
