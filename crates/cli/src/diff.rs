@@ -3,7 +3,7 @@
 use crate::quoted::quoted;
 use diffkeeper_export::compile_globs;
 use diffkeeper_store::{ChangeKind, Entry, EntryKind, Seq, Store};
-use std::io::Write;
+use std::io::{Read, Write};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -46,18 +46,41 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             quoted(c.path.as_bytes()),
             describe_change(&c.before, &c.after)
         )?;
-        let old = file_content(&store, c.before.as_ref(), from.seq)?;
-        let new = file_content(&store, c.after.as_ref(), to.seq)?;
-        if old.is_some() || new.is_some() {
-            text_diff(
-                c.path.as_bytes(),
-                &old.unwrap_or_default(),
-                &new.unwrap_or_default(),
-                &mut out,
-            )?;
+        let old = file_text(&store, c.before.as_ref(), from.seq)?;
+        let new = file_text(&store, c.after.as_ref(), to.seq)?;
+        match (old, new) {
+            (Side::NotAFile, Side::NotAFile) => {}
+            (Side::Text(old), Side::Text(new)) => {
+                text_diff(c.path.as_bytes(), &old, &new, &mut out)?
+            }
+            (Side::Text(old), Side::NotAFile) => text_diff(c.path.as_bytes(), &old, "", &mut out)?,
+            (Side::NotAFile, Side::Text(new)) => text_diff(c.path.as_bytes(), "", &new, &mut out)?,
+            // Binary files show only their sizes (printed above).
+            (Side::Binary, _) | (_, Side::Binary) => {}
+            (Side::TooLarge, _) | (_, Side::TooLarge) => writeln!(
+                out,
+                "         (not compared line by line: larger than {} MiB)",
+                TEXT_DIFF_LIMIT >> 20
+            )?,
         }
     }
     Ok(())
+}
+
+/// Files larger than this get no line diff: a person cannot read one anyway, and a 100 GiB
+/// sparse file must not be read whole to find that out.
+const TEXT_DIFF_LIMIT: u64 = 16 << 20;
+
+/// How much of a file is looked at to call it binary, as git does (a NUL in the first 8000 bytes).
+const BINARY_SNIFF: usize = 8000;
+
+/// One side of a change, as far as a line diff is concerned.
+enum Side {
+    /// A directory, a symlink, or nothing.
+    NotAFile,
+    Text(String),
+    Binary,
+    TooLarge,
 }
 
 fn describe_change(before: &Option<Entry>, after: &Option<Entry>) -> String {
@@ -74,21 +97,31 @@ fn describe_change(before: &Option<Entry>, after: &Option<Entry>) -> String {
     }
 }
 
-/// A file's bytes at a moment; None for directories, symlinks and absent entries.
-fn file_content(store: &Store, entry: Option<&Entry>, seq: Seq) -> anyhow::Result<Option<Vec<u8>>> {
-    match entry {
-        Some(e) if matches!(e.kind, EntryKind::File { .. }) => {
-            Ok(Some(store.read_content(e.node, seq)?))
-        }
-        _ => Ok(None),
+/// A file's bytes at a moment as diff text, read only as far as it takes to decide.
+fn file_text(store: &Store, entry: Option<&Entry>, seq: Seq) -> anyhow::Result<Side> {
+    let Some(e) = entry.filter(|e| matches!(e.kind, EntryKind::File { .. })) else {
+        return Ok(Side::NotAFile);
+    };
+    let mut reader = store.content_reader(e.node, seq)?;
+    if reader.len() > TEXT_DIFF_LIMIT {
+        return Ok(Side::TooLarge);
     }
+    let mut bytes = Vec::with_capacity(reader.len() as usize);
+    (&mut reader)
+        .take(BINARY_SNIFF as u64)
+        .read_to_end(&mut bytes)?;
+    if bytes.contains(&0) {
+        return Ok(Side::Binary);
+    }
+    reader.read_to_end(&mut bytes)?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) if !text.contains('\0') => Side::Text(text),
+        _ => Side::Binary,
+    })
 }
 
-/// A unified diff when both sides are text; binary files show only their sizes (printed above).
-fn text_diff(path: &[u8], old: &[u8], new: &[u8], out: &mut impl Write) -> anyhow::Result<()> {
-    let (Some(old), Some(new)) = (as_text(old), as_text(new)) else {
-        return Ok(());
-    };
+/// A unified diff of two texts.
+fn text_diff(path: &[u8], old: &str, new: &str, out: &mut impl Write) -> anyhow::Result<()> {
     let diff = similar::TextDiff::from_lines(old, new);
     write!(
         out,
@@ -103,11 +136,4 @@ fn text_diff(path: &[u8], old: &[u8], new: &[u8], out: &mut impl Write) -> anyho
 /// "a/tmp/x" in a diff header; quoted whole, as git does, when the name needs it.
 fn side(prefix: &[u8], path: &[u8]) -> String {
     quoted(&[prefix, path].concat()).into_owned()
-}
-
-fn as_text(b: &[u8]) -> Option<&str> {
-    if b.contains(&0) {
-        return None;
-    }
-    std::str::from_utf8(b).ok()
 }

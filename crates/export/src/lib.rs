@@ -279,6 +279,10 @@ pub(crate) trait FileData: Read {
     }
     /// Moves past `n` bytes of a hole (at most [`Self::hole_len`]).
     fn skip_hole(&mut self, _n: u64) {}
+    /// Where the data is, as `(offset, length)` in order, when the source knows its holes.
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        None
+    }
 }
 
 impl FileData for &[u8] {}
@@ -322,6 +326,10 @@ impl FileData for ExactLen<'_> {
         let n = n.min(self.hole_len());
         self.inner.skip_hole(n);
         self.remaining -= n;
+    }
+
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        self.inner.data_ranges()
     }
 }
 

@@ -140,6 +140,10 @@ impl FileData for Recorded<'_> {
     fn skip_hole(&mut self, n: u64) {
         self.0.skip(n.min(self.0.hole_len()));
     }
+
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        Some(self.0.data_ranges())
+    }
 }
 
 /// The entries to export at `seq` and where their contents come from.

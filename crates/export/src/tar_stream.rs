@@ -31,6 +31,7 @@ impl<W: Write> TarDestination<W> {
         data: &mut dyn Read,
         len: u64,
         link_target: Option<&[u8]>,
+        sparse_size: Option<u64>,
     ) -> Result<Written, ExportError> {
         let path = item.path.as_ref();
         let tar_err = |source| ExportError::Tar {
@@ -51,7 +52,19 @@ impl<W: Write> TarDestination<W> {
         header.set_size(len);
 
         let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
-        set_name_field(&mut header.as_old_mut().name, &name, "path", &mut pax);
+        match sparse_size {
+            None => set_name_field(&mut header.as_old_mut().name, &name, "path", &mut pax),
+            Some(real_size) => {
+                // PAX sparse 1.0, as GNU tar writes it: the header names a stand-in path, the
+                // extended header the real name and size, and the data opens with the map.
+                let stand_in = sparse_stand_in(&name);
+                set_name_field(&mut header.as_old_mut().name, &stand_in, "path", &mut pax);
+                pax.push(("GNU.sparse.major", b"1".to_vec()));
+                pax.push(("GNU.sparse.minor", b"0".to_vec()));
+                pax.push(("GNU.sparse.name", name.clone()));
+                pax.push(("GNU.sparse.realsize", real_size.to_string().into_bytes()));
+            }
+        }
         if let Some(target) = link_target {
             set_name_field(
                 &mut header.as_old_mut().linkname,
@@ -94,6 +107,83 @@ impl<W: Write> TarDestination<W> {
     }
 }
 
+/// Holes worth a sparse entry: below this a file is stored whole, zeros included, which every
+/// tar reader extracts.
+const SPARSE_MIN_HOLES: u64 = 64 << 10;
+
+/// `dir/GNUSparseFile.0/name` for `dir/name`: where a reader that ignores the sparse keys puts
+/// the entry, as GNU tar names it.
+fn sparse_stand_in(name: &[u8]) -> Vec<u8> {
+    let cut = name.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+    [&name[..cut], b"GNUSparseFile.0/", &name[cut..]].concat()
+}
+
+/// The map that opens a PAX 1.0 sparse entry's data: the count of ranges, then each range's
+/// offset and length, in decimal lines, padded to a block. A file that ends in a hole gets a
+/// last empty range at its end, as GNU tar writes it.
+fn sparse_map(ranges: &[(u64, u64)], size: u64) -> Vec<u8> {
+    let mut ranges = ranges.to_vec();
+    if ranges.last().is_none_or(|(s, l)| s + l < size) {
+        ranges.push((size, 0));
+    }
+    let mut map = format!("{}\n", ranges.len());
+    for (offset, len) in &ranges {
+        map.push_str(&format!("{offset}\n{len}\n"));
+    }
+    let mut map = map.into_bytes();
+    map.resize(map.len().div_ceil(512) * 512, 0);
+    map
+}
+
+/// A sparse entry's data: the map, then each data range padded to a block (GNU tar reads a
+/// range block by block and drops the rest of its last block), with the holes left out.
+struct SparseBody<'a> {
+    map: &'a [u8],
+    data: &'a mut dyn FileData,
+    ranges: std::slice::Iter<'a, (u64, u64)>,
+    /// Bytes of the current range still to copy.
+    left: u64,
+    /// Zeros still to write after the current range.
+    pad: u64,
+}
+
+/// `len` rounded up to whole tar blocks.
+fn in_blocks(len: u64) -> u64 {
+    len.div_ceil(512) * 512
+}
+
+impl Read for SparseBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.map.is_empty() {
+            return self.map.read(buf);
+        }
+        if self.left == 0 && self.pad > 0 {
+            let n = self.pad.min(buf.len() as u64) as usize;
+            buf[..n].fill(0);
+            self.pad -= n as u64;
+            return Ok(n);
+        }
+        if self.left == 0 {
+            let Some(&(_, len)) = self.ranges.find(|(_, len)| *len > 0) else {
+                return Ok(0);
+            };
+            self.left = len;
+            self.pad = in_blocks(len) - len;
+        }
+        loop {
+            let hole = self.data.hole_len();
+            if hole == 0 {
+                break;
+            }
+            self.data.skip_hole(hole);
+        }
+        let want = self.left.min(buf.len() as u64) as usize;
+        let n = self.data.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// Copies `value` verbatim into a header name field if it fits, otherwise records it as a PAX
 /// `key` and leaves a truncated copy in the field for readers that ignore PAX.
 fn set_name_field(
@@ -126,7 +216,14 @@ fn pax_time(secs: i64, nanos: u32) -> String {
 
 impl<W: Write> Destination for TarDestination<W> {
     fn dir(&mut self, item: &Item) -> Result<Written, ExportError> {
-        self.append(item, EntryType::Directory, &mut std::io::empty(), 0, None)
+        self.append(
+            item,
+            EntryType::Directory,
+            &mut std::io::empty(),
+            0,
+            None,
+            None,
+        )
     }
 
     fn file(
@@ -135,13 +232,42 @@ impl<W: Write> Destination for TarDestination<W> {
         data: &mut dyn FileData,
         len: u64,
     ) -> Result<Written, ExportError> {
-        // A tar without sparse headers holds holes as zeros: reading them gives exactly that.
-        self.append(item, EntryType::Regular, data, len, None)
+        if let Some(ranges) = data.data_ranges() {
+            let stored: u64 = ranges.iter().map(|(_, l)| l).sum();
+            if len - stored.min(len) >= SPARSE_MIN_HOLES {
+                let map = sparse_map(&ranges, len);
+                let body_len =
+                    map.len() as u64 + ranges.iter().map(|(_, l)| in_blocks(*l)).sum::<u64>();
+                let mut body = SparseBody {
+                    map: map.as_slice(),
+                    data,
+                    ranges: ranges.iter(),
+                    left: 0,
+                    pad: 0,
+                };
+                return self.append(
+                    item,
+                    EntryType::Regular,
+                    &mut body,
+                    body_len,
+                    None,
+                    Some(len),
+                );
+            }
+        }
+        self.append(item, EntryType::Regular, data, len, None, None)
     }
 
     fn symlink(&mut self, item: &Item, target: &[u8]) -> Result<Written, ExportError> {
         let mut nothing = std::io::empty();
-        self.append(item, EntryType::Symlink, &mut nothing, 0, Some(target))
+        self.append(
+            item,
+            EntryType::Symlink,
+            &mut nothing,
+            0,
+            Some(target),
+            None,
+        )
     }
 
     fn finish(self) -> Result<(), ExportError> {

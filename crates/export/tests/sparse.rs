@@ -1,6 +1,7 @@
 //! A recorded file is streamed from the store into the export, never built whole in memory:
 //! a 100 GiB sparse file (more than this machine's RAM) exports as a sparse file with its data
-//! at the right offsets, and a tar export of a sparse file holds the same bytes, zeros included.
+//! at the right offsets, and a tar export holds it as a PAX sparse entry (as GNU tar writes one)
+//! that GNU tar extracts exact and sparse.
 
 use diffkeeper_export::{export_store_dir, export_store_tar, ExportOptions};
 use diffkeeper_store::{Event, Op, RecPath, RecordingInfo, Store, Target, Writer};
@@ -89,14 +90,101 @@ fn a_100_gib_sparse_file_exports_sparse_and_exact() {
     assert_eq!(&around, b"\0\0\0mid");
 }
 
+/// `tar -xf` of `archive` into `into` with GNU tar, the reader most users have.
+fn gnu_untar(archive: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(into)
+        .output()
+        .expect("GNU tar is installed");
+    assert!(
+        out.status.success(),
+        "tar -xf: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
-fn a_tar_export_holds_a_sparse_file_with_its_zeros() {
-    let size = 8 << 20;
-    let pieces = vec![(1 << 20, b"one".to_vec()), (size - 3, b"end".to_vec())];
+fn a_tar_export_of_a_100_gib_sparse_file_is_small_and_extracts_exact() {
+    let size = 100 * GIB;
+    let pieces = vec![
+        (0, b"head".repeat(1000)),
+        (50 * GIB + 3, b"middle".repeat(20_000)),
+        (size - 5, b"tail!".to_vec()),
+    ];
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     sparse_store(&state, size, &pieces);
     let store = Store::open(&state).unwrap();
+    let archive = tmp.path().join("out.tar");
+    let summary = export_store_tar(
+        &store,
+        store.span().last_seq,
+        None,
+        std::fs::File::create(&archive).unwrap(),
+        &ExportOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(summary.files, 1);
+    let tar_len = std::fs::metadata(&archive).unwrap().len();
+    assert!(
+        tar_len < 1 << 20,
+        "a tar of 124 KiB of data in a 100 GiB sparse file takes {tar_len} bytes"
+    );
+    let out = tmp.path().join("x");
+    gnu_untar(&archive, &out);
+    let file = std::fs::File::open(out.join("sparse")).unwrap();
+    let meta = file.metadata().unwrap();
+    assert_eq!(meta.len(), size);
+    assert!(
+        meta.blocks() * 512 < 16 << 20,
+        "GNU tar extracted it sparse"
+    );
+    for (offset, data) in &pieces {
+        let mut got = vec![0u8; data.len()];
+        file.read_exact_at(&mut got, *offset).unwrap();
+        assert!(&got == data, "the data at offset {offset} differs");
+    }
+}
+
+#[test]
+fn a_tar_export_of_a_sparse_file_ending_in_a_hole_reads_back_with_its_zeros() {
+    // Both readers: GNU tar (sparse-aware) and, for a file with small holes stored whole, the
+    // tar crate.
+    let size = 8 << 20;
+    let pieces = vec![(1 << 20, b"one".to_vec()), (3 << 20, b"two".to_vec())];
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    sparse_store(&state, size, &pieces);
+    let store = Store::open(&state).unwrap();
+    let archive = tmp.path().join("out.tar");
+    export_store_tar(
+        &store,
+        store.span().last_seq,
+        None,
+        std::fs::File::create(&archive).unwrap(),
+        &ExportOptions::default(),
+    )
+    .unwrap();
+    let mut want = vec![0u8; size as usize];
+    for (offset, bytes) in &pieces {
+        want[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(bytes);
+    }
+    let out = tmp.path().join("x");
+    gnu_untar(&archive, &out);
+    let got = std::fs::read(out.join("sparse")).unwrap();
+    assert!(
+        got == want,
+        "GNU tar's extraction differs from the recorded file"
+    );
+
+    // Holes below the sparse threshold: a plain entry, zeros stored.
+    let small = tmp.path().join("small-state");
+    sparse_store(&small, 4096, &[(100, b"x".to_vec())]);
+    let store = Store::open(&small).unwrap();
     let mut tar_bytes = Vec::new();
     export_store_tar(
         &store,
@@ -115,12 +203,7 @@ fn a_tar_export_holds_a_sparse_file_with_its_zeros() {
         .expect("the tar holds sparse");
     let mut data = Vec::new();
     entry.read_to_end(&mut data).unwrap();
-    let mut want = vec![0u8; size as usize];
-    for (offset, bytes) in &pieces {
-        want[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(bytes);
-    }
-    assert!(
-        data == want,
-        "the tar's bytes differ from the recorded file"
-    );
+    let mut want = vec![0u8; 4096];
+    want[100] = b'x';
+    assert!(data == want, "the plain entry's bytes differ");
 }

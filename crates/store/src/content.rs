@@ -410,6 +410,22 @@ impl<'s> ContentReader<'s> {
         next.min(self.extents.size) - self.pos
     }
 
+    /// Where the file holds data, as `(offset, length)` in order, adjacent extents merged;
+    /// everything else up to [`Self::len`] is a hole. Lets a tar writer put the sparse map ahead
+    /// of the data it describes.
+    pub fn data_ranges(&self) -> Vec<(u64, u64)> {
+        let size = self.extents.size;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (&start, (len, _)) in self.extents.map.range(..size) {
+            let len = (*len).min(size - start);
+            match ranges.last_mut() {
+                Some((s, l)) if *s + *l == start => *l += len,
+                _ => ranges.push((start, len)),
+            }
+        }
+        ranges
+    }
+
     /// Moves the position `n` bytes on (past a hole, typically), at most to the end.
     pub fn skip(&mut self, n: u64) {
         self.pos = self.pos.saturating_add(n).min(self.extents.size);
