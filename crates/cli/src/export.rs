@@ -33,7 +33,11 @@ pub struct Args {
     force: bool,
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+/// Exit code of an export that wrote everything it could but found part of the recording
+/// damaged: not 0, so a script notices, and not 2, which means the command was refused.
+const EXIT_DAMAGED: i32 = crate::verify::EXIT_DAMAGED;
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
     if !(matches!(a.format, Format::Tar) && a.out.as_os_str() == "-") {
         refuse_inside(&a.out, &a.state.state_dir)?;
     }
@@ -82,7 +86,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             escaped(why.as_bytes())
         );
     }
-    Ok(())
+    if summary.damaged.is_empty() {
+        return Ok(0);
+    }
+    for (path, why) in &summary.damaged {
+        eprintln!(
+            "diffkeeper: error: {} could not be read at that moment: {}",
+            quoted(path.as_bytes()),
+            escaped(why.as_bytes())
+        );
+    }
+    eprintln!(
+        "diffkeeper: error: the recording is damaged: {} file(s) left out{}, everything else \
+         exported; `diffkeeper verify --state-dir={}` lists every damaged moment and file",
+        summary.damaged.len(),
+        if matches!(a.format, Format::Tar) {
+            " (in the tar they hold zeros from the damage on)"
+        } else {
+            ""
+        },
+        a.state.state_dir.display()
+    );
+    Ok(EXIT_DAMAGED)
 }
 
 /// Refuses an `out` at or below the state dir: writing there destroys the recording.
@@ -92,7 +117,8 @@ fn refuse_inside(out: &Path, state_dir: &Path) -> anyhow::Result<()> {
     let out_abs = resolved(out)?;
     if out_abs.starts_with(&state) {
         anyhow::bail!(
-            "--out {} is inside the recording's state dir {}: writing there would destroy the              recording; choose a path outside it",
+            "--out {} is inside the recording's state dir {}: writing there would destroy the \
+             recording; choose a path outside it",
             out.display(),
             state_dir.display()
         );

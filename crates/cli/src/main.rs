@@ -14,6 +14,7 @@ mod quoted;
 mod record;
 mod report;
 mod snapshot;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ enum Command {
     /// Write one self-contained HTML page: activity per file and process over time, gaps, the
     /// exit, and the log and diff of any moment clicked.
     Report(report::Args),
+    /// Read every stored block against its checksum; name the files and moments any damage
+    /// breaks.
+    Verify(verify::Args),
     /// Show the files at a moment as a read-only directory tree (FUSE), read from the store as
     /// they are opened.
     Mount(mount::Args),
@@ -83,12 +87,13 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Record(a) => record::run(a),
-        Command::Export(a) => export::run(a).map(|()| 0),
+        Command::Export(a) => export::run(a),
         Command::Log(a) => log::run(a).map(|()| 0),
         Command::Diff(a) => diff::run(a).map(|()| 0),
         Command::Grep(a) => grep::run(a).map(|()| 0),
         Command::Bisect(a) => bisect::run(a).map(|()| 0),
         Command::Report(a) => report::run(a).map(|()| 0),
+        Command::Verify(a) => verify::run(a),
         Command::Mount(a) => mount::run(a).map(|()| 0),
         Command::Pack(a) => pack::pack(a).map(|()| 0),
         Command::Unpack(a) => pack::unpack(a).map(|()| 0),

@@ -198,6 +198,17 @@ impl Destination for DirDestination {
         Ok(Written::Done)
     }
 
+    fn discard(&mut self, item: &Item) -> Result<(), ExportError> {
+        let path = item.path.as_ref();
+        self.parent_of(path)
+            .and_then(|(parent, name)| rustix::fs::unlinkat(parent, name, AtFlags::empty()))
+            .map_err(|errno| ExportError::Write {
+                action: "remove the unreadable file",
+                path: path.clone(),
+                source: errno.into(),
+            })
+    }
+
     fn finish(mut self) -> Result<(), ExportError> {
         self.cached_parent = None;
         // Deepest first: a child directory is reached through its parent, which must still be

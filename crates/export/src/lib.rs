@@ -67,6 +67,10 @@ pub struct ExportSummary {
     pub inexact: Vec<RecPath>,
     /// Entries left out, with the reason (unsafe path, a name the destination refuses, ...).
     pub skipped: Vec<(RecPath, String)>,
+    /// Files whose recorded bytes could not be read at that moment (a block of the store fails
+    /// its checksum, a segment is missing), with the reason. Everything else was exported; a
+    /// directory export leaves these files out, a tar holds zeros from the damage on.
+    pub damaged: Vec<(RecPath, String)>,
 }
 
 /// "3 files, 1 directories, 0 symlinks, 12 B": what an export wrote, worded the same wherever
@@ -253,6 +257,9 @@ pub(crate) enum FileContent<'s> {
     /// Copied while writing, so a large file never sits in memory whole. The stream must
     /// deliver exactly `len` bytes (the size the tree was planned with: it is in the tar header
     /// before the first byte is read).
+    /// The recording cannot give these bytes (the reason): the file is reported damaged and the
+    /// export goes on with the rest.
+    Unreadable(String),
     Stream {
         reader: Box<dyn FileData + 's>,
         len: u64,
@@ -315,10 +322,16 @@ struct ExactLen<'s> {
     inner: Box<dyn FileData + 's>,
     remaining: u64,
     source_error: Option<std::io::Error>,
+    /// After a failed read, hand out zeros for the rest instead of failing: a tar entry whose
+    /// header is written must get all its bytes, or the archive is broken for every entry after.
+    zeros_after_error: bool,
 }
 
 impl FileData for ExactLen<'_> {
     fn hole_len(&self) -> u64 {
+        if self.source_error.is_some() {
+            return 0;
+        }
         self.inner.hole_len().min(self.remaining)
     }
 
@@ -341,6 +354,11 @@ impl Read for ExactLen<'_> {
         let want = buf
             .len()
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        if self.source_error.is_some() && self.zeros_after_error {
+            buf[..want].fill(0);
+            self.remaining -= want as u64;
+            return Ok(want);
+        }
         match self.inner.read(&mut buf[..want]) {
             Ok(0) => {
                 let short = std::io::Error::new(
@@ -351,6 +369,9 @@ impl Read for ExactLen<'_> {
                     ),
                 );
                 self.source_error = Some(short);
+                if self.zeros_after_error {
+                    return self.read(buf);
+                }
                 Err(std::io::Error::other("the source file ended early"))
             }
             Ok(n) => {
@@ -361,6 +382,9 @@ impl Read for ExactLen<'_> {
             Err(e) => {
                 let kind = e.kind();
                 self.source_error = Some(e);
+                if self.zeros_after_error {
+                    return self.read(buf);
+                }
                 Err(std::io::Error::new(kind, "reading the source file failed"))
             }
         }
@@ -391,6 +415,8 @@ pub(crate) enum Written {
     /// The destination refused this particular entry (a name too long for the file system, a
     /// name clash on a case-insensitive file system, ...); the export goes on without it.
     Refused(String),
+    /// The recording could not give the file's bytes (the reason); the export goes on without it.
+    Damaged(String),
 }
 
 /// Where a walk writes. Items arrive in path order, so a directory always comes before anything
@@ -405,6 +431,9 @@ pub(crate) trait Destination {
         len: u64,
     ) -> Result<Written, ExportError>;
     fn symlink(&mut self, item: &Item, target: &[u8]) -> Result<Written, ExportError>;
+    /// Takes back a file whose bytes turned out to be unreadable while it was written, where the
+    /// destination can (a directory removes it; a tar entry, already written, stays zero-filled).
+    fn discard(&mut self, item: &Item) -> Result<(), ExportError>;
     /// Called once after the last item (directory metadata, archive trailer).
     fn finish(self) -> Result<(), ExportError>;
 }
@@ -469,6 +498,13 @@ fn walk<D: Destination>(
                     summary.inexact.push(item.path.clone().into_owned());
                 }
             }
+            Written::Damaged(reason) => {
+                // The caller reports these (the cli as errors): a warning here would say it twice.
+                info!(path = %item.path, %reason, "recorded bytes unreadable; file left out");
+                summary
+                    .damaged
+                    .push((item.path.clone().into_owned(), reason));
+            }
             Written::Refused(reason) => {
                 warn!(path = %item.path, %reason, "entry left out of export");
                 not_written.insert(item.path.clone().into_owned());
@@ -503,6 +539,7 @@ fn write_file<D: Destination>(
         }
     };
     match src.open(&item.path, entry)? {
+        FileContent::Unreadable(reason) => Ok((Written::Damaged(reason), 0)),
         FileContent::Whole(data) => {
             let len = data.len() as u64;
             warn_len(len);
@@ -516,30 +553,27 @@ fn write_file<D: Destination>(
             if matches!(origin, StreamOrigin::Store) {
                 warn_len(len);
             }
+            let from_store = matches!(origin, StreamOrigin::Store);
             let mut stream = ExactLen {
                 inner: reader,
                 remaining: len,
                 source_error: None,
+                zeros_after_error: from_store,
             };
             let written = dest.file(item, &mut stream, len);
-            if let Some(source) = stream.source_error.take() {
-                let path = item.path.clone().into_owned();
-                return Err(match origin {
-                    StreamOrigin::Image(layer) => ExportError::ImageContent {
-                        path,
-                        layer,
-                        source,
-                    },
-                    StreamOrigin::Store => ExportError::Content {
-                        path,
-                        source: match source.into_inner() {
-                            Some(inner) => inner,
-                            None => "the recorded content could not be read".into(),
-                        },
-                    },
-                });
+            match (stream.source_error.take(), origin) {
+                (None, _) => Ok((written?, len)),
+                (Some(source), StreamOrigin::Image(layer)) => Err(ExportError::ImageContent {
+                    path: item.path.clone().into_owned(),
+                    layer,
+                    source,
+                }),
+                (Some(source), StreamOrigin::Store) => {
+                    written?;
+                    dest.discard(item)?;
+                    Ok((Written::Damaged(source.to_string()), 0))
+                }
             }
-            Ok((written?, len))
         }
     }
 }

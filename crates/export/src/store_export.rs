@@ -108,13 +108,10 @@ impl FileFeed for MomentFeed<'_> {
             return image.open_file(path, layer, *size);
         }
         // Streamed: the content is never built whole in memory, and its holes stay holes.
-        let reader = self
-            .store
-            .content_reader(entry.node, self.seq)
-            .map_err(|source| ExportError::Content {
-                path: path.clone(),
-                source: Box::new(source),
-            })?;
+        let reader = match self.store.content_reader(entry.node, self.seq) {
+            Ok(reader) => reader,
+            Err(e) => return Ok(FileContent::Unreadable(e.to_string())),
+        };
         Ok(FileContent::Stream {
             len: reader.len(),
             reader: Box::new(Recorded(reader)),

@@ -293,6 +293,7 @@ fn export_dir_reproduces_content_types_modes_targets_and_mtimes_exactly() {
             bytes: total_bytes,
             inexact: vec![rp(b"/var/log/app.log")],
             skipped: vec![],
+            damaged: vec![],
         }
     );
 }

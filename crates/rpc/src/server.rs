@@ -366,10 +366,18 @@ fn export_into(view: HistoryView, point: Point, tree: Tree, opts: &ExportOptions
                 symlinks: summary.symlinks,
                 bytes: summary.bytes,
                 inexact: summary.inexact.iter().map(|p| p.to_string()).collect(),
+                // A damaged file is left out like a refused one, and its line says why: the
+                // plugin and the snapshot Pods print these, so the loss is never silent.
                 skipped: summary
                     .skipped
                     .iter()
                     .map(|(p, why)| format!("{p}: {why}"))
+                    .chain(
+                        summary
+                            .damaged
+                            .iter()
+                            .map(|(p, why)| format!("{p}: the recording is damaged here: {why}")),
+                    )
                     .collect(),
             };
             let files = summary.files;

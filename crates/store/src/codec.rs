@@ -48,9 +48,9 @@ pub(crate) const META_END: &[u8] = b"mend";
 pub(crate) const META_SEGMENT_END: &[u8] = b"msegend";
 
 const EVENT: u8 = b'e';
-const PAYLOAD: u8 = b'p';
+pub(crate) const PAYLOAD: u8 = b'p';
 const CONTENT: u8 = b'n';
-const KEYFRAME: u8 = b'k';
+pub(crate) const KEYFRAME: u8 = b'k';
 const CHECKPOINT: u8 = b'c';
 
 /// Payload records of a commit smaller than [`PACKED_RECORD_BYTES`] are packed into segment
@@ -104,6 +104,16 @@ fn node_seq_key(prefix: u8, node: NodeId, seq: Seq) -> [u8; 17] {
     k[1..9].copy_from_slice(&node.to_be_bytes());
     k[9..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// The node and seq of a `p`/`n`/`k` key.
+pub(crate) fn key_node_seq(key: &[u8]) -> Result<(NodeId, Seq), StoreError> {
+    let node: [u8; 8] = key
+        .get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .filter(|_| key.len() == 17)
+        .ok_or_else(|| StoreError::corrupt(format!("malformed key {key:?}")))?;
+    Ok((NodeId::from_be_bytes(node), key_seq(key)?))
 }
 
 /// The seq at the end of any `e`/`p`/`c`/`n`/`k` key.

@@ -17,6 +17,7 @@ mod records;
 mod segment;
 mod summary;
 mod time;
+mod verify;
 mod writer;
 
 pub use content::ContentReader;
@@ -26,6 +27,7 @@ pub use reader::Store;
 pub use records::ReadStats;
 pub use summary::{Change, ChangeKind, OpKind, OpSummary, Summary};
 pub use time::{format_duration, format_wall, Point, Span, TimeError, TimeExpr};
+pub use verify::{Damage, SegmentUse, Verification};
 pub use writer::{Writer, WriterOptions, WriterStats};
 
 use serde::{Deserialize, Serialize};

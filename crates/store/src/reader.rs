@@ -143,6 +143,13 @@ impl Store {
         content::ContentReader::new(&self.records, node, seq)
     }
 
+    /// Reads every segment block the recording refers to against its checksum and traces each
+    /// damaged one to the files and moments it breaks. Reads all stored data: as long as a full
+    /// export, and meant for when something went wrong.
+    pub fn verify(&self) -> Result<crate::Verification, StoreError> {
+        crate::verify::verify(&self.records)
+    }
+
     /// Events `from..=to` with their data, in order.
     pub fn events(
         &self,

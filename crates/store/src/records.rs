@@ -7,6 +7,7 @@ use crate::error::StoreError;
 use crate::model::{NodeId, Seq};
 use crate::namespace::{Clock, Namespace};
 use crate::segment::{BlockAddr, SegmentFiles};
+use crate::verify::SegmentUse;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,6 +99,54 @@ impl Records {
             }
         }
         Ok(block)
+    }
+
+    /// Every segment reference in the index, each with what holds it: the payload record
+    /// `(node, first)` or the keyframe `(node, seq)`. Reads no segment.
+    pub(crate) fn segment_refs(
+        &self,
+    ) -> impl Iterator<Item = Result<(SegmentUse, NodeId, Seq, SegRef), StoreError>> + '_ {
+        let payloads = self.tree.scan_prefix([codec::PAYLOAD]).map(|item| {
+            let (key, value) = item?;
+            let (node, seq) = codec::key_node_seq(&key)?;
+            let what = format!("data of node {node} at @seq:{seq}");
+            Ok(codec::parse_segment_ref(&what, codec::SEGMENT, &value)?
+                .map(|r| (SegmentUse::Data, node, seq, r)))
+        });
+        let keyframes = self.tree.scan_prefix([codec::KEYFRAME]).map(|item| {
+            let (key, value) = item?;
+            let (node, seq) = codec::key_node_seq(&key)?;
+            let kf: Keyframe = codec::decode("a keyframe", &value)?;
+            let what = format!("keyframe of node {node} at @seq:{seq}");
+            Ok(
+                codec::parse_segment_ref(&what, codec::KEYFRAME_IN_SEGMENT, &kf.body)?
+                    .map(|r| (SegmentUse::Keyframe, node, seq, r)),
+            )
+        });
+        payloads
+            .chain(keyframes)
+            .filter_map(Result::transpose)
+            .filter(move |item| !matches!(item, Ok((_, _, seq, _)) if *seq > self.committed))
+    }
+
+    /// Reads the block at `addr` and checks it against its checksum, keeping nothing.
+    pub(crate) fn check_block(&self, addr: BlockAddr) -> Result<(), StoreError> {
+        self.segments.read(addr).map(drop)
+    }
+
+    /// The seqs of `node`'s keyframes in `from..=to`, without reading their bodies.
+    pub(crate) fn keyframe_seqs(
+        &self,
+        node: NodeId,
+        from: Seq,
+        to: Seq,
+    ) -> Result<Vec<Seq>, StoreError> {
+        let to = to.min(self.committed);
+        self.tree
+            .range(codec::keyframe_key(node, from)..=codec::keyframe_key(node, to))
+            .keys()
+            .map(|k| codec::key_seq(&k?))
+            .collect()
     }
 
     /// The bytes a [`SegRef`] names.
