@@ -116,6 +116,12 @@ pub(crate) fn describe(s: &Summary) -> String {
     if let Some(mode) = op.mode {
         detail.push(format!("mode {mode:04o}"));
     }
+    if let Some(owner) = op.owner {
+        detail.push(format!("owner {owner}"));
+    }
+    if let Some(ns) = op.mtime_ns {
+        detail.push(format!("mtime {}", format_wall(ns)));
+    }
     if let Some(t) = &op.target {
         detail.push(format!("-> {}", quoted(t)));
     }

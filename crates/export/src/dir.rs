@@ -6,7 +6,7 @@
 //! nor one that appeared in the destination concurrently is ever followed.
 
 use crate::{split_ns, Destination, ExportError, Item, Written};
-use diffkeeper_store::model::RecPath;
+use diffkeeper_store::model::{Owner, RecPath};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -32,6 +32,7 @@ struct PendingDir {
     path: RecPath,
     mode: u32,
     mtime_ns: Option<i128>,
+    owner: Option<Owner>,
 }
 
 pub(crate) struct DirDestination {
@@ -40,11 +41,13 @@ pub(crate) struct DirDestination {
     /// share it and the walk from the root happens once per directory, not once per file.
     cached_parent: Option<(RecPath, OwnedFd)>,
     pending_dirs: Vec<PendingDir>,
+    /// Give entries their recorded owners (the caller checked that it may).
+    owners: bool,
 }
 
 impl DirDestination {
     /// Creates `out` if missing, or accepts it if it is an empty directory.
-    pub(crate) fn create(out: &Path) -> Result<Self, ExportError> {
+    pub(crate) fn create(out: &Path, owners: bool) -> Result<Self, ExportError> {
         let destination_err = |source| ExportError::Destination {
             path: out.to_owned(),
             source,
@@ -83,6 +86,7 @@ impl DirDestination {
             root,
             cached_parent: None,
             pending_dirs: Vec::new(),
+            owners,
         })
     }
 
@@ -111,6 +115,10 @@ impl DirDestination {
             &dir.path,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         )?;
+        // The owner before the mode: chown clears set-ID bits.
+        if let Some(owner) = dir.owner.filter(|_| self.owners) {
+            rustix::fs::fchown(&fd, Some(uid(owner)), Some(gid(owner)))?;
+        }
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir.mode))?;
         if let Some(times) = dir.mtime_ns.and_then(|ns| timestamps(&dir.path, ns)) {
             rustix::fs::futimens(&fd, &times)?;
@@ -132,6 +140,7 @@ impl Destination for DirDestination {
             path: path.clone(),
             mode: item.mode,
             mtime_ns: item.mtime_ns,
+            owner: item.owner,
         });
         Ok(Written::Done)
     }
@@ -160,13 +169,20 @@ impl Destination for DirDestination {
             path: path.clone(),
             source,
         })?;
-        // The mode goes on after writing: an unprivileged write clears setuid/setgid bits.
-        let metadata = rustix::fs::fchmod(&file, Mode::from_raw_mode(item.mode)).and_then(|()| {
-            match item.mtime_ns.and_then(|ns| timestamps(path, ns)) {
-                Some(times) => rustix::fs::futimens(&file, &times),
-                None => Ok(()),
-            }
-        });
+        // The owner, then the mode, after writing: an unprivileged write and a chown both clear
+        // setuid/setgid bits.
+        let owned = match item.owner.filter(|_| self.owners) {
+            Some(owner) => rustix::fs::fchown(&file, Some(uid(owner)), Some(gid(owner))),
+            None => Ok(()),
+        };
+        let metadata = owned
+            .and_then(|()| rustix::fs::fchmod(&file, Mode::from_raw_mode(item.mode)))
+            .and_then(
+                |()| match item.mtime_ns.and_then(|ns| timestamps(path, ns)) {
+                    Some(times) => rustix::fs::futimens(&file, &times),
+                    None => Ok(()),
+                },
+            );
         metadata.map_err(|errno| ExportError::Write {
             action: "set mode and mtime of",
             path: path.clone(),
@@ -178,12 +194,23 @@ impl Destination for DirDestination {
     fn symlink(&mut self, item: &Item, target: &[u8]) -> Result<Written, ExportError> {
         let path = item.path.as_ref();
         let times = item.mtime_ns.and_then(|ns| timestamps(path, ns));
+        let owner = item.owner.filter(|_| self.owners);
         let (parent, name) = match self.parent_of(path) {
             Ok(found) => found,
             Err(errno) => return refused_or_fatal(errno, "create symlink", path),
         };
         if let Err(errno) = rustix::fs::symlinkat(target, parent, name) {
             return refused_or_fatal(errno, "create symlink", path);
+        }
+        if let Some(owner) = owner {
+            let flags = AtFlags::SYMLINK_NOFOLLOW;
+            rustix::fs::chownat(parent, name, Some(uid(owner)), Some(gid(owner)), flags).map_err(
+                |errno| ExportError::Write {
+                    action: "set owner of symlink",
+                    path: path.clone(),
+                    source: errno.into(),
+                },
+            )?;
         }
         // Symlink permission bits are meaningless on Linux; only the time is restored, on the
         // link itself (SYMLINK_NOFOLLOW), never on whatever it points to.
@@ -283,4 +310,12 @@ fn timestamps(path: &RecPath, mtime_ns: i128) -> Option<Timestamps> {
         last_access: time,
         last_modification: time,
     })
+}
+
+fn uid(owner: Owner) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(owner.uid)
+}
+
+fn gid(owner: Owner) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(owner.gid)
 }

@@ -15,12 +15,15 @@ const HEADER_NAME_LEN: usize = 100;
 
 pub(crate) struct TarDestination<W: Write> {
     builder: Builder<W>,
+    /// Write the recorded owners into the headers (else 0:0).
+    owners: bool,
 }
 
 impl<W: Write> TarDestination<W> {
-    pub(crate) fn new(out: W) -> Self {
+    pub(crate) fn new(out: W, owners: bool) -> Self {
         TarDestination {
             builder: Builder::new(out),
+            owners,
         }
     }
 
@@ -46,8 +49,9 @@ impl<W: Write> TarDestination<W> {
         let mut header = Header::new_ustar();
         header.set_entry_type(entry_type);
         header.set_mode(item.mode);
-        header.set_uid(0);
-        header.set_gid(0);
+        let owner = item.owner.filter(|_| self.owners).unwrap_or_default();
+        header.set_uid(owner.uid.into());
+        header.set_gid(owner.gid.into());
         header.set_size(len);
 
         let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();

@@ -39,6 +39,7 @@ impl Recording {
                 mode,
                 mtime_ns,
                 exact: true,
+                owner: Default::default(),
             },
         );
         self.entries.get_mut(&path).unwrap()
@@ -399,6 +400,7 @@ fn hostile_recording(victim: &Path) -> Recording {
             mode: 0o644,
             mtime_ns: T0,
             exact: true,
+            owner: Default::default(),
         },
     );
     rec
@@ -785,6 +787,7 @@ fn exported_with(patterns: &[&str]) -> BTreeSet<String> {
     let opts = ExportOptions {
         paths: compile_globs(&patterns).unwrap(),
         progress: false,
+        no_owner: false,
     };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
@@ -830,6 +833,7 @@ fn parents_brought_along_keep_their_recorded_mode() {
     let opts = ExportOptions {
         paths: compile_globs(&["/tmp/w/a.txt".to_string()]).unwrap(),
         progress: false,
+        no_owner: false,
     };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");

@@ -27,15 +27,21 @@
 //! to content from before its record's first seq.
 
 use crate::error::StoreError;
-use crate::model::{MarkerKind, NodeId, NodeKind, Op, Process, RecPath, Seq, Target};
+use crate::model::{
+    Entry, EntryKind, MarkerKind, NodeId, NodeKind, Op, Owner, Process, RecPath, Seq, Target,
+};
+use crate::namespace::Namespace;
 use bincode::Options;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Format 2 added delta-encoded payloads ([`DELTA`]); format 3, zstd keyframe patches
 /// ([`encode_keyframe_patch`]); format 4, payloads and keyframe bodies in segment files
-/// ([`SEGMENT`], [`KEYFRAME_IN_SEGMENT`]). Everything older formats wrote reads unchanged, and
-/// every value says how it is encoded, so a store resumed by a newer build may mix them.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+/// ([`SEGMENT`], [`KEYFRAME_IN_SEGMENT`]); format 5, owners and set times: the ops
+/// [`OpHeader::Chown`] and [`OpHeader::SetTimes`] (appended variants, which older stores never
+/// hold) and entries with an owner in name-space checkpoints ([`CHECKPOINT_WITH_OWNERS`]).
+/// Everything older formats wrote reads unchanged, and every value says how it is encoded, so a
+/// store resumed by a newer build may mix them.
+pub(crate) const FORMAT_VERSION: u32 = 5;
 pub(crate) const OLDEST_READABLE_FORMAT: u32 = 1;
 
 pub(crate) const META_INFO: &[u8] = b"minfo";
@@ -73,6 +79,64 @@ pub(crate) const BLOCK_BYTES: usize = 4 << 20;
 
 pub(crate) fn event_block_key(first: Seq) -> [u8; 9] {
     seq_key(EVENT, first)
+}
+
+/// First byte of a format-5 name-space checkpoint, whose entries carry owners. Older checkpoints
+/// are a bare zstd frame (first byte 0x28), decoded as [`LegacyNamespace`].
+pub(crate) const CHECKPOINT_WITH_OWNERS: u8 = 5;
+
+/// A name-space checkpoint's value: tag, then zstd(bincode(name space)).
+pub(crate) fn encode_checkpoint(ns: &Namespace) -> Vec<u8> {
+    let mut out = vec![CHECKPOINT_WITH_OWNERS];
+    out.extend_from_slice(&zstd_bytes(&encode(ns)));
+    out
+}
+
+pub(crate) fn decode_checkpoint(value: &[u8]) -> Result<Namespace, StoreError> {
+    let unpack = |bytes: &[u8]| {
+        unzstd(bytes)
+            .map_err(|e| StoreError::corrupt(format!("a namespace checkpoint is unreadable: {e}")))
+    };
+    let mut ns = match value.first() {
+        Some(&CHECKPOINT_WITH_OWNERS) => decode("a namespace checkpoint", &unpack(&value[1..])?)?,
+        _ => {
+            let legacy: LegacyNamespace = decode("a namespace checkpoint", &unpack(value)?)?;
+            Namespace::from_entries(
+                legacy
+                    .entries
+                    .into_iter()
+                    .map(|(path, e)| {
+                        let entry = Entry {
+                            node: e.node,
+                            kind: e.kind,
+                            mode: e.mode,
+                            mtime_ns: e.mtime_ns,
+                            exact: e.exact,
+                            owner: Owner::default(),
+                        };
+                        (path, entry)
+                    })
+                    .collect(),
+            )
+        }
+    };
+    ns.reindex();
+    Ok(ns)
+}
+
+/// How formats 1 to 4 stored a name space: entries without owners.
+#[derive(Deserialize)]
+struct LegacyNamespace {
+    entries: std::collections::BTreeMap<RecPath, LegacyEntry>,
+}
+
+#[derive(Deserialize)]
+struct LegacyEntry {
+    node: NodeId,
+    kind: EntryKind,
+    mode: u32,
+    mtime_ns: i128,
+    exact: bool,
 }
 
 pub(crate) fn checkpoint_key(seq: Seq) -> [u8; 9] {
@@ -218,6 +282,15 @@ pub(crate) enum OpHeader {
         kind: MarkerKind,
         detail: String,
     },
+    // Format 5. New variants go last: bincode stores the variant's index.
+    Chown {
+        target: Target,
+        owner: Owner,
+    },
+    SetTimes {
+        target: Target,
+        mtime_ns: i128,
+    },
 }
 
 impl OpHeader {
@@ -271,6 +344,8 @@ impl OpHeader {
                 }
             }
             Op::Marker { kind, detail } => OpHeader::Marker { kind, detail },
+            Op::Chown { target, owner } => OpHeader::Chown { target, owner },
+            Op::SetTimes { target, mtime_ns } => OpHeader::SetTimes { target, mtime_ns },
         };
         (header, None)
     }
@@ -322,6 +397,8 @@ impl OpHeader {
                 data: inline.or(payload).unwrap_or_default(),
             },
             OpHeader::Marker { kind, detail } => Op::Marker { kind, detail },
+            OpHeader::Chown { target, owner } => Op::Chown { target, owner },
+            OpHeader::SetTimes { target, mtime_ns } => Op::SetTimes { target, mtime_ns },
         }
     }
 }

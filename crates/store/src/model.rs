@@ -254,6 +254,10 @@ pub enum Op {
     Truncate { target: Target, size: u64 },
     /// Sets permission bits.
     Chmod { target: Target, mode: u32 },
+    /// Sets the owner (chown, or the owner a new entry was made with when not root's).
+    Chown { target: Target, owner: Owner },
+    /// Sets the modification time, ns since the epoch (utimensat, or read from the inode).
+    SetTimes { target: Target, mtime_ns: i128 },
     /// The whole content as read back from the file itself (healing lost or uncaptured bytes).
     /// From here on the node is exact.
     Resync { node: NodeId, data: Vec<u8> },
@@ -270,6 +274,19 @@ pub struct Event {
     pub op: Op,
 }
 
+/// Who owns an entry: user and group ids as the host sees them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
 /// One entry of the tree at a moment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -281,6 +298,9 @@ pub struct Entry {
     pub mtime_ns: i128,
     /// False while the content is not known byte-exactly (adopted, not yet resynced).
     pub exact: bool,
+    /// The owner; root (0:0) unless a Chown said otherwise (stores before format 5 have no
+    /// owners, and their entries read as root's).
+    pub owner: Owner,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
