@@ -61,7 +61,8 @@ enum {
 	NR_openat2 = 437, NR_fchmodat2 = 452,
 	/* Metadata: owners, xattrs (ACLs imply modes), times. */
 	NR_chown = 92, NR_fchown = 93, NR_lchown = 94, NR_utime = 132, NR_setxattr = 188,
-	NR_lsetxattr = 189, NR_fsetxattr = 190, NR_fremovexattr = 199, NR_utimes = 235,
+	NR_lsetxattr = 189, NR_fsetxattr = 190, NR_removexattr = 197, NR_lremovexattr = 198,
+	NR_fremovexattr = 199, NR_utimes = 235,
 	NR_fchownat = 260, NR_utimensat = 280,
 };
 
@@ -77,7 +78,8 @@ enum {
  * its path names an open file (AT_EMPTY_PATH, /proc/self/fd/N): see meta_through_fd. */
 #define META_PATH_SYSCALLS                                                                   \
 	case NR_chown: case NR_lchown: case NR_fchownat: case NR_setxattr: case NR_lsetxattr:  \
-	case NR_utime: case NR_utimes: case NR_utimensat
+	case NR_utime: case NR_utimes: case NR_utimensat: case NR_removexattr:                 \
+	case NR_lremovexattr
 
 struct file_key {
 	__u64 dev;
@@ -1088,7 +1090,7 @@ static __always_inline long proc_fd_of(const char *upath)
 
 /* Sends the metadata of the file open at `fd` as the call left it: the kernel already applied
  * what an ACL implies for the mode, what chown clears, what the times became. */
-__noinline int meta_of_fd(long fd)
+__noinline int meta_of_fd(long fd, __u32 flags)
 {
 	struct file_facts ff;
 	if (!file_facts(fd, &ff))
@@ -1100,27 +1102,28 @@ __noinline int meta_of_fd(long fd)
 	probe.i_mode = S_IFREG; /* recordable() for its file system check alone */
 	if (!recordable(&probe))
 		return 0;
-	if (!send_inode(&ff, DK_INODE_META, bpf_ktime_get_ns()))
+	if (!send_inode(&ff, DK_INODE_META | (flags & DK_INODE_XATTR), bpf_ktime_get_ns()))
 		count(DK_CNT_LOST_NS, 1);
 	return 0;
 }
 
 /* A path-based metadata call that succeeded: if its path names an open file, that file's
  * metadata follows (user space cannot resolve such a path itself). */
-static __always_inline void meta_through_fd(long dfd, const char *upath, bool empty_ok)
+static __always_inline void meta_through_fd(long dfd, const char *upath, bool empty_ok,
+					    __u32 flags)
 {
 	char first = 1;
 	if (empty_ok && !upath) {
-		meta_of_fd(dfd);
+		meta_of_fd(dfd, flags);
 		return;
 	}
 	if (empty_ok && !bpf_probe_read_user(&first, 1, upath) && first == 0) {
-		meta_of_fd(dfd);
+		meta_of_fd(dfd, flags);
 		return;
 	}
 	long fd = proc_fd_of(upath);
 	if (fd >= 0)
-		meta_of_fd(fd);
+		meta_of_fd(fd, flags);
 }
 
 static __always_inline __u32 umask_mode(__u32 mode)
@@ -1208,6 +1211,10 @@ int BPF_PROG(dk_sys_enter, struct pt_regs *regs, long id)
 		NS_META(DK_NS_SETXATTR, 0, 0, id == NR_lsetxattr, AT_FDCWD, s0, s1, (void *)dx,
 			r10);
 		break;
+	case NR_removexattr:
+	case NR_lremovexattr:
+		NS_META(DK_NS_REMOVEXATTR, 0, 0, id == NR_lremovexattr, AT_FDCWD, s0, s1, NULL, 0);
+		break;
 	case NR_utime:
 		NS_META(DK_NS_UTIMES, DK_TIMES_UTIMBUF, 0, false, AT_FDCWD, s0, NULL, s1,
 			s1 ? 16 : 0);
@@ -1294,7 +1301,7 @@ int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
 			return 0;
 		/* Any type of file (rsync fixes directory modes this way), with owner and mtime. */
 		if (id == NR_fchmod) {
-			meta_of_fd(di);
+			meta_of_fd(di, 0);
 			return 0;
 		}
 		struct file_facts ff;
@@ -1350,14 +1357,17 @@ int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
 		}
 		return 0;
 	case NR_fchown:
+		if (ret == 0)
+			meta_of_fd(di, 0);
+		return 0;
 	case NR_fsetxattr:
 	case NR_fremovexattr:
 		if (ret == 0)
-			meta_of_fd(di);
+			meta_of_fd(di, DK_INODE_XATTR);
 		return 0;
 	case NR_utimensat:
 		if (ret == 0 && !si) {
-			meta_of_fd(di); /* futimens: no enter record was sent */
+			meta_of_fd(di, 0); /* futimens: no enter record was sent */
 			return 0;
 		}
 		break;
@@ -1366,18 +1376,20 @@ int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
 	/* Metadata changed through a path that names an open file. */
 	if (ret == 0) {
 		switch (id) {
-		case NR_chmod: case NR_chown: case NR_lchown: case NR_setxattr: case NR_lsetxattr:
-		case NR_utime: case NR_utimes:
-			meta_through_fd(AT_FDCWD, (const char *)di, false);
+		case NR_chmod: case NR_chown: case NR_lchown: case NR_utime: case NR_utimes:
+			meta_through_fd(AT_FDCWD, (const char *)di, false, 0);
+			break;
+		case NR_setxattr: case NR_lsetxattr: case NR_removexattr: case NR_lremovexattr:
+			meta_through_fd(AT_FDCWD, (const char *)di, false, DK_INODE_XATTR);
 			break;
 		case NR_fchmodat:
-			meta_through_fd(di, (const char *)si, false);
+			meta_through_fd(di, (const char *)si, false, 0);
 			break;
 		case NR_fchmodat2: case NR_utimensat:
-			meta_through_fd(di, (const char *)si, r10 & AT_EMPTY_PATH);
+			meta_through_fd(di, (const char *)si, r10 & AT_EMPTY_PATH, 0);
 			break;
 		case NR_fchownat:
-			meta_through_fd(di, (const char *)si, r8 & AT_EMPTY_PATH);
+			meta_through_fd(di, (const char *)si, r8 & AT_EMPTY_PATH, 0);
 			break;
 		}
 	}

@@ -32,6 +32,8 @@ enum dk_kind {
 /* Sent because the file's metadata changed (fchown, fsetxattr, futimens, chmod or chown through
  * an fd): mode, owner and mtime are the inode's after the call. Any file type, not only regular. */
 #define DK_INODE_META 16
+/* With DK_INODE_META: the change was to its extended attributes (user space reads them back). */
+#define DK_INODE_XATTR 32
 
 /* DK_WRITE flags */
 #define DK_WRITE_LAST 1 /* last chunk of this syscall's data */
@@ -50,6 +52,7 @@ enum dk_ns_op {
 	DK_NS_SETXATTR = 10, /* a, b name = xattr name (verbatim), value slot = value, flags as CHOWN */
 	DK_NS_UTIMES = 11,  /* a, value slot = the times argument (none: both now), mode = enum
 			     * dk_times_format, flags as CHOWN */
+	DK_NS_REMOVEXATTR = 12, /* a, b name = xattr name, flags as CHOWN */
 
 };
 
@@ -107,7 +110,7 @@ enum dk_times_format {
 	DK_TIMES_UTIMBUF = 2,  /* utime: struct utimbuf (two longs, seconds) */
 };
 
-/* DK_NS_ENTER flags of DK_NS_CHOWN, DK_NS_SETXATTR and DK_NS_UTIMES */
+/* DK_NS_ENTER flags of DK_NS_CHOWN, DK_NS_SETXATTR, DK_NS_REMOVEXATTR and DK_NS_UTIMES */
 #define DK_NS_NOFOLLOW 1
 
 struct dk_inode {

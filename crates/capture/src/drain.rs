@@ -196,6 +196,7 @@ fn event_bytes(ev: &Event) -> usize {
             path, name, value, ..
         } => path.len() + name.len() + value.len(),
         Change::Chown { path, .. } | Change::SetTimes { path, .. } => path.len(),
+        Change::RemoveXattr { path, name, .. } => path.len() + name.len(),
         Change::Rename { from, to, .. } => from.len() + to.len(),
         Change::Symlink { path, target } => path.len() + target.len(),
         Change::Link { existing, new } => existing.len() + new.len(),

@@ -246,6 +246,17 @@ pub enum Change {
         mtime_ns: i128,
         /// The path was longer or deeper than the kernel walks.
         cut: bool,
+        /// The change was to its extended attributes (their values are not in the record).
+        xattrs: bool,
+    },
+    /// removexattr or lremovexattr by path.
+    RemoveXattr {
+        /// The file (as named: see `follow`).
+        path: Vec<u8>,
+        /// The attribute's name.
+        name: Vec<u8>,
+        /// See `Chown::follow`.
+        follow: bool,
     },
     /// chown, lchown or fchownat by path. `None` leaves that id unchanged (-1).
     Chown {
@@ -427,6 +438,7 @@ impl Assembler {
                             owner,
                             mtime_ns,
                             cut: h.flags & wire::DK_INODE_PATH_CUT != 0,
+                            xattrs: h.flags & wire::DK_INODE_XATTR != 0,
                         },
                     }));
                 }
@@ -609,6 +621,9 @@ impl PendingNs {
                         follow,
                     })
             }
+            wire::DK_NS_REMOVEXATTR => a
+                .zip(self.strings[3].clone())
+                .map(|(path, name)| Change::RemoveXattr { path, name, follow }),
             wire::DK_NS_UTIMES => a
                 .zip(decode_times(
                     self.mode,

@@ -34,6 +34,7 @@ pub(crate) const DK_INODE_TRUNCATED: u16 = 2;
 pub(crate) const DK_INODE_UNLINKED: u16 = 4;
 pub(crate) const DK_INODE_PATH_CUT: u16 = 8;
 pub(crate) const DK_INODE_META: u16 = 16;
+pub(crate) const DK_INODE_XATTR: u16 = 32;
 
 /// `enum dk_ns_op`.
 pub(crate) const DK_NS_RENAME: u32 = 1;
@@ -47,6 +48,7 @@ pub(crate) const DK_NS_TRUNCATE: u32 = 8;
 pub(crate) const DK_NS_CHOWN: u32 = 9;
 pub(crate) const DK_NS_SETXATTR: u32 = 10;
 pub(crate) const DK_NS_UTIMES: u32 = 11;
+pub(crate) const DK_NS_REMOVEXATTR: u32 = 12;
 
 /// DK_NS_ENTER flag of the metadata ops: the call does not follow a symlink at the path.
 pub(crate) const DK_NS_NOFOLLOW: u32 = 1;

@@ -2,7 +2,8 @@
 //! sed, cp, install, chown, chgrp, touch, tar, setfacl, rsync and git change files, part of the
 //! run as an unprivileged user, and at quiescent checkpoints the workload writes a manifest of
 //! `lstat` results (the ground truth). The export at each checkpoint's moment must have the
-//! same entries with the same type, bytes, symlink target, permission bits and owner.
+//! same entries with the same type, bytes, symlink target, permission bits, owner and kept
+//! extended attributes (user.*, security.capability, ACLs).
 //!
 //! mtimes are compared where they are well defined:
 //! - an mtime from before the recording began can only be there because something set it
@@ -29,7 +30,8 @@ const USER: u32 = 1000;
 const GROUP: u32 = 1000;
 
 /// Prints a JSON manifest of everything below argv[1]: relative path -> [kind, mode, uid, gid,
-/// mtime_ns, bytes or link target as hex].
+/// mtime_ns, bytes or link target as hex, the kept xattrs (user.*, security.capability, ACLs)
+/// as hex].
 const MANIFEST: &str = r#"
 import json, os, stat, sys
 root = sys.argv[1]
@@ -45,8 +47,14 @@ for dirpath, dirs, files in os.walk(root):
         else:
             with open(p, "rb") as f:
                 kind, data = "f", f.read().hex()
+        kept = {}
+        if kind != "l":
+            for x in os.listxattr(p):
+                if x.startswith("user.") or x in ("security.capability",
+                        "system.posix_acl_access", "system.posix_acl_default"):
+                    kept[x] = os.getxattr(p, x).hex()
         out[os.path.relpath(p, root)] = [kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                                         st.st_mtime_ns, data]
+                                         st.st_mtime_ns, data, kept]
 json.dump(out, sys.stdout, sort_keys=True)
 "#;
 
@@ -143,6 +151,12 @@ assert libc.syscall(NR_fchownat, fd, b"", 1000, 1000, AT_EMPTY_PATH) == 0, ctype
 os.close(fd)
 os.chown("chgrped", -1, 1000)
 os.chown("chowned", 0, 0)
+os.setxattr("owned.txt", "user.note", b"by path")                  # setxattr
+os.setxattr("owned.txt", "user.gone", b"soon")
+os.removexattr("owned.txt", "user.gone")                           # removexattr
+fd = os.open("py-fchown", os.O_RDONLY)
+os.setxattr(fd, "user.binary", bytes(range(256)) * 2)              # fsetxattr, 512 bytes
+os.close(fd)
 EOF
 checkpoint                                             # 5
 "#;
@@ -191,6 +205,7 @@ fn layout(tmp: &Path) -> Layout {
          mkdir -p tree/a/b
          echo deep > tree/a/b/deep.txt; chmod 0751 tree/a
          ln -s a/b/deep.txt tree/link
+         python3 -c 'import os; os.setxattr(\"tree/a/b/deep.txt\", \"user.origin\", b\"src\")'
          chown -R {USER}:{GROUP} tree; chown -h 0:0 tree/link
          touch -h -d '2012-06-06 06:06:06' tree/link
          touch -d '2012-06-06 06:06:06' tree/a/b/deep.txt tree/a/b tree/a tree
@@ -244,7 +259,7 @@ fn manifest(l: &Layout, dir: &Path) -> BTreeMap<String, Value> {
 
 /// What differs between a ground-truth entry and an exported one, under the rules above.
 fn differences(want: &Value, got: &Value, started_ns: i128) -> Vec<String> {
-    const NAMES: [&str; 6] = ["kind", "mode", "uid", "gid", "mtime", "bytes"];
+    const NAMES: [&str; 7] = ["kind", "mode", "uid", "gid", "mtime", "bytes", "xattrs"];
     let mut out = Vec::new();
     for (i, name) in NAMES.iter().enumerate() {
         if i == 4 {
@@ -356,6 +371,25 @@ fn real_tools_metadata_is_exact_at_every_checkpoint() {
             problems.push(format!("checkpoint {n}: extra {path}"));
         }
     }
+    // The comparison is not vacuous: the ground truth holds what the tools set.
+    let end: BTreeMap<String, Value> =
+        serde_json::from_slice(&fs::read(l.truth.join("5.json")).unwrap()).unwrap();
+    for (path, xattr) in [
+        ("tree-a/a/b/deep.txt", "user.origin"),
+        ("acl-ext", "system.posix_acl_access"),
+        ("owned.txt", "user.note"),
+        ("py-fchown", "user.binary"),
+    ] {
+        assert!(
+            end[path][6].get(xattr).is_some(),
+            "{path} has {xattr} in the ground truth: {:?}",
+            end[path]
+        );
+    }
+    assert_eq!(
+        end["untar/top"][1], 0o750,
+        "tar's chmod through /proc/self/fd"
+    );
     assert!(
         problems.is_empty(),
         "{} differences from the ground truth:\n  {}",
@@ -400,6 +434,11 @@ fn real_tools_metadata_is_exact_at_every_checkpoint() {
             .find(|line| line.ends_with("/work/installed"))
             .unwrap_or_else(|| panic!("no installed in the tar: {listing}"));
         assert!(installed.contains(want), "{flag:?}: {installed}");
+        let raw = fs::read(&tar).unwrap();
+        assert!(
+            raw.windows(22).any(|w| w == b"SCHILY.xattr.user.note"),
+            "the tar carries xattrs as PAX records"
+        );
     }
 }
 

@@ -6,7 +6,7 @@
 //! nor one that appeared in the destination concurrently is ever followed.
 
 use crate::{split_ns, Destination, ExportError, Item, Written};
-use diffkeeper_store::model::{Owner, RecPath};
+use diffkeeper_store::model::{Owner, RecPath, Xattrs};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -33,6 +33,7 @@ struct PendingDir {
     mode: u32,
     mtime_ns: Option<i128>,
     owner: Option<Owner>,
+    xattrs: Xattrs,
 }
 
 pub(crate) struct DirDestination {
@@ -118,6 +119,7 @@ impl DirDestination {
         // The owner before the mode: chown clears set-ID bits.
         if let Some(owner) = dir.owner.filter(|_| self.owners) {
             rustix::fs::fchown(&fd, Some(uid(owner)), Some(gid(owner)))?;
+            set_xattrs(&fd, &dir.xattrs)?;
         }
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir.mode))?;
         if let Some(times) = dir.mtime_ns.and_then(|ns| timestamps(&dir.path, ns)) {
@@ -141,6 +143,7 @@ impl Destination for DirDestination {
             mode: item.mode,
             mtime_ns: item.mtime_ns,
             owner: item.owner,
+            xattrs: item.entry.map(|e| e.xattrs.clone()).unwrap_or_default(),
         });
         Ok(Written::Done)
     }
@@ -171,10 +174,16 @@ impl Destination for DirDestination {
         })?;
         // The owner, then the mode, after writing: an unprivileged write and a chown both clear
         // setuid/setgid bits.
-        let owned = match item.owner.filter(|_| self.owners) {
-            Some(owner) => rustix::fs::fchown(&file, Some(uid(owner)), Some(gid(owner))),
-            None => Ok(()),
-        };
+        // Xattrs after the owner: chown drops security.capability.
+        let owned =
+            match item.owner.filter(|_| self.owners) {
+                Some(owner) => rustix::fs::fchown(&file, Some(uid(owner)), Some(gid(owner)))
+                    .and_then(|()| match item.entry {
+                        Some(e) => set_xattrs(&file, &e.xattrs),
+                        None => Ok(()),
+                    }),
+                None => Ok(()),
+            };
         let metadata = owned
             .and_then(|()| rustix::fs::fchmod(&file, Mode::from_raw_mode(item.mode)))
             .and_then(
@@ -318,4 +327,16 @@ fn uid(owner: Owner) -> rustix::fs::Uid {
 
 fn gid(owner: Owner) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(owner.gid)
+}
+
+/// Gives a file or directory its recorded xattrs (as root: security.capability needs it). An
+/// access ACL goes on before the mode, which then sets its mask as a chmod does.
+fn set_xattrs(fd: impl AsFd, xattrs: &Xattrs) -> Result<(), Errno> {
+    for (name, value) in xattrs {
+        let Ok(name) = std::ffi::CString::new(name.clone()) else {
+            continue; // a name with a NUL cannot have been read from the kernel
+        };
+        rustix::fs::fsetxattr(&fd, &name, value, rustix::fs::XattrFlags::empty())?;
+    }
+    Ok(())
 }

@@ -220,6 +220,7 @@ fn lay_over(
             mtime_ns: from_image.mtime_ns,
             exact: true,
             owner: from_image.owner,
+            xattrs: Default::default(),
         };
         recorded.insert(path.clone(), entry);
         shown += 1;

@@ -88,9 +88,21 @@ impl<W: Write> TarDestination<W> {
         }
         header.set_cksum();
 
-        if !pax.is_empty() {
+        // GNU tar's and libarchive's way to carry xattrs (values are bytes).
+        let xattrs: Vec<(String, &[u8])> = item
+            .entry
+            .into_iter()
+            .flat_map(|e| &e.xattrs)
+            .map(|(k, v)| {
+                let key = format!("SCHILY.xattr.{}", String::from_utf8_lossy(k));
+                (key, v.as_slice())
+            })
+            .collect();
+        if !pax.is_empty() || !xattrs.is_empty() {
+            let records = pax.iter().map(|(k, v)| (*k, v.as_slice()));
+            let records = records.chain(xattrs.iter().map(|(k, v)| (k.as_str(), *v)));
             self.builder
-                .append_pax_extensions(pax.iter().map(|(k, v)| (*k, v.as_slice())))
+                .append_pax_extensions(records)
                 .map_err(tar_err)?;
         }
         self.builder.append(&header, data).map_err(tar_err)?;

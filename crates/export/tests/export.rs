@@ -40,6 +40,7 @@ impl Recording {
                 mtime_ns,
                 exact: true,
                 owner: Default::default(),
+                xattrs: Default::default(),
             },
         );
         self.entries.get_mut(&path).unwrap()
@@ -401,6 +402,7 @@ fn hostile_recording(victim: &Path) -> Recording {
             mtime_ns: T0,
             exact: true,
             owner: Default::default(),
+            xattrs: Default::default(),
         },
     );
     rec

@@ -5,7 +5,7 @@
 use crate::translate::Recorder;
 use crate::RecordError;
 use diffkeeper_capture::{FileKey, TimeSet};
-use diffkeeper_store::{EntryKind, NodeId, Op, Owner, Process, RecPath, Target};
+use diffkeeper_store::{xattr_kept, EntryKind, NodeId, Op, Owner, Process, RecPath, Target};
 
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
@@ -94,6 +94,30 @@ impl Recorder {
         Ok(())
     }
 
+    /// Reads back the kept xattrs of the entry at `path` and appends a SetXattrs if they are
+    /// not what the store has. The kernel sends no xattr values through a descriptor, and the
+    /// read-back is as the recorded process (an xattr it could not read stays unrecorded).
+    pub(crate) fn refresh_xattrs(
+        &mut self,
+        path: &RecPath,
+        time: u64,
+        process: Option<&Process>,
+    ) -> Result<(), RecordError> {
+        let Some(entry) = self.writer.entry(path) else {
+            return Ok(());
+        };
+        let node = entry.node;
+        let who = self.reader_for(process, Some(node));
+        let Ok(xattrs) = self.root_dir.xattrs(who, path) else {
+            return Ok(());
+        };
+        if self.writer.entry(path).is_some_and(|e| e.xattrs != xattrs) {
+            let target = Target::Path(path.clone());
+            self.append(time, process.cloned(), Op::SetXattrs { target, xattrs })?;
+        }
+        Ok(())
+    }
+
     /// Where a path-based call lands: `path` itself, or with `follow` what its symlinks lead
     /// to, as far as the store knows them.
     pub(crate) fn followed(&self, path: RecPath, follow: bool) -> Option<RecPath> {
@@ -161,10 +185,16 @@ impl Recorder {
         time: u64,
         process: Option<&Process>,
     ) -> Result<(), RecordError> {
+        let Some(path) = self.followed(path, follow) else {
+            return Ok(());
+        };
+        if xattr_kept(name) {
+            self.refresh_xattrs(&path, time, process)?;
+        }
         if name != ACL_ACCESS {
             return Ok(());
         }
-        let (Some(bits), Some(path)) = (acl_mode(value), self.followed(path, follow)) else {
+        let Some(bits) = acl_mode(value) else {
             return Ok(());
         };
         let Some(entry) = self.writer.entry(&path) else {
@@ -211,6 +241,7 @@ impl Recorder {
         mode: u32,
         owner: Owner,
         mtime_ns: i128,
+        xattrs: bool,
         time: u64,
         process: Option<Process>,
     ) -> Result<(), RecordError> {
@@ -239,7 +270,11 @@ impl Recorder {
             owner: Some(owner),
             mtime_ns: Some(mtime_ns),
         };
-        self.update_meta(&at, update, time, process.as_ref())
+        self.update_meta(&at, update, time, process.as_ref())?;
+        if xattrs {
+            self.refresh_xattrs(&at, time, process.as_ref())?;
+        }
+        Ok(())
     }
 
     fn same_kind(&self, path: &RecPath, mode: u32) -> bool {

@@ -248,6 +248,7 @@ impl Recorder {
                 }
             }
             self.update_meta(path, disk_meta, time, process.as_ref())?;
+            self.refresh_xattrs(path, time, process.as_ref())?;
             return Ok(n);
         }
         if ft.is_symlink() {
@@ -310,6 +311,7 @@ impl Recorder {
                 self.append(time, process.clone(), op)?;
                 self.append(time, process.clone(), Op::Resync { node, data })?;
                 self.update_meta(path, disk_meta, time, process.as_ref())?;
+                self.refresh_xattrs(path, time, process.as_ref())?;
             }
             Err(e) => {
                 // Unreadable (by whom it is read for) or replaced meanwhile: a file of unknown
@@ -454,6 +456,7 @@ impl Recorder {
                         ..Default::default()
                     };
                     self.update_meta(&path, update, time, process.as_ref())?;
+                    self.refresh_xattrs(&path, time, process.as_ref())?;
                 } else if let Some(&node) = self.nodes.get(&file) {
                     if truncated {
                         let target = Target::Node(node);
@@ -530,10 +533,19 @@ impl Recorder {
                 owner,
                 mtime_ns,
                 cut,
+                xattrs,
             } => {
                 let path = self.normalize(&path, cut);
                 let owner = store_owner(owner);
-                self.meta_of_inode(file, path, mode, owner, mtime_ns, time, process)?;
+                self.meta_of_inode(file, path, mode, owner, mtime_ns, xattrs, time, process)?;
+            }
+            Change::RemoveXattr { path, name, follow } => {
+                let path = self
+                    .normalize(&path, false)
+                    .and_then(|p| self.followed(p, follow));
+                if let Some(path) = path.filter(|_| diffkeeper_store::xattr_kept(&name)) {
+                    self.refresh_xattrs(&path, time, process.as_ref())?;
+                }
             }
             Change::Chown {
                 path,

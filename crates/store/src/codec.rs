@@ -29,6 +29,7 @@
 use crate::error::StoreError;
 use crate::model::{
     Entry, EntryKind, MarkerKind, NodeId, NodeKind, Op, Owner, Process, RecPath, Seq, Target,
+    Xattrs,
 };
 use crate::namespace::Namespace;
 use bincode::Options;
@@ -38,7 +39,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// ([`encode_keyframe_patch`]); format 4, payloads and keyframe bodies in segment files
 /// ([`SEGMENT`], [`KEYFRAME_IN_SEGMENT`]); format 5, owners and set times: the ops
 /// [`OpHeader::Chown`] and [`OpHeader::SetTimes`] (appended variants, which older stores never
-/// hold) and entries with an owner in name-space checkpoints ([`CHECKPOINT_WITH_OWNERS`]).
+/// hold), [`OpHeader::SetXattrs`], and entries with an owner and xattrs in name-space
+/// checkpoints ([`CHECKPOINT_WITH_XATTRS`]).
 /// Everything older formats wrote reads unchanged, and every value says how it is encoded, so a
 /// store resumed by a newer build may mix them.
 pub(crate) const FORMAT_VERSION: u32 = 5;
@@ -81,13 +83,16 @@ pub(crate) fn event_block_key(first: Seq) -> [u8; 9] {
     seq_key(EVENT, first)
 }
 
-/// First byte of a format-5 name-space checkpoint, whose entries carry owners. Older checkpoints
-/// are a bare zstd frame (first byte 0x28), decoded as [`LegacyNamespace`].
+/// First byte of a name-space checkpoint whose entries carry owners but no xattrs (written
+/// briefly by format 5 before xattrs were kept), decoded as [`OwnedNamespace`]. Older
+/// checkpoints are a bare zstd frame (first byte 0x28), decoded as [`LegacyNamespace`].
 pub(crate) const CHECKPOINT_WITH_OWNERS: u8 = 5;
+/// First byte of a checkpoint whose entries are [`Entry`] as it is now.
+pub(crate) const CHECKPOINT_WITH_XATTRS: u8 = 6;
 
 /// A name-space checkpoint's value: tag, then zstd(bincode(name space)).
 pub(crate) fn encode_checkpoint(ns: &Namespace) -> Vec<u8> {
-    let mut out = vec![CHECKPOINT_WITH_OWNERS];
+    let mut out = vec![CHECKPOINT_WITH_XATTRS];
     out.extend_from_slice(&zstd_bytes(&encode(ns)));
     out
 }
@@ -98,7 +103,28 @@ pub(crate) fn decode_checkpoint(value: &[u8]) -> Result<Namespace, StoreError> {
             .map_err(|e| StoreError::corrupt(format!("a namespace checkpoint is unreadable: {e}")))
     };
     let mut ns = match value.first() {
-        Some(&CHECKPOINT_WITH_OWNERS) => decode("a namespace checkpoint", &unpack(&value[1..])?)?,
+        Some(&CHECKPOINT_WITH_XATTRS) => decode("a namespace checkpoint", &unpack(&value[1..])?)?,
+        Some(&CHECKPOINT_WITH_OWNERS) => {
+            let owned: OwnedNamespace = decode("a namespace checkpoint", &unpack(&value[1..])?)?;
+            Namespace::from_entries(
+                owned
+                    .entries
+                    .into_iter()
+                    .map(|(path, e)| {
+                        let entry = Entry {
+                            node: e.node,
+                            kind: e.kind,
+                            mode: e.mode,
+                            mtime_ns: e.mtime_ns,
+                            exact: e.exact,
+                            owner: e.owner,
+                            xattrs: Default::default(),
+                        };
+                        (path, entry)
+                    })
+                    .collect(),
+            )
+        }
         _ => {
             let legacy: LegacyNamespace = decode("a namespace checkpoint", &unpack(value)?)?;
             Namespace::from_entries(
@@ -113,6 +139,7 @@ pub(crate) fn decode_checkpoint(value: &[u8]) -> Result<Namespace, StoreError> {
                             mtime_ns: e.mtime_ns,
                             exact: e.exact,
                             owner: Owner::default(),
+                            xattrs: Default::default(),
                         };
                         (path, entry)
                     })
@@ -128,6 +155,22 @@ pub(crate) fn decode_checkpoint(value: &[u8]) -> Result<Namespace, StoreError> {
 #[derive(Deserialize)]
 struct LegacyNamespace {
     entries: std::collections::BTreeMap<RecPath, LegacyEntry>,
+}
+
+/// How the first format-5 checkpoints stored a name space: entries with owners, no xattrs.
+#[derive(Deserialize)]
+struct OwnedNamespace {
+    entries: std::collections::BTreeMap<RecPath, OwnedEntry>,
+}
+
+#[derive(Deserialize)]
+struct OwnedEntry {
+    node: NodeId,
+    kind: EntryKind,
+    mode: u32,
+    mtime_ns: i128,
+    exact: bool,
+    owner: Owner,
 }
 
 #[derive(Deserialize)]
@@ -291,6 +334,10 @@ pub(crate) enum OpHeader {
         target: Target,
         mtime_ns: i128,
     },
+    SetXattrs {
+        target: Target,
+        xattrs: Xattrs,
+    },
 }
 
 impl OpHeader {
@@ -346,6 +393,7 @@ impl OpHeader {
             Op::Marker { kind, detail } => OpHeader::Marker { kind, detail },
             Op::Chown { target, owner } => OpHeader::Chown { target, owner },
             Op::SetTimes { target, mtime_ns } => OpHeader::SetTimes { target, mtime_ns },
+            Op::SetXattrs { target, xattrs } => OpHeader::SetXattrs { target, xattrs },
         };
         (header, None)
     }
@@ -399,6 +447,7 @@ impl OpHeader {
             OpHeader::Marker { kind, detail } => Op::Marker { kind, detail },
             OpHeader::Chown { target, owner } => Op::Chown { target, owner },
             OpHeader::SetTimes { target, mtime_ns } => Op::SetTimes { target, mtime_ns },
+            OpHeader::SetXattrs { target, xattrs } => Op::SetXattrs { target, xattrs },
         }
     }
 }

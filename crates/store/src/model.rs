@@ -258,6 +258,8 @@ pub enum Op {
     Chown { target: Target, owner: Owner },
     /// Sets the modification time, ns since the epoch (utimensat, or read from the inode).
     SetTimes { target: Target, mtime_ns: i128 },
+    /// Sets the extended attributes worth keeping (see [`xattr_kept`]), all of them.
+    SetXattrs { target: Target, xattrs: Xattrs },
     /// The whole content as read back from the file itself (healing lost or uncaptured bytes).
     /// From here on the node is exact.
     Resync { node: NodeId, data: Vec<u8> },
@@ -272,6 +274,18 @@ pub struct Event {
     pub time: u64,
     pub process: Option<Process>,
     pub op: Op,
+}
+
+/// Extended attributes by name.
+pub type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// The extended attributes a recording keeps: the user's, file capabilities and ACLs. Others
+/// (security.selinux, trusted.*, overlay's own) describe the host, not the files.
+pub fn xattr_kept(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name == b"security.capability"
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
 }
 
 /// Who owns an entry: user and group ids as the host sees them.
@@ -301,6 +315,8 @@ pub struct Entry {
     /// The owner; root (0:0) unless a Chown said otherwise (stores before format 5 have no
     /// owners, and their entries read as root's).
     pub owner: Owner,
+    /// Extended attributes worth keeping ([`xattr_kept`]); none unless a SetXattrs said so.
+    pub xattrs: Xattrs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

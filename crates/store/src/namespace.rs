@@ -13,7 +13,8 @@
 //! - Unlink and Rmdir remove whatever is at the path, with anything below it.
 //! - A node lives while it has a name; ops on a node without names change nothing.
 //! - Write and Truncate change a file's size; Resync sets a file's size or a symlink's target and
-//!   marks it exact; Chmod sets the mode of any entry, Chown its owner, SetTimes its mtime.
+//!   marks it exact; Chmod sets the mode of any entry, Chown its owner, SetTimes its mtime,
+//!   SetXattrs its extended attributes.
 //!   Write, Truncate and Resync set the mtime to their moment; Chmod and Chown leave it.
 //! - New entries are owned by root (0:0) until a Chown: the recorder follows a creation by a
 //!   process of another owner with one.
@@ -200,6 +201,11 @@ impl Namespace {
                     self.update_node(node, |e| e.mtime_ns = *mtime_ns);
                 }
             }
+            OpHeader::SetXattrs { target, xattrs } => {
+                if let Some(node) = self.resolve(target) {
+                    self.update_node(node, |e| e.xattrs.clone_from(xattrs));
+                }
+            }
             OpHeader::Marker { .. } => {}
         }
     }
@@ -244,6 +250,7 @@ impl Namespace {
             mtime_ns: wall,
             exact,
             owner: Owner::default(),
+            xattrs: Default::default(),
         };
         self.insert(path.clone(), entry);
     }
@@ -320,6 +327,7 @@ impl Namespace {
                 mtime_ns: wall,
                 exact: true,
                 owner: Owner::default(),
+                xattrs: Default::default(),
             };
             self.insert(ancestor, entry);
         }

@@ -40,6 +40,7 @@ pub enum OpKind {
     Marker,
     Chown,
     SetTimes,
+    SetXattrs,
 }
 
 impl OpKind {
@@ -61,6 +62,7 @@ impl OpKind {
             OpKind::Marker => "marker",
             OpKind::Chown => "chown",
             OpKind::SetTimes => "utimes",
+            OpKind::SetXattrs => "xattrs",
         }
     }
 }
@@ -223,6 +225,18 @@ impl OpSummary {
                 owner: Some(*owner),
                 ..Self::new(OpKind::Chown)
             },
+            OpHeader::SetXattrs { target, xattrs } => OpSummary {
+                paths: target_paths(target),
+                node: ns.resolve(target),
+                detail: Some(
+                    xattrs
+                        .keys()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                ..Self::new(OpKind::SetXattrs)
+            },
             OpHeader::SetTimes { target, mtime_ns } => OpSummary {
                 paths: target_paths(target),
                 node: ns.resolve(target),
@@ -241,6 +255,7 @@ impl OpSummary {
                 | OpKind::Chmod
                 | OpKind::Chown
                 | OpKind::SetTimes
+                | OpKind::SetXattrs
                 | OpKind::Resync
                 | OpKind::Marker
         )
@@ -392,7 +407,7 @@ impl Store {
         after: &Entry,
         to: Seq,
     ) -> Result<Option<ChangeKind>, StoreError> {
-        if before.owner != after.owner
+        if (before.owner != after.owner || before.xattrs != after.xattrs)
             && std::mem::discriminant(&before.kind) == std::mem::discriminant(&after.kind)
         {
             return Ok(Some(ChangeKind::Modified));

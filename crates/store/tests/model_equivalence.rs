@@ -273,6 +273,7 @@ impl Model {
                     self.nodes.get_mut(&n).unwrap().mtime = *mtime_ns;
                 }
             }
+            Op::SetXattrs { .. } => unreachable!("the steps never make one"),
             Op::Marker { .. } => {}
         }
         // A node lives while it has a name.
