@@ -832,6 +832,92 @@ pub(crate) fn unzstd(data: &[u8]) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// An entry as checkpoints of each era laid it out: formats 1-4 (no owner), the first
+    /// format-5 ones (owner, no xattrs).
+    #[derive(Serialize)]
+    struct OldEntry {
+        node: NodeId,
+        kind: EntryKind,
+        mode: u32,
+        mtime_ns: i128,
+        exact: bool,
+    }
+
+    #[derive(Serialize)]
+    struct OwnedOldEntry {
+        node: NodeId,
+        kind: EntryKind,
+        mode: u32,
+        mtime_ns: i128,
+        exact: bool,
+        owner: Owner,
+    }
+
+    #[derive(Serialize)]
+    struct OldNamespace<E> {
+        entries: std::collections::BTreeMap<RecPath, E>,
+    }
+
+    fn old_checkpoint(owner: Option<Owner>) -> Vec<u8> {
+        let path = RecPath::normalize(b"/a").unwrap();
+        let (node, kind, mode, mtime_ns, exact) = (7, EntryKind::File { size: 3 }, 0o640, 42, true);
+        let bytes = match owner {
+            None => encode(&OldNamespace {
+                entries: [(
+                    path,
+                    OldEntry {
+                        node,
+                        kind,
+                        mode,
+                        mtime_ns,
+                        exact,
+                    },
+                )]
+                .into(),
+            }),
+            Some(owner) => encode(&OldNamespace {
+                entries: [(
+                    path,
+                    OwnedOldEntry {
+                        node,
+                        kind,
+                        mode,
+                        mtime_ns,
+                        exact,
+                        owner,
+                    },
+                )]
+                .into(),
+            }),
+        };
+        zstd_bytes(&bytes)
+    }
+
+    #[test]
+    fn checkpoints_of_every_era_decode() {
+        let path = RecPath::normalize(b"/a").unwrap();
+        // Formats 1-4: a bare zstd frame; its entries are root's.
+        let legacy = decode_checkpoint(&old_checkpoint(None)).unwrap();
+        let e = legacy.entry(&path).unwrap();
+        assert_eq!((e.node, e.mode, e.mtime_ns), (7, 0o640, 42));
+        assert_eq!(e.owner, Owner::default());
+        assert!(e.xattrs.is_empty());
+        assert_eq!(legacy.names_of(7).count(), 1, "reindexed");
+
+        let owner = Owner { uid: 1000, gid: 5 };
+        let mut tagged = vec![CHECKPOINT_WITH_OWNERS];
+        tagged.extend(old_checkpoint(Some(owner)));
+        let owned = decode_checkpoint(&tagged).unwrap();
+        assert_eq!(owned.entry(&path).unwrap().owner, owner);
+
+        // Today's: written and read back whole.
+        let mut entry = owned.entry(&path).unwrap().clone();
+        entry.xattrs.insert(b"user.k".to_vec(), b"v".to_vec());
+        let now = Namespace::from_entries([(path.clone(), entry.clone())].into());
+        let back = decode_checkpoint(&encode_checkpoint(&now)).unwrap();
+        assert_eq!(back.entry(&path), Some(&entry));
+    }
+
     #[test]
     fn payload_blocks_keep_the_bytes_plain_vectors_had() {
         let block: PayloadBlock = vec![(7, b"hello".to_vec()), (9, vec![0, 255, 1]), (12, vec![])];
