@@ -38,6 +38,10 @@ const volatile __u32 dk_wire_version = DK_WIRE_VERSION;
 #define MAP_SHARED 0x01
 #define PROT_WRITE 0x2
 #define RENAME_EXCHANGE (1 << 1)
+#define AT_SYMLINK_NOFOLLOW 0x100
+#define AT_EMPTY_PATH 0x1000
+#define S_IFDIR 0040000
+#define S_IFLNK 0120000
 
 #define MAX_DEPTH 64     /* path components walked; deeper paths are marked cut */
 #define MAX_WALK 80      /* components + mount crossings */
@@ -55,6 +59,11 @@ enum {
 	NR_fchmodat = 268, NR_splice = 275, NR_fallocate = 285, NR_pwritev = 296,
 	NR_renameat2 = 316, NR_copy_file_range = 326, NR_pwritev2 = 328, NR_io_uring_setup = 425,
 	NR_openat2 = 437, NR_fchmodat2 = 452,
+	/* Metadata: owners, xattrs (ACLs imply modes), times. */
+	NR_chown = 92, NR_fchown = 93, NR_lchown = 94, NR_utime = 132, NR_setxattr = 188,
+	NR_lsetxattr = 189, NR_fsetxattr = 190, NR_removexattr = 197, NR_lremovexattr = 198,
+	NR_fremovexattr = 199, NR_utimes = 235,
+	NR_fchownat = 260, NR_utimensat = 280,
 };
 
 /* The path-based syscalls: entered with strings (sys_enter), completed by a result record
@@ -63,7 +72,14 @@ enum {
 	case NR_rename: case NR_renameat: case NR_renameat2: case NR_unlink: case NR_unlinkat: \
 	case NR_rmdir: case NR_mkdir: case NR_mkdirat: case NR_symlink: case NR_symlinkat:     \
 	case NR_link: case NR_linkat: case NR_chmod: case NR_fchmodat: case NR_fchmodat2:      \
-	case NR_truncate
+	case NR_truncate: META_PATH_SYSCALLS
+
+/* Path-based metadata syscalls. Each is also completed at exit by the inode's own metadata when
+ * its path names an open file (AT_EMPTY_PATH, /proc/self/fd/N): see meta_through_fd. */
+#define META_PATH_SYSCALLS                                                                   \
+	case NR_chown: case NR_lchown: case NR_fchownat: case NR_setxattr: case NR_lsetxattr:  \
+	case NR_utime: case NR_utimes: case NR_utimensat: case NR_removexattr:                 \
+	case NR_lremovexattr
 
 struct file_key {
 	__u64 dev;
@@ -284,7 +300,10 @@ struct file_facts {
 	__u32 f_mode;
 	__u32 f_flags;
 	__u32 i_mode;
+	__u32 i_uid;
+	__u32 i_gid;
 	__u32 _pad;
+	__u64 inode;
 };
 
 /* Each struct is copied to the stack with ONE probe read over the span holding the fields
@@ -339,17 +358,23 @@ static __always_inline __u64 read_inode_span(struct inode *i, struct file_facts 
 	__u64 lo = SPAN_LO(struct inode, i_mode);
 	__u64 len = SPAN_LEN(struct inode, i_size, __s64, lo);
 	if (len <= SPAN_BYTES && SPAN_HAS(struct inode, i_mode, __u16, lo, len) &&
+	    SPAN_HAS(struct inode, i_uid.val, __u32, lo, len) &&
+	    SPAN_HAS(struct inode, i_gid.val, __u32, lo, len) &&
 	    SPAN_HAS(struct inode, i_sb, void *, lo, len) &&
 	    SPAN_HAS(struct inode, i_ino, __u64, lo, len) &&
 	    SPAN_HAS(struct inode, i_size, __s64, lo, len)) {
 		if (bpf_probe_read_kernel(buf, len, (void *)i + lo))
 			return 0;
 		ff->i_mode = SPAN_GET(buf, struct inode, i_mode, __u16, lo);
+		ff->i_uid = SPAN_GET(buf, struct inode, i_uid.val, __u32, lo);
+		ff->i_gid = SPAN_GET(buf, struct inode, i_gid.val, __u32, lo);
 		ff->key.ino = SPAN_GET(buf, struct inode, i_ino, __u64, lo);
 		ff->size = SPAN_GET(buf, struct inode, i_size, __s64, lo);
 		return SPAN_GET(buf, struct inode, i_sb, __u64, lo);
 	}
 	ff->i_mode = BPF_CORE_READ(i, i_mode);
+	ff->i_uid = BPF_CORE_READ(i, i_uid.val);
+	ff->i_gid = BPF_CORE_READ(i, i_gid.val);
 	ff->key.ino = BPF_CORE_READ(i, i_ino);
 	ff->size = BPF_CORE_READ(i, i_size);
 	return (__u64)BPF_CORE_READ(i, i_sb);
@@ -421,6 +446,9 @@ __noinline int file_facts(long fd, struct file_facts *ff)
 		ff->dentry = (__u64)f->f_path.dentry;
 		ff->mnt = (__u64)f->f_path.mnt;
 		ff->i_mode = inode->i_mode;
+		ff->i_uid = inode->i_uid.val;
+		ff->i_gid = inode->i_gid.val;
+		ff->inode = (__u64)inode;
 		ff->key.ino = inode->i_ino;
 		ff->size = inode->i_size;
 		struct super_block *sb = inode->i_sb;
@@ -434,6 +462,7 @@ __noinline int file_facts(long fd, struct file_facts *ff)
 	__u64 inode = read_file_span((void *)file, ff);
 	if (!inode)
 		return false;
+	ff->inode = inode;
 	__u64 sb = read_inode_span((void *)inode, ff);
 	if (!sb)
 		return false;
@@ -603,6 +632,13 @@ __noinline int send_inode(struct file_facts *ff, __u32 flags, __u64 ts)
 	r->ino = key.ino;
 	r->size = ff->size;
 	r->mode = ff->i_mode;
+	r->uid = ff->i_uid;
+	r->gid = ff->i_gid;
+	/* Once per inode (or per metadata change), so a probe read costs nothing that matters. */
+	struct inode *inode = (void *)ff->inode;
+	r->mtime_sec = BPF_CORE_READ(inode, i_mtime_sec);
+	r->mtime_nsec = BPF_CORE_READ(inode, i_mtime_nsec);
+	r->_pad = 0;
 	r->path_len = size - sizeof(*r);
 	if (bpf_ringbuf_output(&events, r, size, wake_flags(size))) {
 		count(DK_CNT_LOST, 1);
@@ -876,7 +912,23 @@ struct ns_req {
 	bool b_raw;
 	long dfd[2];
 	const char *path[2];
+	const void *value; /* DK_SLOT_VALUE: raw bytes, or none */
+	__u64 value_len;
 };
+
+/* Sends the raw value of a DK_NS_ENTER (an xattr value, a times argument), cut at DK_VALUE_MAX. */
+__noinline int send_value(__u64 uptr, __u64 len, __u64 ts)
+{
+	struct scratch *s = get_scratch();
+	if (!s)
+		return false;
+	__u32 cut = len > DK_VALUE_MAX;
+	__u32 n = cut ? DK_VALUE_MAX : len;
+	CLAMP(n, 256);
+	if (n && bpf_probe_read_user(s->rec.str.data, n, (const void *)uptr))
+		return false;
+	return send_str(DK_SLOT_VALUE, n, cut, ts);
+}
 
 /* Sends the base directory (when the path is relative) and the name of path argument `which`. */
 __noinline int send_path_arg(struct ns_req *q, int which)
@@ -942,6 +994,8 @@ __noinline int send_ns(struct ns_req *q)
 	bool ok = send_path_arg(q, 0);
 	if (ok && q->path[1])
 		ok = send_path_arg(q, 1);
+	if (ok && q->value)
+		ok = send_value((__u64)q->value, q->value_len, q->ts);
 	if (!ok) {
 		count(DK_CNT_LOST, 1);
 		count(DK_CNT_LOST_NS, 1);
@@ -956,6 +1010,121 @@ __noinline int send_ns(struct ns_req *q)
 				   .path = {(A), (B)}};                                         \
 		send_ns(&q);                                                                   \
 	} while (0)
+
+/* A metadata syscall by path: path a, optionally a raw name b (an xattr's), and a value. */
+#define NS_META(OP, MODE, ARG, NOFOLLOW, DFD, A, B, VALUE, VALUE_LEN)                         \
+	do {                                                                                   \
+		struct ns_req q = {.arg = (ARG), .op = (OP), .mode = (MODE),                    \
+				   .flags = (NOFOLLOW) ? DK_NS_NOFOLLOW : 0, .b_raw = true,     \
+				   .dfd = {(int)(DFD), 0}, .path = {(A), (B)},                  \
+				   .value = (VALUE), .value_len = (VALUE_LEN)};                 \
+		send_ns(&q);                                                                   \
+	} while (0)
+
+/* The fd a path names when it is one of the process's own /proc fd links (/proc/self/fd/N,
+ * /proc/thread-self/fd/N, /proc/<its pid or tid>/fd/N), else -1. GNU tar and glibc's
+ * fchmodat(AT_SYMLINK_NOFOLLOW) change O_PATH descriptors this way; the name itself means
+ * nothing to user space. Another process's /proc/PID/fd is not followed. */
+#define PROC_FD_BYTES 40
+static __always_inline long proc_fd_of(const char *upath)
+{
+	char b[PROC_FD_BYTES] = {}; /* zeroed: the verifier follows reads past the string too */
+	long n = bpf_probe_read_user_str(b, sizeof(b), upath);
+	if (n < 11 || b[0] != '/' || b[1] != 'p' || b[2] != 'r' || b[3] != 'o' || b[4] != 'c' ||
+	    b[5] != '/')
+		return -1;
+	int start;
+	if (b[6] == 's' && b[7] == 'e' && b[8] == 'l' && b[9] == 'f' && b[10] == '/') {
+		start = 11;
+	} else if (b[6] == 't' && b[7] == 'h' && b[8] == 'r' && b[9] == 'e' && b[10] == 'a' &&
+		   b[11] == 'd' && b[12] == '-' && b[13] == 's' && b[14] == 'e' && b[15] == 'l' &&
+		   b[16] == 'f' && b[17] == '/') {
+		start = 18;
+	} else {
+		__u64 pt = bpf_get_current_pid_tgid(), pid = 0;
+		int j;
+		for (j = 6; j < 17; j++) {
+			char c = b[j];
+			if (c == '/')
+				break;
+			if (c < '0' || c > '9')
+				return -1;
+			pid = pid * 10 + (c - '0');
+		}
+		if (j == 6 || j == 17 || (pid != pt >> 32 && pid != (__u32)pt))
+			return -1;
+		start = j + 1;
+	}
+	/* "fd/" then the fd's digits up to the NUL. */
+	__u32 state = 0;
+	__u64 fd = 0;
+	bool digits = false;
+#pragma unroll
+	for (int j = 8; j < PROC_FD_BYTES; j++) {
+		if (j < start)
+			continue;
+		char c = b[j];
+		if (state == 0) {
+			if (c != 'f')
+				return -1;
+			state = 1;
+		} else if (state == 1) {
+			if (c != 'd')
+				return -1;
+			state = 2;
+		} else if (state == 2) {
+			if (c != '/')
+				return -1;
+			state = 3;
+		} else {
+			if (c == 0)
+				return digits && fd < (1 << 20) ? (long)fd : -1;
+			if (c < '0' || c > '9')
+				return -1;
+			fd = fd * 10 + (c - '0');
+			digits = true;
+		}
+	}
+	return -1;
+}
+
+/* Sends the metadata of the file open at `fd` as the call left it: the kernel already applied
+ * what an ACL implies for the mode, what chown clears, what the times became. */
+__noinline int meta_of_fd(long fd, __u32 flags)
+{
+	struct file_facts ff;
+	if (!file_facts(fd, &ff))
+		return 0;
+	__u32 type = ff.i_mode & S_IFMT;
+	if (type != S_IFREG && type != S_IFDIR && type != S_IFLNK)
+		return 0;
+	struct file_facts probe = ff;
+	probe.i_mode = S_IFREG; /* recordable() for its file system check alone */
+	if (!recordable(&probe))
+		return 0;
+	if (!send_inode(&ff, DK_INODE_META | (flags & DK_INODE_XATTR), bpf_ktime_get_ns()))
+		count(DK_CNT_LOST_NS, 1);
+	return 0;
+}
+
+/* A path-based metadata call that succeeded: if its path names an open file, that file's
+ * metadata follows (user space cannot resolve such a path itself). */
+static __always_inline void meta_through_fd(long dfd, const char *upath, bool empty_ok,
+					    __u32 flags)
+{
+	char first = 1;
+	if (empty_ok && !upath) {
+		meta_of_fd(dfd, flags);
+		return;
+	}
+	if (empty_ok && !bpf_probe_read_user(&first, 1, upath) && first == 0) {
+		meta_of_fd(dfd, flags);
+		return;
+	}
+	long fd = proc_fd_of(upath);
+	if (fd >= 0)
+		meta_of_fd(fd, flags);
+}
 
 static __always_inline __u32 umask_mode(__u32 mode)
 {
@@ -1028,6 +1197,38 @@ int BPF_PROG(dk_sys_enter, struct pt_regs *regs, long id)
 	case NR_truncate:
 		NS(DK_NS_TRUNCATE, 0, si, 0, AT_FDCWD, s0, 0, NULL, false);
 		break;
+	case NR_chown:
+	case NR_lchown:
+		NS_META(DK_NS_CHOWN, 0, ((__u64)(__u32)si << 32) | (__u32)dx, id == NR_lchown,
+			AT_FDCWD, s0, NULL, NULL, 0);
+		break;
+	case NR_fchownat:
+		NS_META(DK_NS_CHOWN, 0, ((__u64)(__u32)dx << 32) | (__u32)r10,
+			r8 & AT_SYMLINK_NOFOLLOW, di, s1, NULL, NULL, 0);
+		break;
+	case NR_setxattr:
+	case NR_lsetxattr:
+		NS_META(DK_NS_SETXATTR, 0, 0, id == NR_lsetxattr, AT_FDCWD, s0, s1, (void *)dx,
+			r10);
+		break;
+	case NR_removexattr:
+	case NR_lremovexattr:
+		NS_META(DK_NS_REMOVEXATTR, 0, 0, id == NR_lremovexattr, AT_FDCWD, s0, s1, NULL, 0);
+		break;
+	case NR_utime:
+		NS_META(DK_NS_UTIMES, DK_TIMES_UTIMBUF, 0, false, AT_FDCWD, s0, NULL, s1,
+			s1 ? 16 : 0);
+		break;
+	case NR_utimes:
+		NS_META(DK_NS_UTIMES, DK_TIMES_TIMEVAL, 0, false, AT_FDCWD, s0, NULL, s1,
+			s1 ? 32 : 0);
+		break;
+	case NR_utimensat:
+		/* A NULL path is futimens: the fd's own file, sent at exit. */
+		if (s1)
+			NS_META(DK_NS_UTIMES, DK_TIMES_TIMESPEC, 0, r10 & AT_SYMLINK_NOFOLLOW, di,
+				s1, NULL, s2, s2 ? 32 : 0);
+		break;
 	case NR_close: {
 		/* Only files already marked dirty matter at close: resync them while they are
 		 * quiescent. The file is still installed at entry. */
@@ -1057,6 +1258,7 @@ int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
 	case NR_open: case NR_openat: case NR_openat2: case NR_creat: case NR_ftruncate:
 	case NR_fchmod: case NR_fallocate: case NR_copy_file_range: case NR_sendfile:
 	case NR_splice: case NR_mmap: case NR_munmap: case NR_msync: case NR_io_uring_setup:
+	case NR_fchown: case NR_fsetxattr: case NR_fremovexattr:
 	PATH_SYSCALLS:
 		break;
 	default:
@@ -1097,6 +1299,11 @@ int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
 	case NR_fchmod: {
 		if (ret != 0)
 			return 0;
+		/* Any type of file (rsync fixes directory modes this way), with owner and mtime. */
+		if (id == NR_fchmod) {
+			meta_of_fd(di, 0);
+			return 0;
+		}
 		struct file_facts ff;
 		if (!file_facts(di, &ff) || !recordable(&ff))
 			return 0;
@@ -1149,6 +1356,42 @@ int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
 			send_fd_op(DK_FD_DIRTY, none, DK_DIRTY_IO_URING, bpf_ktime_get_ns());
 		}
 		return 0;
+	case NR_fchown:
+		if (ret == 0)
+			meta_of_fd(di, 0);
+		return 0;
+	case NR_fsetxattr:
+	case NR_fremovexattr:
+		if (ret == 0)
+			meta_of_fd(di, DK_INODE_XATTR);
+		return 0;
+	case NR_utimensat:
+		if (ret == 0 && !si) {
+			meta_of_fd(di, 0); /* futimens: no enter record was sent */
+			return 0;
+		}
+		break;
+	}
+
+	/* Metadata changed through a path that names an open file. */
+	if (ret == 0) {
+		switch (id) {
+		case NR_chmod: case NR_chown: case NR_lchown: case NR_utime: case NR_utimes:
+			meta_through_fd(AT_FDCWD, (const char *)di, false, 0);
+			break;
+		case NR_setxattr: case NR_lsetxattr: case NR_removexattr: case NR_lremovexattr:
+			meta_through_fd(AT_FDCWD, (const char *)di, false, DK_INODE_XATTR);
+			break;
+		case NR_fchmodat:
+			meta_through_fd(di, (const char *)si, false, 0);
+			break;
+		case NR_fchmodat2: case NR_utimensat:
+			meta_through_fd(di, (const char *)si, r10 & AT_EMPTY_PATH, 0);
+			break;
+		case NR_fchownat:
+			meta_through_fd(di, (const char *)si, r8 & AT_EMPTY_PATH, 0);
+			break;
+		}
 	}
 
 	/* A path-based syscall: its enter record and strings are in the ring; send the result. */

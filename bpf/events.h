@@ -6,7 +6,7 @@
 #ifndef DK_EVENTS_H
 #define DK_EVENTS_H
 
-#define DK_WIRE_VERSION 2
+#define DK_WIRE_VERSION 3
 
 #define DK_COMM_LEN 16
 /* Bytes of write payload per record: large writes are split into records of at most this. */
@@ -29,6 +29,11 @@ enum dk_kind {
 #define DK_INODE_TRUNCATED 2 /* opened with O_TRUNC */
 #define DK_INODE_UNLINKED 4  /* the dentry is already unlinked: the path is stale */
 #define DK_INODE_PATH_CUT 8  /* the path was longer than DK_PATH_MAX or the walk limit */
+/* Sent because the file's metadata changed (fchown, fsetxattr, futimens, chmod or chown through
+ * an fd): mode, owner and mtime are the inode's after the call. Any file type, not only regular. */
+#define DK_INODE_META 16
+/* With DK_INODE_META: the change was to its extended attributes (user space reads them back). */
+#define DK_INODE_XATTR 32
 
 /* DK_WRITE flags */
 #define DK_WRITE_LAST 1 /* last chunk of this syscall's data */
@@ -43,6 +48,12 @@ enum dk_ns_op {
 	DK_NS_LINK = 6,   /* a=existing, b=new */
 	DK_NS_CHMOD = 7,  /* a, mode */
 	DK_NS_TRUNCATE = 8, /* a, arg=length */
+	DK_NS_CHOWN = 9,    /* a, arg = uid << 32 | gid as passed (-1: unchanged), flags: 1 = nofollow */
+	DK_NS_SETXATTR = 10, /* a, b name = xattr name (verbatim), value slot = value, flags as CHOWN */
+	DK_NS_UTIMES = 11,  /* a, value slot = the times argument (none: both now), mode = enum
+			     * dk_times_format, flags as CHOWN */
+	DK_NS_REMOVEXATTR = 12, /* a, b name = xattr name, flags as CHOWN */
+
 };
 
 /* DK_FD_OP ops */
@@ -93,13 +104,27 @@ struct dk_write {
 	__u8 data[];
 };
 
+enum dk_times_format {
+	DK_TIMES_TIMESPEC = 0, /* utimensat: struct timespec[2] (atime, mtime) */
+	DK_TIMES_TIMEVAL = 1,  /* utimes: struct timeval[2] */
+	DK_TIMES_UTIMBUF = 2,  /* utime: struct utimbuf (two longs, seconds) */
+};
+
+/* DK_NS_ENTER flags of DK_NS_CHOWN, DK_NS_SETXATTR, DK_NS_REMOVEXATTR and DK_NS_UTIMES */
+#define DK_NS_NOFOLLOW 1
+
 struct dk_inode {
 	struct dk_hdr h;
 	__u64 dev;
 	__u64 ino;
 	__u64 size;
+	__s64 mtime_sec;
+	__u32 mtime_nsec;
 	__u32 mode;     /* i_mode: type and permission bits */
+	__u32 uid;      /* i_uid, i_gid: the owner, as the host (init user namespace) sees it */
+	__u32 gid;
 	__u32 path_len; /* bytes of path that follow, no NUL */
+	__u32 _pad;
 	__u8 path[];
 };
 
@@ -121,7 +146,11 @@ enum dk_str_slot {
 	DK_SLOT_NAME_A = 1,
 	DK_SLOT_BASE_B = 2,
 	DK_SLOT_NAME_B = 3,
+	DK_SLOT_VALUE = 4, /* raw bytes: an xattr value or a times argument */
 };
+
+/* Longest xattr value or times argument carried (an ACL of 31 entries). */
+#define DK_VALUE_MAX 256
 
 struct dk_str {
 	struct dk_hdr h;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing DiffKeeper needs on a fresh Debian/Ubuntu machine (as root):
 # clang + libbpf headers + bpftool for the eBPF programs, and the tools the tests drive
-# (sqlite3, python3, strace, chromium). Safe to run again: installs only what is missing.
+# (sqlite3, python3, strace, chromium, setfacl, rsync). Safe to run again: installs only what is missing.
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -17,6 +17,9 @@ command -v bpftool >/dev/null || need+=(bpftool)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 command -v strace >/dev/null || need+=(strace)
 command -v python3 >/dev/null || need+=(python3)
+# The metadata differential test drives real tools that set modes through ACLs and copy trees.
+command -v setfacl >/dev/null || need+=(acl)
+command -v rsync >/dev/null || need+=(rsync)
 # Headless Chromium: the report test renders `diffkeeper report`'s page in a real browser.
 command -v chromium >/dev/null || need+=(chromium)
 # protoc: the gRPC and CRI clients generate their code from .proto files at build time.

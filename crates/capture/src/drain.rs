@@ -191,7 +191,12 @@ fn drain_loop(
 fn event_bytes(ev: &Event) -> usize {
     let data = match &ev.change {
         Change::Write { data, .. } => data.len(),
-        Change::Inode { path, .. } => path.len(),
+        Change::Inode { path, .. } | Change::Meta { path, .. } => path.len(),
+        Change::SetXattr {
+            path, name, value, ..
+        } => path.len() + name.len() + value.len(),
+        Change::Chown { path, .. } | Change::SetTimes { path, .. } => path.len(),
+        Change::RemoveXattr { path, name, .. } => path.len() + name.len(),
         Change::Rename { from, to, .. } => from.len() + to.len(),
         Change::Symlink { path, target } => path.len() + target.len(),
         Change::Link { existing, new } => existing.len() + new.len(),

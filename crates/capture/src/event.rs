@@ -122,6 +122,10 @@ pub enum Change {
         path: Vec<u8>,
         /// `i_mode`: type and permission bits.
         mode: u32,
+        /// Its owner when seen, as the host sees it.
+        owner: Owner,
+        /// Its mtime when seen, ns since the epoch.
+        mtime_ns: i128,
         /// Its size when seen.
         size: u64,
         /// This open created it.
@@ -227,9 +231,123 @@ pub enum Change {
         /// The exit code (128 + signal when killed).
         code: i32,
     },
+    /// The metadata of a file (of any type) changed through a descriptor, or through a path
+    /// naming one (`/proc/self/fd/N`, AT_EMPTY_PATH): the inode's state after the call.
+    Meta {
+        /// The file.
+        file: FileKey,
+        /// Its path, as for `Inode`.
+        path: Vec<u8>,
+        /// `i_mode`: type and permission bits.
+        mode: u32,
+        /// Its owner.
+        owner: Owner,
+        /// Its mtime, ns since the epoch.
+        mtime_ns: i128,
+        /// The path was longer or deeper than the kernel walks.
+        cut: bool,
+        /// The change was to its extended attributes (their values are not in the record).
+        xattrs: bool,
+    },
+    /// removexattr or lremovexattr by path.
+    RemoveXattr {
+        /// The file (as named: see `follow`).
+        path: Vec<u8>,
+        /// The attribute's name.
+        name: Vec<u8>,
+        /// See `Chown::follow`.
+        follow: bool,
+    },
+    /// chown, lchown or fchownat by path. `None` leaves that id unchanged (-1).
+    Chown {
+        /// The file (as named: see `follow`).
+        path: Vec<u8>,
+        /// The new owner, if changed.
+        uid: Option<u32>,
+        /// The new group, if changed.
+        gid: Option<u32>,
+        /// The call follows a symlink at `path` (chown) rather than changing it (lchown).
+        follow: bool,
+    },
+    /// setxattr or lsetxattr by path.
+    SetXattr {
+        /// The file (as named: see `follow`).
+        path: Vec<u8>,
+        /// The attribute's name.
+        name: Vec<u8>,
+        /// Its value (at most DK_VALUE_MAX bytes, else the event is `NamespaceLost`).
+        value: Vec<u8>,
+        /// See `Chown::follow`.
+        follow: bool,
+    },
+    /// utimensat, utimes or utime by path.
+    SetTimes {
+        /// The file (as named: see `follow`).
+        path: Vec<u8>,
+        /// The new access time.
+        atime: TimeSet,
+        /// The new modification time.
+        mtime: TimeSet,
+        /// See `Chown::follow`.
+        follow: bool,
+    },
     /// A path-based change happened but its record was incomplete (strings lost or cut):
     /// the namespace must be rescanned.
     NamespaceLost,
+}
+
+/// A file's owner: user and group ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Owner {
+    /// The user id.
+    pub uid: u32,
+    /// The group id.
+    pub gid: u32,
+}
+
+/// What a utimes-family call set one timestamp to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    /// Left as it was (UTIME_OMIT).
+    Omit,
+    /// The moment of the call (UTIME_NOW, or no times given).
+    Now,
+    /// This time, ns since the epoch.
+    At(i128),
+}
+
+const UTIME_NOW: i64 = (1 << 30) - 1;
+const UTIME_OMIT: i64 = (1 << 30) - 2;
+
+/// Decodes the times argument of a utimes-family call (`enum dk_times_format`).
+fn decode_times(format: u32, raw: Option<&[u8]>) -> Option<(TimeSet, TimeSet)> {
+    let Some(raw) = raw else {
+        return Some((TimeSet::Now, TimeSet::Now));
+    };
+    let word = |i: usize| -> Option<i64> {
+        Some(i64::from_ne_bytes(
+            raw.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
+    let ns = |sec: i64, nsec: i64| i128::from(sec) * 1_000_000_000 + i128::from(nsec);
+    match format {
+        wire::DK_TIMES_TIMESPEC => {
+            let one = |sec: i64, nsec: i64| match nsec {
+                UTIME_NOW => TimeSet::Now,
+                UTIME_OMIT => TimeSet::Omit,
+                _ => TimeSet::At(ns(sec, nsec)),
+            };
+            Some((one(word(0)?, word(1)?), one(word(2)?, word(3)?)))
+        }
+        wire::DK_TIMES_TIMEVAL => Some((
+            TimeSet::At(ns(word(0)?, word(1)? * 1000)),
+            TimeSet::At(ns(word(2)?, word(3)? * 1000)),
+        )),
+        wire::DK_TIMES_UTIMBUF => {
+            Some((TimeSet::At(ns(word(0)?, 0)), TimeSet::At(ns(word(1)?, 0))))
+        }
+        _ => None,
+    }
 }
 
 /// One completed change and who made it.
@@ -300,14 +418,37 @@ impl Assembler {
             }
             wire::DK_INODE => {
                 let len = field!(rec, dk_inode.path_len)? as usize;
+                let file =
+                    FileKey::from_kernel(field!(rec, dk_inode.dev)?, field!(rec, dk_inode.ino)?);
+                let owner = Owner {
+                    uid: field!(rec, dk_inode.uid)?,
+                    gid: field!(rec, dk_inode.gid)?,
+                };
+                let mtime_ns = i128::from(field!(rec, dk_inode.mtime_sec)?) * 1_000_000_000
+                    + i128::from(field!(rec, dk_inode.mtime_nsec)?);
+                let path = rec.bytes(offset_of!(dk_inode, path), len)?.to_vec();
+                let mode = field!(rec, dk_inode.mode)?;
+                if h.flags & wire::DK_INODE_META != 0 {
+                    return Ok(Some(Event {
+                        origin,
+                        change: Change::Meta {
+                            file,
+                            path,
+                            mode,
+                            owner,
+                            mtime_ns,
+                            cut: h.flags & wire::DK_INODE_PATH_CUT != 0,
+                            xattrs: h.flags & wire::DK_INODE_XATTR != 0,
+                        },
+                    }));
+                }
                 Change::Inode {
-                    file: FileKey::from_kernel(
-                        field!(rec, dk_inode.dev)?,
-                        field!(rec, dk_inode.ino)?,
-                    ),
+                    file,
                     size: field!(rec, dk_inode.size)?,
-                    mode: field!(rec, dk_inode.mode)?,
-                    path: rec.bytes(offset_of!(dk_inode, path), len)?.to_vec(),
+                    mode,
+                    owner,
+                    mtime_ns,
+                    path,
                     created: h.flags & wire::DK_INODE_CREATED != 0,
                     truncated: h.flags & wire::DK_INODE_TRUNCATED != 0,
                     unlinked: h.flags & wire::DK_INODE_UNLINKED != 0,
@@ -433,6 +574,7 @@ impl PendingNs {
         }
         let a = self.path(0);
         let b = || self.path(2);
+        let follow = self.flags & wire::DK_NS_NOFOLLOW == 0;
         let made = match self.op {
             wire::DK_NS_RENAME => a.zip(b()).map(|(from, to)| Change::Rename {
                 from,
@@ -459,6 +601,40 @@ impl PendingNs {
                 path,
                 size: self.arg,
             }),
+            wire::DK_NS_CHOWN => {
+                let id = |v: u64| (v as u32 != u32::MAX).then_some(v as u32);
+                a.map(|path| Change::Chown {
+                    path,
+                    uid: id(self.arg >> 32),
+                    gid: id(self.arg),
+                    follow,
+                })
+            }
+            wire::DK_NS_SETXATTR => {
+                a.zip(self.strings[3].clone())
+                    .map(|(path, name)| Change::SetXattr {
+                        path,
+                        name,
+                        value: self.strings[wire::DK_SLOT_VALUE]
+                            .clone()
+                            .unwrap_or_default(),
+                        follow,
+                    })
+            }
+            wire::DK_NS_REMOVEXATTR => a
+                .zip(self.strings[3].clone())
+                .map(|(path, name)| Change::RemoveXattr { path, name, follow }),
+            wire::DK_NS_UTIMES => a
+                .zip(decode_times(
+                    self.mode,
+                    self.strings[wire::DK_SLOT_VALUE].as_deref(),
+                ))
+                .map(|(path, (atime, mtime))| Change::SetTimes {
+                    path,
+                    atime,
+                    mtime,
+                    follow,
+                }),
             _ => None,
         };
         made.unwrap_or(Change::NamespaceLost)
@@ -605,8 +781,13 @@ mod tests {
                 dev: KERNEL_DEV,
                 ino: 3,
                 size: 4096,
+                mtime_sec: 5,
+                mtime_nsec: 6,
                 mode: 0o100644,
+                uid: 1000,
+                gid: 100,
                 path_len: 4,
+                _pad: 0,
                 path: [],
             },
             b"/a/b",
@@ -617,6 +798,11 @@ mod tests {
                 file: FileKey::from_kernel(KERNEL_DEV, 3),
                 path: b"/a/b".to_vec(),
                 mode: 0o100644,
+                owner: Owner {
+                    uid: 1000,
+                    gid: 100
+                },
+                mtime_ns: 5_000_000_006,
                 size: 4096,
                 created: true,
                 truncated: false,

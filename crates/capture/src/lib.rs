@@ -12,6 +12,6 @@ mod probe;
 mod wire;
 
 pub use drain::RingDrain;
-pub use event::{Assembler, Change, DirtyReason, Event, FileKey, Origin};
+pub use event::{Assembler, Change, DirtyReason, Event, FileKey, Origin, Owner, TimeSet};
 pub use probe::{CaptureError, Counters, Probe, ProbeConfig, RingReader};
 pub use wire::WireError;

@@ -12,7 +12,7 @@ use std::mem::offset_of;
 
 /// `DK_WIRE_VERSION`: the format this decoder reads. The object carries its own
 /// (`dk_wire_version`), checked before load.
-pub(crate) const WIRE_VERSION: u32 = 2;
+pub(crate) const WIRE_VERSION: u32 = 3;
 
 /// `DK_COMM_LEN`.
 pub(crate) const COMM_LEN: usize = 16;
@@ -33,6 +33,8 @@ pub(crate) const DK_INODE_CREATED: u16 = 1;
 pub(crate) const DK_INODE_TRUNCATED: u16 = 2;
 pub(crate) const DK_INODE_UNLINKED: u16 = 4;
 pub(crate) const DK_INODE_PATH_CUT: u16 = 8;
+pub(crate) const DK_INODE_META: u16 = 16;
+pub(crate) const DK_INODE_XATTR: u16 = 32;
 
 /// `enum dk_ns_op`.
 pub(crate) const DK_NS_RENAME: u32 = 1;
@@ -43,6 +45,18 @@ pub(crate) const DK_NS_SYMLINK: u32 = 5;
 pub(crate) const DK_NS_LINK: u32 = 6;
 pub(crate) const DK_NS_CHMOD: u32 = 7;
 pub(crate) const DK_NS_TRUNCATE: u32 = 8;
+pub(crate) const DK_NS_CHOWN: u32 = 9;
+pub(crate) const DK_NS_SETXATTR: u32 = 10;
+pub(crate) const DK_NS_UTIMES: u32 = 11;
+pub(crate) const DK_NS_REMOVEXATTR: u32 = 12;
+
+/// DK_NS_ENTER flag of the metadata ops: the call does not follow a symlink at the path.
+pub(crate) const DK_NS_NOFOLLOW: u32 = 1;
+
+/// `enum dk_times_format`.
+pub(crate) const DK_TIMES_TIMESPEC: u32 = 0;
+pub(crate) const DK_TIMES_TIMEVAL: u32 = 1;
+pub(crate) const DK_TIMES_UTIMBUF: u32 = 2;
 
 /// `enum dk_fd_op_kind`.
 pub(crate) const DK_FD_TRUNCATE: u32 = 1;
@@ -56,8 +70,9 @@ pub(crate) const DK_PROC_FORK: u32 = 1;
 pub(crate) const DK_PROC_EXEC: u32 = 2;
 pub(crate) const DK_PROC_EXIT: u32 = 3;
 
-/// `enum dk_str_slot`: the four strings of a DK_NS_ENTER.
-pub(crate) const STR_SLOTS: usize = 4;
+/// `enum dk_str_slot`: the four strings of a DK_NS_ENTER, and its raw value.
+pub(crate) const STR_SLOTS: usize = 5;
+pub(crate) const DK_SLOT_VALUE: usize = 4;
 
 /// `enum dk_counter`: indexes into the `counters` map.
 pub(crate) const DK_CNT_LOST: u32 = 0;
@@ -126,8 +141,13 @@ pub(crate) struct dk_inode {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
     pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
     pub path_len: u32,
+    pub _pad: u32,
     pub path: [u8; 0],
 }
 
@@ -388,8 +408,13 @@ pub(crate) mod contract {
                 dev,
                 ino,
                 size,
+                mtime_sec,
+                mtime_nsec,
                 mode,
+                uid,
+                gid,
                 path_len,
+                _pad,
                 path
             }),
             layout!(dk_ns {

@@ -85,9 +85,13 @@ enum Side {
 
 fn describe_change(before: &Option<Entry>, after: &Option<Entry>) -> String {
     let side = |e: &Entry| match &e.kind {
-        EntryKind::File { size } => format!("file {size} B mode {:04o}", e.mode),
-        EntryKind::Dir => format!("dir mode {:04o}", e.mode),
-        EntryKind::Symlink { target } => format!("symlink -> {}", quoted(target)),
+        EntryKind::File { size } => {
+            format!("file {size} B mode {:04o} owner {}", e.mode, e.owner)
+        }
+        EntryKind::Dir => format!("dir mode {:04o} owner {}", e.mode, e.owner),
+        EntryKind::Symlink { target } => {
+            format!("symlink -> {} owner {}", quoted(target), e.owner)
+        }
     };
     match (before, after) {
         (Some(b), Some(a)) => format!("{} => {}", side(b), side(a)),

@@ -31,6 +31,10 @@ pub struct Args {
     /// With --format tar: overwrite an existing regular file at --out (never a symlink).
     #[arg(long)]
     force: bool,
+    /// Do not restore recorded owners: a directory export (which restores them only when run
+    /// as root) is owned by whoever runs it, and tar headers name 0:0.
+    #[arg(long)]
+    no_owner: bool,
 }
 
 /// Exit code of an export that wrote everything it could but found part of the recording
@@ -47,6 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let opts = ExportOptions {
         paths: compile_globs(&a.paths)?,
         progress: true,
+        no_owner: a.no_owner,
     };
     let seq = point.seq;
     crate::warn_if_cut_short(&store);

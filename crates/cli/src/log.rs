@@ -116,8 +116,21 @@ pub(crate) fn describe(s: &Summary) -> String {
     if let Some(mode) = op.mode {
         detail.push(format!("mode {mode:04o}"));
     }
+    if let Some(owner) = op.owner {
+        detail.push(format!("owner {owner}"));
+    }
+    if let Some(ns) = op.mtime_ns {
+        detail.push(format!("mtime {}", format_wall(ns)));
+    }
     if let Some(t) = &op.target {
         detail.push(format!("-> {}", quoted(t)));
+    }
+    if op.kind == OpKind::SetXattrs {
+        let names = op.detail.as_deref().unwrap_or_default();
+        detail.push(match names {
+            "" => "none".into(),
+            names => escaped(names.as_bytes()),
+        });
     }
     if op.kind == OpKind::Adopt {
         detail.push("pre-existing: content known from its first read-back".into());

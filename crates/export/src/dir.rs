@@ -6,7 +6,7 @@
 //! nor one that appeared in the destination concurrently is ever followed.
 
 use crate::{split_ns, Destination, ExportError, FileData, Item, Written};
-use diffkeeper_store::model::RecPath;
+use diffkeeper_store::model::{Owner, RecPath, Xattrs};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -31,6 +31,8 @@ struct PendingDir {
     path: RecPath,
     mode: u32,
     mtime_ns: Option<i128>,
+    owner: Option<Owner>,
+    xattrs: Xattrs,
 }
 
 pub(crate) struct DirDestination {
@@ -39,11 +41,13 @@ pub(crate) struct DirDestination {
     /// share it and the walk from the root happens once per directory, not once per file.
     cached_parent: Option<(RecPath, OwnedFd)>,
     pending_dirs: Vec<PendingDir>,
+    /// Give entries their recorded owners (the caller checked that it may).
+    owners: bool,
 }
 
 impl DirDestination {
     /// Creates `out` if missing, or accepts it if it is an empty directory.
-    pub(crate) fn create(out: &Path) -> Result<Self, ExportError> {
+    pub(crate) fn create(out: &Path, owners: bool) -> Result<Self, ExportError> {
         let destination_err = |source| ExportError::Destination {
             path: out.to_owned(),
             source,
@@ -82,6 +86,7 @@ impl DirDestination {
             root,
             cached_parent: None,
             pending_dirs: Vec::new(),
+            owners,
         })
     }
 
@@ -110,6 +115,11 @@ impl DirDestination {
             &dir.path,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         )?;
+        // The owner before the mode: chown clears set-ID bits.
+        if let Some(owner) = dir.owner.filter(|_| self.owners) {
+            rustix::fs::fchown(&fd, Some(uid(owner)), Some(gid(owner)))?;
+            set_xattrs(&fd, &dir.xattrs)?;
+        }
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir.mode))?;
         if let Some(times) = dir.mtime_ns.and_then(|ns| timestamps(&dir.path, ns)) {
             rustix::fs::futimens(&fd, &times)?;
@@ -131,6 +141,8 @@ impl Destination for DirDestination {
             path: path.clone(),
             mode: item.mode,
             mtime_ns: item.mtime_ns,
+            owner: item.owner,
+            xattrs: item.entry.map(|e| e.xattrs.clone()).unwrap_or_default(),
         });
         Ok(Written::Done)
     }
@@ -159,13 +171,26 @@ impl Destination for DirDestination {
             path: path.clone(),
             source,
         })?;
-        // The mode goes on after writing: an unprivileged write clears setuid/setgid bits.
-        let metadata = rustix::fs::fchmod(&file, Mode::from_raw_mode(item.mode)).and_then(|()| {
-            match item.mtime_ns.and_then(|ns| timestamps(path, ns)) {
-                Some(times) => rustix::fs::futimens(&file, &times),
+        // The owner, then the mode, after writing: an unprivileged write and a chown both clear
+        // setuid/setgid bits.
+        // Xattrs after the owner: chown drops security.capability.
+        let owned =
+            match item.owner.filter(|_| self.owners) {
+                Some(owner) => rustix::fs::fchown(&file, Some(uid(owner)), Some(gid(owner)))
+                    .and_then(|()| match item.entry {
+                        Some(e) => set_xattrs(&file, &e.xattrs),
+                        None => Ok(()),
+                    }),
                 None => Ok(()),
-            }
-        });
+            };
+        let metadata = owned
+            .and_then(|()| rustix::fs::fchmod(&file, Mode::from_raw_mode(item.mode)))
+            .and_then(
+                |()| match item.mtime_ns.and_then(|ns| timestamps(path, ns)) {
+                    Some(times) => rustix::fs::futimens(&file, &times),
+                    None => Ok(()),
+                },
+            );
         metadata.map_err(|errno| ExportError::Write {
             action: "set mode and mtime of",
             path: path.clone(),
@@ -177,12 +202,23 @@ impl Destination for DirDestination {
     fn symlink(&mut self, item: &Item, target: &[u8]) -> Result<Written, ExportError> {
         let path = item.path.as_ref();
         let times = item.mtime_ns.and_then(|ns| timestamps(path, ns));
+        let owner = item.owner.filter(|_| self.owners);
         let (parent, name) = match self.parent_of(path) {
             Ok(found) => found,
             Err(errno) => return refused_or_fatal(errno, "create symlink", path),
         };
         if let Err(errno) = rustix::fs::symlinkat(target, parent, name) {
             return refused_or_fatal(errno, "create symlink", path);
+        }
+        if let Some(owner) = owner {
+            let flags = AtFlags::SYMLINK_NOFOLLOW;
+            rustix::fs::chownat(parent, name, Some(uid(owner)), Some(gid(owner)), flags).map_err(
+                |errno| ExportError::Write {
+                    action: "set owner of symlink",
+                    path: path.clone(),
+                    source: errno.into(),
+                },
+            )?;
         }
         // Symlink permission bits are meaningless on Linux; only the time is restored, on the
         // link itself (SYMLINK_NOFOLLOW), never on whatever it points to.
@@ -331,4 +367,24 @@ fn copy_sparse(data: &mut dyn FileData, file: &std::fs::File) -> std::io::Result
     }
     // A hole at the end has no data after it to give the file its length.
     file.set_len(at)
+}
+
+fn uid(owner: Owner) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(owner.uid)
+}
+
+fn gid(owner: Owner) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(owner.gid)
+}
+
+/// Gives a file or directory its recorded xattrs (as root: security.capability needs it). An
+/// access ACL goes on before the mode, which then sets its mask as a chmod does.
+fn set_xattrs(fd: impl AsFd, xattrs: &Xattrs) -> Result<(), Errno> {
+    for (name, value) in xattrs {
+        let Ok(name) = std::ffi::CString::new(name.clone()) else {
+            continue; // a name with a NUL cannot have been read from the kernel
+        };
+        rustix::fs::fsetxattr(&fd, &name, value, rustix::fs::XattrFlags::empty())?;
+    }
+    Ok(())
 }

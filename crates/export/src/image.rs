@@ -15,7 +15,7 @@
 
 use crate::dir::open_below;
 use crate::{ExportError, FileContent, StreamOrigin};
-use diffkeeper_store::model::{EntryKind, RecPath};
+use diffkeeper_store::model::{EntryKind, Owner, RecPath};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
@@ -100,6 +100,7 @@ pub(crate) struct ImageEntry {
     pub kind: EntryKind,
     pub mode: u32,
     pub mtime_ns: i128,
+    pub owner: Owner,
     /// The layer it comes from (an index into the layers, topmost first).
     pub layer: usize,
 }
@@ -272,6 +273,10 @@ impl ImageTree {
                         kind,
                         mode,
                         mtime_ns,
+                        owner: Owner {
+                            uid: stat.st_uid,
+                            gid: stat.st_gid,
+                        },
                         layer,
                     };
                     entries.insert(path, entry);

@@ -12,7 +12,7 @@ mod pattern;
 mod store_export;
 mod tar_stream;
 
-use diffkeeper_store::model::{Entry, EntryKind, RecPath};
+use diffkeeper_store::model::{Entry, EntryKind, Owner, RecPath};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,6 +52,15 @@ pub struct ExportOptions {
     /// Draw a byte progress bar on stderr; ignored when stderr is not a terminal so logs and
     /// pipes stay clean.
     pub progress: bool,
+    /// Leave the recorded owners out: a directory export is then owned by whoever runs it (it
+    /// restores owners only when run as root anyway), a tar names 0:0.
+    pub no_owner: bool,
+}
+
+/// Whether a directory export gives entries their recorded owners: only root can, and only
+/// unless told not to.
+pub(crate) fn restores_owners(opts: &ExportOptions) -> bool {
+    !opts.no_owner && rustix::process::geteuid().is_root()
 }
 
 /// What an export produced.
@@ -212,7 +221,7 @@ pub fn export_dir(
     out: &Path,
     opts: &ExportOptions,
 ) -> Result<ExportSummary, ExportError> {
-    let destination = dir::DirDestination::create(out)?;
+    let destination = dir::DirDestination::create(out, restores_owners(opts))?;
     let summary = walk(entries, &mut SourceFeed(src), destination, opts)?;
     info!(
         out = %out.display(),
@@ -237,7 +246,7 @@ pub fn export_tar<W: std::io::Write>(
     out: W,
     opts: &ExportOptions,
 ) -> Result<ExportSummary, ExportError> {
-    let destination = tar_stream::TarDestination::new(out);
+    let destination = tar_stream::TarDestination::new(out, !opts.no_owner);
     let summary = walk(entries, &mut SourceFeed(src), destination, opts)?;
     info!(
         files = summary.files,
@@ -400,6 +409,8 @@ pub(crate) struct Item<'a> {
     pub mode: u32,
     /// `None` for synthesized directories: there is no recorded time to restore.
     pub mtime_ns: Option<i128>,
+    /// `None` for synthesized directories, as for `mtime_ns`.
+    pub owner: Option<Owner>,
     pub entry: Option<&'a Entry>,
 }
 
@@ -623,6 +634,7 @@ fn plan<'a>(
                 path,
                 mode: entry.mode & 0o7777,
                 mtime_ns: Some(entry.mtime_ns),
+                owner: Some(entry.owner),
                 entry: Some(entry),
             },
             None => {
@@ -632,6 +644,7 @@ fn plan<'a>(
                     kind: ItemKind::Dir,
                     mode: SYNTHESIZED_DIR_MODE,
                     mtime_ns: None,
+                    owner: None,
                     entry: None,
                 }
             }

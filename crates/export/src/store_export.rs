@@ -46,7 +46,12 @@ pub fn export_store_tar<W: std::io::Write>(
     opts: &ExportOptions,
 ) -> Result<ExportSummary, ExportError> {
     let (entries, mut feed) = moment(store, seq, image)?;
-    let summary = walk(&entries, &mut feed, TarDestination::new(out), opts)?;
+    let summary = walk(
+        &entries,
+        &mut feed,
+        TarDestination::new(out, !opts.no_owner),
+        opts,
+    )?;
     info!(
         seq,
         image_entries = feed.image_entries,
@@ -74,7 +79,12 @@ pub fn export_store_dir(
     opts: &ExportOptions,
 ) -> Result<ExportSummary, ExportError> {
     let (entries, mut feed) = moment(store, seq, image)?;
-    let summary = walk(&entries, &mut feed, DirDestination::create(out)?, opts)?;
+    let summary = walk(
+        &entries,
+        &mut feed,
+        DirDestination::create(out, crate::restores_owners(opts))?,
+        opts,
+    )?;
     info!(
         seq,
         out = %out.display(),
@@ -217,6 +227,7 @@ fn lay_over(
             if implicit && entry.kind == EntryKind::Dir && from_image.kind == EntryKind::Dir {
                 entry.mode = from_image.mode;
                 entry.mtime_ns = from_image.mtime_ns;
+                entry.owner = from_image.owner;
             }
             continue;
         }
@@ -238,6 +249,8 @@ fn lay_over(
             mode: from_image.mode,
             mtime_ns: from_image.mtime_ns,
             exact: true,
+            owner: from_image.owner,
+            xattrs: Default::default(),
         };
         recorded.insert(path.clone(), entry);
         shown += 1;

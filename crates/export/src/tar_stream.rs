@@ -15,12 +15,15 @@ const HEADER_NAME_LEN: usize = 100;
 
 pub(crate) struct TarDestination<W: Write> {
     builder: Builder<W>,
+    /// Write the recorded owners into the headers (else 0:0).
+    owners: bool,
 }
 
 impl<W: Write> TarDestination<W> {
-    pub(crate) fn new(out: W) -> Self {
+    pub(crate) fn new(out: W, owners: bool) -> Self {
         TarDestination {
             builder: Builder::new(out),
+            owners,
         }
     }
 
@@ -47,8 +50,9 @@ impl<W: Write> TarDestination<W> {
         let mut header = Header::new_ustar();
         header.set_entry_type(entry_type);
         header.set_mode(item.mode);
-        header.set_uid(0);
-        header.set_gid(0);
+        let owner = item.owner.filter(|_| self.owners).unwrap_or_default();
+        header.set_uid(owner.uid.into());
+        header.set_gid(owner.gid.into());
         header.set_size(len);
 
         let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
@@ -97,9 +101,21 @@ impl<W: Write> TarDestination<W> {
         }
         header.set_cksum();
 
-        if !pax.is_empty() {
+        // GNU tar's and libarchive's way to carry xattrs (values are bytes).
+        let xattrs: Vec<(String, &[u8])> = item
+            .entry
+            .into_iter()
+            .flat_map(|e| &e.xattrs)
+            .map(|(k, v)| {
+                let key = format!("SCHILY.xattr.{}", String::from_utf8_lossy(k));
+                (key, v.as_slice())
+            })
+            .collect();
+        if !pax.is_empty() || !xattrs.is_empty() {
+            let records = pax.iter().map(|(k, v)| (*k, v.as_slice()));
+            let records = records.chain(xattrs.iter().map(|(k, v)| (k.as_str(), *v)));
             self.builder
-                .append_pax_extensions(pax.iter().map(|(k, v)| (*k, v.as_slice())))
+                .append_pax_extensions(records)
                 .map_err(tar_err)?;
         }
         self.builder.append(&header, data).map_err(tar_err)?;

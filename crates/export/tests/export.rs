@@ -39,6 +39,8 @@ impl Recording {
                 mode,
                 mtime_ns,
                 exact: true,
+                owner: Default::default(),
+                xattrs: Default::default(),
             },
         );
         self.entries.get_mut(&path).unwrap()
@@ -400,6 +402,8 @@ fn hostile_recording(victim: &Path) -> Recording {
             mode: 0o644,
             mtime_ns: T0,
             exact: true,
+            owner: Default::default(),
+            xattrs: Default::default(),
         },
     );
     rec
@@ -786,6 +790,7 @@ fn exported_with(patterns: &[&str]) -> BTreeSet<String> {
     let opts = ExportOptions {
         paths: compile_globs(&patterns).unwrap(),
         progress: false,
+        no_owner: false,
     };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
@@ -831,6 +836,7 @@ fn parents_brought_along_keep_their_recorded_mode() {
     let opts = ExportOptions {
         paths: compile_globs(&["/tmp/w/a.txt".to_string()]).unwrap(),
         progress: false,
+        no_owner: false,
     };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");

@@ -4,6 +4,7 @@
 mod cgroup;
 mod fs_ids;
 mod local;
+mod metadata;
 mod overlay;
 mod root_dir;
 mod translate;

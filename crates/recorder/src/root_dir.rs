@@ -10,12 +10,12 @@
 
 use crate::fs_ids::FsIds;
 use diffkeeper_capture::FileKey;
-use diffkeeper_store::RecPath;
+use diffkeeper_store::{xattr_kept, RecPath, Xattrs};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -76,6 +76,34 @@ impl RootDir {
     /// The entry itself, a symlink not followed (lstat).
     pub(crate) fn metadata(&self, who: FsIds, path: &RecPath) -> io::Result<Metadata> {
         File::from(self.open_entry(who, path, OFlags::PATH)?).metadata()
+    }
+
+    /// The extended attributes worth keeping of a file or directory (a symlink has none that
+    /// matter: user.* is refused on one). Read through the entry's O_PATH descriptor's
+    /// /proc/self/fd link, which getxattr follows to the entry itself, and as `who`.
+    pub(crate) fn xattrs(&self, who: FsIds, path: &RecPath) -> io::Result<Xattrs> {
+        who.reading(|| {
+            let fd = self.open_entry_as_is(path, OFlags::PATH)?;
+            if File::from(fd.try_clone()?)
+                .metadata()?
+                .file_type()
+                .is_symlink()
+            {
+                return Ok(Xattrs::new());
+            }
+            let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            let mut names = vec![0u8; rustix::fs::listxattr_query(&link)?.max(1)];
+            let n = rustix::fs::listxattr(&link, &mut names[..])?;
+            let mut out = Xattrs::new();
+            for name in names[..n].split(|b| *b == 0).filter(|n| xattr_kept(n)) {
+                let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+                let mut value = vec![0u8; rustix::fs::getxattr_query(&link, &name)?];
+                let len = rustix::fs::getxattr(&link, &name, &mut value[..])?;
+                value.truncate(len);
+                out.insert(name.into_bytes(), value);
+            }
+            Ok(out)
+        })
     }
 
     /// A symlink's target.

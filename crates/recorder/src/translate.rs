@@ -7,11 +7,12 @@
 //! cap, shared mmaps, splice, records lost to a full ring) is read back from the file itself.
 
 use crate::fs_ids::FsIds;
+use crate::metadata::MetaUpdate;
 use crate::root_dir::RootDir;
 use crate::RecordError;
 use diffkeeper_capture::{Change, DirtyReason, Event as Captured, FileKey, Origin, Probe};
 use diffkeeper_store::{
-    Event, MarkerKind, NodeId, NodeKind, Op, Process, RecPath, Target, Writer,
+    Event, MarkerKind, NodeId, NodeKind, Op, Owner, Process, RecPath, Target, Writer,
     IMPLICIT_DIR_NODE_BIT,
 };
 use std::collections::{BTreeSet, HashMap};
@@ -75,6 +76,9 @@ pub struct Recorder {
     lost_seen: u64,
     lost_ns_seen: u64,
     stats: RecorderStats,
+    /// The file system ids of the process whose event is being applied: the owner of what it
+    /// creates by path (mkdir, symlink), which the kernel reports without an inode.
+    event_ids: FsIds,
 }
 
 impl Recorder {
@@ -97,6 +101,7 @@ impl Recorder {
             lost_seen: 0,
             lost_ns_seen: 0,
             stats: RecorderStats::default(),
+            event_ids: FsIds::ROOT,
         }
     }
 
@@ -204,6 +209,18 @@ impl Recorder {
         let mode = meta.mode() & 0o7777;
         let ft = meta.file_type();
         let process = process.cloned();
+        // What was on disk keeps its owner and mtime: set after the entry's content, whose
+        // ops stamp their own moment.
+        let disk_meta = MetaUpdate {
+            mode: None,
+            owner: Some(Owner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+            }),
+            mtime_ns: Some(
+                i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ),
+        };
         if ft.is_dir() {
             let node = self.writer.new_node();
             self.nodes.insert(key, node);
@@ -220,6 +237,7 @@ impl Recorder {
             }
             self.owned_dirs.insert(path.clone());
             let Ok(mut names) = self.root_dir.read_dir(who, path) else {
+                self.update_meta(path, disk_meta, time, process.as_ref())?;
                 return Ok(1);
             };
             names.sort();
@@ -229,6 +247,8 @@ impl Recorder {
                     n += self.adopt_tree(&child, time, process.as_ref())?;
                 }
             }
+            self.update_meta(path, disk_meta, time, process.as_ref())?;
+            self.refresh_xattrs(path, time, process.as_ref())?;
             return Ok(n);
         }
         if ft.is_symlink() {
@@ -238,13 +258,14 @@ impl Recorder {
             let node = self.writer.new_node();
             self.append(
                 time,
-                process,
+                process.clone(),
                 Op::Symlink {
                     node,
                     path: path.clone(),
                     target: target.as_os_str().as_bytes().to_vec(),
                 },
             )?;
+            self.update_meta(path, disk_meta, time, process.as_ref())?;
             return Ok(1);
         }
         if !ft.is_file() {
@@ -273,8 +294,9 @@ impl Recorder {
                 },
             )?;
             if let Ok(data) = self.root_dir.read_file(who, path, key) {
-                self.append(time, process, Op::Resync { node, data })?;
+                self.append(time, process.clone(), Op::Resync { node, data })?;
             }
+            self.update_meta(path, disk_meta, time, process.as_ref())?;
             return Ok(1);
         }
         let node = self.writer.new_node();
@@ -287,7 +309,9 @@ impl Recorder {
                     mode,
                 };
                 self.append(time, process.clone(), op)?;
-                self.append(time, process, Op::Resync { node, data })?;
+                self.append(time, process.clone(), Op::Resync { node, data })?;
+                self.update_meta(path, disk_meta, time, process.as_ref())?;
+                self.refresh_xattrs(path, time, process.as_ref())?;
             }
             Err(e) => {
                 // Unreadable (by whom it is read for) or replaced meanwhile: a file of unknown
@@ -300,7 +324,8 @@ impl Recorder {
                     mode,
                     size: meta.len(),
                 };
-                self.append(time, process, op)?;
+                self.append(time, process.clone(), op)?;
+                self.update_meta(path, disk_meta, time, process.as_ref())?;
             }
         }
         Ok(1)
@@ -329,6 +354,7 @@ impl Recorder {
         // Read-backs for an exiting process still run as it; its pid may be reused after.
         let exited = matches!(ev.change, Change::Exit { .. });
         let process = Process { pid, comm, cgroup };
+        self.event_ids = ids;
         let result = self.apply_change(ev.change, time, process, ids, probe);
         if exited {
             self.pid_ids.remove(&pid);
@@ -349,6 +375,7 @@ impl Recorder {
             | Change::Inode { file, .. }
             | Change::FdTruncate { file, .. }
             | Change::FdChmod { file, .. }
+            | Change::Meta { file, .. }
             | Change::Dirty {
                 file: Some(file), ..
             } => Some(*file),
@@ -385,6 +412,8 @@ impl Recorder {
                 file,
                 path,
                 mode,
+                owner,
+                mtime_ns,
                 size,
                 created,
                 truncated,
@@ -398,14 +427,41 @@ impl Recorder {
                     let node = self.writer.new_node();
                     self.nodes.insert(file, node);
                     let mode = mode & 0o7777;
-                    self.append(time, process, Op::Create { node, path, mode })?;
+                    let op = Op::Create {
+                        node,
+                        path: path.clone(),
+                        mode,
+                    };
+                    self.append(time, process.clone(), op)?;
+                    let update = MetaUpdate {
+                        owner: Some(store_owner(owner)),
+                        ..Default::default()
+                    };
+                    self.update_meta(&path, update, time, process.as_ref())?;
+                } else if !unlinked && !self.nodes.contains_key(&file) {
+                    self.adopt_inode(
+                        file,
+                        path.clone(),
+                        mode,
+                        size,
+                        truncated,
+                        time,
+                        process.clone(),
+                    )?;
+                    // What it was before the recording: its owner and mtime (its content is
+                    // read back at close).
+                    let update = MetaUpdate {
+                        owner: Some(store_owner(owner)),
+                        mtime_ns: Some(mtime_ns),
+                        ..Default::default()
+                    };
+                    self.update_meta(&path, update, time, process.as_ref())?;
+                    self.refresh_xattrs(&path, time, process.as_ref())?;
                 } else if let Some(&node) = self.nodes.get(&file) {
                     if truncated {
                         let target = Target::Node(node);
                         self.append(time, process, Op::Truncate { target, size: 0 })?;
                     }
-                } else if !unlinked {
-                    self.adopt_inode(file, path, mode, size, truncated, time, process)?;
                 }
             }
             Change::Rename { from, to, exchange } => {
@@ -431,13 +487,94 @@ impl Recorder {
                 if let Some(path) = self.normalize(&path, false) {
                     let node = self.writer.new_node();
                     self.owned_dirs.insert(path.clone());
-                    self.append(time, process, Op::Mkdir { node, path, mode })?;
+                    let ids = self.event_ids;
+                    let owner = self.owner_of_new(&path, ids.uid, ids.gid);
+                    // A set-group-ID directory passes the bit on to directories made in it.
+                    let parent_sgid = path
+                        .parent()
+                        .and_then(|p| self.writer.entry(&p))
+                        .is_some_and(|p| p.mode & 0o2000 != 0);
+                    let mode = if parent_sgid { mode | 0o2000 } else { mode };
+                    let op = Op::Mkdir {
+                        node,
+                        path: path.clone(),
+                        mode,
+                    };
+                    self.append(time, process.clone(), op)?;
+                    let update = MetaUpdate {
+                        owner: Some(owner),
+                        ..Default::default()
+                    };
+                    self.update_meta(&path, update, time, process.as_ref())?;
                 }
             }
             Change::Symlink { path, target } => {
                 if let Some(path) = self.normalize(&path, false) {
                     let node = self.writer.new_node();
-                    self.append(time, process, Op::Symlink { node, path, target })?;
+                    let ids = self.event_ids;
+                    let owner = self.owner_of_new(&path, ids.uid, ids.gid);
+                    let op = Op::Symlink {
+                        node,
+                        path: path.clone(),
+                        target,
+                    };
+                    self.append(time, process.clone(), op)?;
+                    let update = MetaUpdate {
+                        owner: Some(owner),
+                        ..Default::default()
+                    };
+                    self.update_meta(&path, update, time, process.as_ref())?;
+                }
+            }
+            Change::Meta {
+                file,
+                path,
+                mode,
+                owner,
+                mtime_ns,
+                cut,
+                xattrs,
+            } => {
+                let path = self.normalize(&path, cut);
+                let owner = store_owner(owner);
+                self.meta_of_inode(file, path, mode, owner, mtime_ns, xattrs, time, process)?;
+            }
+            Change::RemoveXattr { path, name, follow } => {
+                let path = self
+                    .normalize(&path, false)
+                    .and_then(|p| self.followed(p, follow));
+                if let Some(path) = path.filter(|_| diffkeeper_store::xattr_kept(&name)) {
+                    self.refresh_xattrs(&path, time, process.as_ref())?;
+                }
+            }
+            Change::Chown {
+                path,
+                uid,
+                gid,
+                follow,
+            } => {
+                if let Some(path) = self.normalize(&path, false) {
+                    self.chown_path(path, uid, gid, follow, time, process.as_ref())?;
+                }
+            }
+            Change::SetXattr {
+                path,
+                name,
+                value,
+                follow,
+            } => {
+                if let Some(path) = self.normalize(&path, false) {
+                    self.setxattr_path(path, &name, &value, follow, time, process.as_ref())?;
+                }
+            }
+            Change::SetTimes {
+                path,
+                mtime,
+                follow,
+                ..
+            } => {
+                if let Some(path) = self.normalize(&path, false) {
+                    self.set_times_path(path, mtime, follow, time, process.as_ref())?;
                 }
             }
             Change::Link { existing, new } => {
@@ -456,7 +593,11 @@ impl Recorder {
                 }
             }
             Change::Chmod { path, mode } => {
-                if let Some(path) = self.normalize(&path, false) {
+                // chmod(2) follows symlinks: a link's own mode never changes.
+                let path = self
+                    .normalize(&path, false)
+                    .map(|p| self.followed(p.clone(), true).unwrap_or(p));
+                if let Some(path) = path {
                     if self.writer.entry(&path).is_some() {
                         let target = Target::Path(path);
                         self.append(time, process, Op::Chmod { target, mode })?;
@@ -571,7 +712,7 @@ impl Recorder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn adopt_inode(
+    pub(crate) fn adopt_inode(
         &mut self,
         file: FileKey,
         path: RecPath,
@@ -668,7 +809,22 @@ impl Recorder {
                 if self.dirty.get(&file) == Some(&DirtyReason::Lost) {
                     self.stats.drops_healed += 1;
                 }
-                self.append(time, process, Op::Resync { node, data })?;
+                self.append(time, process.clone(), Op::Resync { node, data })?;
+                // The bytes are the disk's now, and so is their mtime: a Resync stamps its own
+                // moment, while the file may have had its times set (cp -p copies with
+                // copy_file_range, which is read back, then sets them).
+                if let Ok(meta) = self.root_dir.metadata(who, &path) {
+                    if meta.dev() == file.dev && meta.ino() == file.ino {
+                        let update = MetaUpdate {
+                            mtime_ns: Some(
+                                i128::from(meta.mtime()) * 1_000_000_000
+                                    + i128::from(meta.mtime_nsec()),
+                            ),
+                            ..Default::default()
+                        };
+                        self.update_meta(&path, update, time, process.as_ref())?;
+                    }
+                }
                 Ok(true)
             }
             Err(e) => {
@@ -968,6 +1124,15 @@ impl Recorder {
             self.append(time, None, Op::Chmod { target, mode })?;
             fixed = true;
         }
+        let owner = Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        };
+        if owner != entry.owner {
+            let target = Target::Path(path.clone());
+            self.append(time, None, Op::Chown { target, owner })?;
+            fixed = true;
+        }
         Ok(fixed)
     }
 }
@@ -984,4 +1149,11 @@ const MTIME_SLACK_NS: i128 = 100_000_000;
 fn changed_after(meta: &fs::Metadata, entry: &diffkeeper_store::Entry) -> bool {
     let disk = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
     disk > entry.mtime_ns + MTIME_SLACK_NS
+}
+
+fn store_owner(o: diffkeeper_capture::Owner) -> Owner {
+    Owner {
+        uid: o.uid,
+        gid: o.gid,
+    }
 }

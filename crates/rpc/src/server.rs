@@ -187,6 +187,7 @@ impl<H: NodeHistory> Agent for AgentService<H> {
         let opts = ExportOptions {
             paths: compile_globs(&req.path_globs).map_err(invalid_argument)?,
             progress: false,
+            no_owner: false,
         };
         let view = self
             .open_authorized(&caller, &selector, Access::export(&selector.namespace))

@@ -27,15 +27,23 @@
 //! to content from before its record's first seq.
 
 use crate::error::StoreError;
-use crate::model::{MarkerKind, NodeId, NodeKind, Op, Process, RecPath, Seq, Target};
+use crate::model::{
+    Entry, EntryKind, MarkerKind, NodeId, NodeKind, Op, Owner, Process, RecPath, Seq, Target,
+    Xattrs,
+};
+use crate::namespace::Namespace;
 use bincode::Options;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Format 2 added delta-encoded payloads ([`DELTA`]); format 3, zstd keyframe patches
 /// ([`encode_keyframe_patch`]); format 4, payloads and keyframe bodies in segment files
-/// ([`SEGMENT`], [`KEYFRAME_IN_SEGMENT`]). Everything older formats wrote reads unchanged, and
-/// every value says how it is encoded, so a store resumed by a newer build may mix them.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+/// ([`SEGMENT`], [`KEYFRAME_IN_SEGMENT`]); format 5, owners and set times: the ops
+/// [`OpHeader::Chown`] and [`OpHeader::SetTimes`] (appended variants, which older stores never
+/// hold), [`OpHeader::SetXattrs`], and entries with an owner and xattrs in name-space
+/// checkpoints ([`CHECKPOINT_WITH_XATTRS`]).
+/// Everything older formats wrote reads unchanged, and every value says how it is encoded, so a
+/// store resumed by a newer build may mix them.
+pub(crate) const FORMAT_VERSION: u32 = 5;
 pub(crate) const OLDEST_READABLE_FORMAT: u32 = 1;
 
 pub(crate) const META_INFO: &[u8] = b"minfo";
@@ -73,6 +81,105 @@ pub(crate) const BLOCK_BYTES: usize = 4 << 20;
 
 pub(crate) fn event_block_key(first: Seq) -> [u8; 9] {
     seq_key(EVENT, first)
+}
+
+/// First byte of a name-space checkpoint whose entries carry owners but no xattrs (written
+/// briefly by format 5 before xattrs were kept), decoded as [`OwnedNamespace`]. Older
+/// checkpoints are a bare zstd frame (first byte 0x28), decoded as [`LegacyNamespace`].
+pub(crate) const CHECKPOINT_WITH_OWNERS: u8 = 5;
+/// First byte of a checkpoint whose entries are [`Entry`] as it is now.
+pub(crate) const CHECKPOINT_WITH_XATTRS: u8 = 6;
+
+/// A name-space checkpoint's value: tag, then zstd(bincode(name space)).
+pub(crate) fn encode_checkpoint(ns: &Namespace) -> Vec<u8> {
+    let mut out = vec![CHECKPOINT_WITH_XATTRS];
+    out.extend_from_slice(&zstd_bytes(&encode(ns)));
+    out
+}
+
+pub(crate) fn decode_checkpoint(value: &[u8]) -> Result<Namespace, StoreError> {
+    let unpack = |bytes: &[u8]| {
+        unzstd(bytes)
+            .map_err(|e| StoreError::corrupt(format!("a namespace checkpoint is unreadable: {e}")))
+    };
+    let mut ns = match value.first() {
+        Some(&CHECKPOINT_WITH_XATTRS) => decode("a namespace checkpoint", &unpack(&value[1..])?)?,
+        Some(&CHECKPOINT_WITH_OWNERS) => {
+            let owned: OwnedNamespace = decode("a namespace checkpoint", &unpack(&value[1..])?)?;
+            Namespace::from_entries(
+                owned
+                    .entries
+                    .into_iter()
+                    .map(|(path, e)| {
+                        let entry = Entry {
+                            node: e.node,
+                            kind: e.kind,
+                            mode: e.mode,
+                            mtime_ns: e.mtime_ns,
+                            exact: e.exact,
+                            owner: e.owner,
+                            xattrs: Default::default(),
+                        };
+                        (path, entry)
+                    })
+                    .collect(),
+            )
+        }
+        _ => {
+            let legacy: LegacyNamespace = decode("a namespace checkpoint", &unpack(value)?)?;
+            Namespace::from_entries(
+                legacy
+                    .entries
+                    .into_iter()
+                    .map(|(path, e)| {
+                        let entry = Entry {
+                            node: e.node,
+                            kind: e.kind,
+                            mode: e.mode,
+                            mtime_ns: e.mtime_ns,
+                            exact: e.exact,
+                            owner: Owner::default(),
+                            xattrs: Default::default(),
+                        };
+                        (path, entry)
+                    })
+                    .collect(),
+            )
+        }
+    };
+    ns.reindex();
+    Ok(ns)
+}
+
+/// How formats 1 to 4 stored a name space: entries without owners.
+#[derive(Deserialize)]
+struct LegacyNamespace {
+    entries: std::collections::BTreeMap<RecPath, LegacyEntry>,
+}
+
+/// How the first format-5 checkpoints stored a name space: entries with owners, no xattrs.
+#[derive(Deserialize)]
+struct OwnedNamespace {
+    entries: std::collections::BTreeMap<RecPath, OwnedEntry>,
+}
+
+#[derive(Deserialize)]
+struct OwnedEntry {
+    node: NodeId,
+    kind: EntryKind,
+    mode: u32,
+    mtime_ns: i128,
+    exact: bool,
+    owner: Owner,
+}
+
+#[derive(Deserialize)]
+struct LegacyEntry {
+    node: NodeId,
+    kind: EntryKind,
+    mode: u32,
+    mtime_ns: i128,
+    exact: bool,
 }
 
 pub(crate) fn checkpoint_key(seq: Seq) -> [u8; 9] {
@@ -228,6 +335,19 @@ pub(crate) enum OpHeader {
         kind: MarkerKind,
         detail: String,
     },
+    // Format 5. New variants go last: bincode stores the variant's index.
+    Chown {
+        target: Target,
+        owner: Owner,
+    },
+    SetTimes {
+        target: Target,
+        mtime_ns: i128,
+    },
+    SetXattrs {
+        target: Target,
+        xattrs: Xattrs,
+    },
 }
 
 impl OpHeader {
@@ -281,6 +401,9 @@ impl OpHeader {
                 }
             }
             Op::Marker { kind, detail } => OpHeader::Marker { kind, detail },
+            Op::Chown { target, owner } => OpHeader::Chown { target, owner },
+            Op::SetTimes { target, mtime_ns } => OpHeader::SetTimes { target, mtime_ns },
+            Op::SetXattrs { target, xattrs } => OpHeader::SetXattrs { target, xattrs },
         };
         (header, None)
     }
@@ -332,6 +455,9 @@ impl OpHeader {
                 data: inline.or(payload).unwrap_or_default(),
             },
             OpHeader::Marker { kind, detail } => Op::Marker { kind, detail },
+            OpHeader::Chown { target, owner } => Op::Chown { target, owner },
+            OpHeader::SetTimes { target, mtime_ns } => Op::SetTimes { target, mtime_ns },
+            OpHeader::SetXattrs { target, xattrs } => Op::SetXattrs { target, xattrs },
         }
     }
 }
@@ -715,6 +841,92 @@ pub(crate) fn unzstd(data: &[u8]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An entry as checkpoints of each era laid it out: formats 1-4 (no owner), the first
+    /// format-5 ones (owner, no xattrs).
+    #[derive(Serialize)]
+    struct OldEntry {
+        node: NodeId,
+        kind: EntryKind,
+        mode: u32,
+        mtime_ns: i128,
+        exact: bool,
+    }
+
+    #[derive(Serialize)]
+    struct OwnedOldEntry {
+        node: NodeId,
+        kind: EntryKind,
+        mode: u32,
+        mtime_ns: i128,
+        exact: bool,
+        owner: Owner,
+    }
+
+    #[derive(Serialize)]
+    struct OldNamespace<E> {
+        entries: std::collections::BTreeMap<RecPath, E>,
+    }
+
+    fn old_checkpoint(owner: Option<Owner>) -> Vec<u8> {
+        let path = RecPath::normalize(b"/a").unwrap();
+        let (node, kind, mode, mtime_ns, exact) = (7, EntryKind::File { size: 3 }, 0o640, 42, true);
+        let bytes = match owner {
+            None => encode(&OldNamespace {
+                entries: [(
+                    path,
+                    OldEntry {
+                        node,
+                        kind,
+                        mode,
+                        mtime_ns,
+                        exact,
+                    },
+                )]
+                .into(),
+            }),
+            Some(owner) => encode(&OldNamespace {
+                entries: [(
+                    path,
+                    OwnedOldEntry {
+                        node,
+                        kind,
+                        mode,
+                        mtime_ns,
+                        exact,
+                        owner,
+                    },
+                )]
+                .into(),
+            }),
+        };
+        zstd_bytes(&bytes)
+    }
+
+    #[test]
+    fn checkpoints_of_every_era_decode() {
+        let path = RecPath::normalize(b"/a").unwrap();
+        // Formats 1-4: a bare zstd frame; its entries are root's.
+        let legacy = decode_checkpoint(&old_checkpoint(None)).unwrap();
+        let e = legacy.entry(&path).unwrap();
+        assert_eq!((e.node, e.mode, e.mtime_ns), (7, 0o640, 42));
+        assert_eq!(e.owner, Owner::default());
+        assert!(e.xattrs.is_empty());
+        assert_eq!(legacy.names_of(7).count(), 1, "reindexed");
+
+        let owner = Owner { uid: 1000, gid: 5 };
+        let mut tagged = vec![CHECKPOINT_WITH_OWNERS];
+        tagged.extend(old_checkpoint(Some(owner)));
+        let owned = decode_checkpoint(&tagged).unwrap();
+        assert_eq!(owned.entry(&path).unwrap().owner, owner);
+
+        // Today's: written and read back whole.
+        let mut entry = owned.entry(&path).unwrap().clone();
+        entry.xattrs.insert(b"user.k".to_vec(), b"v".to_vec());
+        let now = Namespace::from_entries([(path.clone(), entry.clone())].into());
+        let back = decode_checkpoint(&encode_checkpoint(&now)).unwrap();
+        assert_eq!(back.entry(&path), Some(&entry));
+    }
 
     #[test]
     fn payload_blocks_keep_the_bytes_plain_vectors_had() {

@@ -254,6 +254,12 @@ pub enum Op {
     Truncate { target: Target, size: u64 },
     /// Sets permission bits.
     Chmod { target: Target, mode: u32 },
+    /// Sets the owner (chown, or the owner a new entry was made with when not root's).
+    Chown { target: Target, owner: Owner },
+    /// Sets the modification time, ns since the epoch (utimensat, or read from the inode).
+    SetTimes { target: Target, mtime_ns: i128 },
+    /// Sets the extended attributes worth keeping (see [`xattr_kept`]), all of them.
+    SetXattrs { target: Target, xattrs: Xattrs },
     /// The whole content as read back from the file itself (healing lost or uncaptured bytes).
     /// From here on the node is exact.
     Resync { node: NodeId, data: Vec<u8> },
@@ -270,6 +276,31 @@ pub struct Event {
     pub op: Op,
 }
 
+/// Extended attributes by name.
+pub type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// The extended attributes a recording keeps: the user's, file capabilities and ACLs. Others
+/// (security.selinux, trusted.*, overlay's own) describe the host, not the files.
+pub fn xattr_kept(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name == b"security.capability"
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+}
+
+/// Who owns an entry: user and group ids as the host sees them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
 /// One entry of the tree at a moment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -281,6 +312,11 @@ pub struct Entry {
     pub mtime_ns: i128,
     /// False while the content is not known byte-exactly (adopted, not yet resynced).
     pub exact: bool,
+    /// The owner; root (0:0) unless a Chown said otherwise (stores before format 5 have no
+    /// owners, and their entries read as root's).
+    pub owner: Owner,
+    /// Extended attributes worth keeping ([`xattr_kept`]); none unless a SetXattrs said so.
+    pub xattrs: Xattrs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,12 +13,16 @@
 //! - Unlink and Rmdir remove whatever is at the path, with anything below it.
 //! - A node lives while it has a name; ops on a node without names change nothing.
 //! - Write and Truncate change a file's size; Resync sets a file's size or a symlink's target and
-//!   marks it exact; Chmod sets the mode of any entry. All but Chmod set the mtime.
+//!   marks it exact; Chmod sets the mode of any entry, Chown its owner, SetTimes its mtime,
+//!   SetXattrs its extended attributes.
+//!   Write, Truncate and Resync set the mtime to their moment; Chmod and Chown leave it.
+//! - New entries are owned by root (0:0) until a Chown: the recorder follows a creation by a
+//!   process of another owner with one.
 //! - The root `/` is not an entry; ops naming it change nothing.
 
 use crate::codec::OpHeader;
 use crate::model::{
-    Entry, EntryKind, NodeId, NodeKind, RecPath, Seq, Target, Tree, IMPLICIT_DIR_NODE_BIT,
+    Entry, EntryKind, NodeId, NodeKind, Owner, RecPath, Seq, Target, Tree, IMPLICIT_DIR_NODE_BIT,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -45,6 +49,14 @@ pub(crate) struct Namespace {
 }
 
 impl Namespace {
+    /// A name space of these entries; call [`Self::reindex`] before use.
+    pub(crate) fn from_entries(entries: BTreeMap<RecPath, Entry>) -> Self {
+        Namespace {
+            entries,
+            names: HashMap::new(),
+        }
+    }
+
     /// Rebuilds the derived index after deserializing a checkpoint.
     pub(crate) fn reindex(&mut self) {
         self.names.clear();
@@ -179,6 +191,21 @@ impl Namespace {
                     EntryKind::Dir => {}
                 })
             }
+            OpHeader::Chown { target, owner } => {
+                if let Some(node) = self.resolve(target) {
+                    self.update_node(node, |e| e.owner = *owner);
+                }
+            }
+            OpHeader::SetTimes { target, mtime_ns } => {
+                if let Some(node) = self.resolve(target) {
+                    self.update_node(node, |e| e.mtime_ns = *mtime_ns);
+                }
+            }
+            OpHeader::SetXattrs { target, xattrs } => {
+                if let Some(node) = self.resolve(target) {
+                    self.update_node(node, |e| e.xattrs.clone_from(xattrs));
+                }
+            }
             OpHeader::Marker { .. } => {}
         }
     }
@@ -222,6 +249,8 @@ impl Namespace {
             mode,
             mtime_ns: wall,
             exact,
+            owner: Owner::default(),
+            xattrs: Default::default(),
         };
         self.insert(path.clone(), entry);
     }
@@ -297,6 +326,8 @@ impl Namespace {
                 mode: 0o755,
                 mtime_ns: wall,
                 exact: true,
+                owner: Owner::default(),
+                xattrs: Default::default(),
             };
             self.insert(ancestor, entry);
         }

@@ -447,11 +447,7 @@ impl Records {
             self.newest_at_or_before(&codec::checkpoint_key(0), &codec::checkpoint_key(seq))?;
         let (mut ns, from) = match found {
             Some((key, value)) => {
-                let raw = codec::unzstd(&value).map_err(|e| {
-                    StoreError::corrupt(format!("a namespace checkpoint is unreadable: {e}"))
-                })?;
-                let mut ns: Namespace = codec::decode("a namespace checkpoint", &raw)?;
-                ns.reindex();
+                let ns = codec::decode_checkpoint(&value)?;
                 (ns, codec::key_seq(&key)? + 1)
             }
             None => (Namespace::default(), 1),

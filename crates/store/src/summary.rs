@@ -3,7 +3,9 @@
 
 use crate::codec::{EventHeader, OpHeader};
 use crate::error::StoreError;
-use crate::model::{Entry, EntryKind, MarkerKind, NodeId, NodeKind, Process, RecPath, Seq, Target};
+use crate::model::{
+    Entry, EntryKind, MarkerKind, NodeId, NodeKind, Owner, Process, RecPath, Seq, Target,
+};
 use crate::namespace::Namespace;
 use crate::reader::Store;
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,9 @@ pub enum OpKind {
     Chmod,
     Resync,
     Marker,
+    Chown,
+    SetTimes,
+    SetXattrs,
 }
 
 impl OpKind {
@@ -55,6 +60,9 @@ impl OpKind {
             OpKind::Chmod => "chmod",
             OpKind::Resync => "resync",
             OpKind::Marker => "marker",
+            OpKind::Chown => "chown",
+            OpKind::SetTimes => "utimes",
+            OpKind::SetXattrs => "xattrs",
         }
     }
 }
@@ -85,6 +93,12 @@ pub struct OpSummary {
     pub target: Option<Vec<u8>>,
     pub marker: Option<MarkerKind>,
     pub detail: Option<String>,
+    /// Chown's new owner.
+    #[serde(default)]
+    pub owner: Option<Owner>,
+    /// SetTimes' new mtime, ns since the epoch.
+    #[serde(default)]
+    pub mtime_ns: Option<i128>,
 }
 
 impl OpSummary {
@@ -101,6 +115,8 @@ impl OpSummary {
             target: None,
             marker: None,
             detail: None,
+            owner: None,
+            mtime_ns: None,
         }
     }
 
@@ -203,6 +219,30 @@ impl OpSummary {
                 detail: Some(detail.clone()),
                 ..Self::new(OpKind::Marker)
             },
+            OpHeader::Chown { target, owner } => OpSummary {
+                paths: target_paths(target),
+                node: ns.resolve(target),
+                owner: Some(*owner),
+                ..Self::new(OpKind::Chown)
+            },
+            OpHeader::SetXattrs { target, xattrs } => OpSummary {
+                paths: target_paths(target),
+                node: ns.resolve(target),
+                detail: Some(
+                    xattrs
+                        .keys()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                ..Self::new(OpKind::SetXattrs)
+            },
+            OpHeader::SetTimes { target, mtime_ns } => OpSummary {
+                paths: target_paths(target),
+                node: ns.resolve(target),
+                mtime_ns: Some(*mtime_ns),
+                ..Self::new(OpKind::SetTimes)
+            },
         }
     }
 
@@ -210,7 +250,14 @@ impl OpSummary {
     fn affects_subtree(&self) -> bool {
         !matches!(
             self.kind,
-            OpKind::Write | OpKind::Truncate | OpKind::Chmod | OpKind::Resync | OpKind::Marker
+            OpKind::Write
+                | OpKind::Truncate
+                | OpKind::Chmod
+                | OpKind::Chown
+                | OpKind::SetTimes
+                | OpKind::SetXattrs
+                | OpKind::Resync
+                | OpKind::Marker
         )
     }
 }
@@ -325,7 +372,7 @@ impl Store {
     }
 
     /// Entries that differ between right after `from` and right after `to`. Files count as
-    /// modified only if their mode or bytes differ (reads content only when sizes match and the
+    /// modified only if their mode, owner or bytes differ (reads content only when sizes match and the
     /// log shows writes in between).
     pub fn changes(&self, from: Seq, to: Seq) -> Result<Vec<Change>, StoreError> {
         let before = self.tree_at(from)?;
@@ -360,6 +407,11 @@ impl Store {
         after: &Entry,
         to: Seq,
     ) -> Result<Option<ChangeKind>, StoreError> {
+        if (before.owner != after.owner || before.xattrs != after.xattrs)
+            && std::mem::discriminant(&before.kind) == std::mem::discriminant(&after.kind)
+        {
+            return Ok(Some(ChangeKind::Modified));
+        }
         let modified = match (&before.kind, &after.kind) {
             (EntryKind::Dir, EntryKind::Dir) => before.mode != after.mode,
             (EntryKind::Symlink { target: x }, EntryKind::Symlink { target: y }) => {

@@ -596,7 +596,7 @@ impl Writer {
         let checkpoint_due = self.events_since_checkpoint
             >= self.opts.checkpoint_min_events.max(self.ns.len() as u64);
         if checkpoint_due {
-            let packed = codec::zstd_bytes(&codec::encode(&self.ns));
+            let packed = codec::encode_checkpoint(&self.ns);
             debug!(
                 seq = self.last_seq,
                 bytes = packed.len(),
@@ -726,6 +726,11 @@ impl Writer {
 
     pub fn entry(&self, path: &RecPath) -> Option<&Entry> {
         self.ns.entry(path)
+    }
+
+    /// An event time (CLOCK_MONOTONIC ns) as the wall-clock time the store gives it.
+    pub fn wall_ns(&self, mono_ns: u64) -> i128 {
+        self.clock.wall(mono_ns)
     }
 
     /// The current namespace, in path order (implicit parents included: their node ids have

@@ -3,8 +3,8 @@
 //! linear scans) and written from the op rules, not from the store's code.
 
 use diffkeeper_store::{
-    ChangeKind, EntryKind, Event, MarkerKind, NodeId, NodeKind, Op, RecPath, RecordingInfo, Seq,
-    Store, Target, Writer, WriterOptions, IMPLICIT_DIR_NODE_BIT,
+    ChangeKind, EntryKind, Event, MarkerKind, NodeId, NodeKind, Op, Owner, RecPath, RecordingInfo,
+    Seq, Store, Target, Writer, WriterOptions, IMPLICIT_DIR_NODE_BIT,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -25,6 +25,7 @@ struct Node {
     mode: u32,
     mtime: i128,
     exact: bool,
+    owner: Owner,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -68,6 +69,7 @@ impl Model {
                     mode: 0o755,
                     mtime: wall,
                     exact: true,
+                    owner: Owner::default(),
                 },
             );
         }
@@ -110,6 +112,7 @@ impl Model {
                 mode: mode & 0o7777,
                 mtime: wall,
                 exact,
+                owner: Owner::default(),
             },
         );
     }
@@ -260,6 +263,17 @@ impl Model {
                     }
                 }
             }
+            Op::Chown { target, owner } => {
+                if let Some(n) = self.target(target) {
+                    self.nodes.get_mut(&n).unwrap().owner = *owner;
+                }
+            }
+            Op::SetTimes { target, mtime_ns } => {
+                if let Some(n) = self.target(target) {
+                    self.nodes.get_mut(&n).unwrap().mtime = *mtime_ns;
+                }
+            }
+            Op::SetXattrs { .. } => unreachable!("the steps never make one"),
             Op::Marker { .. } => {}
         }
         // A node lives while it has a name.
@@ -283,6 +297,8 @@ enum Step {
     Write(usize, u64, usize, u8),
     Truncate(bool, usize, u64),
     Chmod(bool, usize, u32),
+    Chown(bool, usize, u32, u32),
+    SetTimes(bool, usize, i64),
     Resync(usize, usize, u8),
     Marker,
     Commit,
@@ -329,6 +345,8 @@ fn step() -> impl Strategy<Value = Step> {
         10 => (n.clone(), 0u64..400, 0usize..120, any::<u8>()).prop_map(|(n, o, l, s)| Step::Write(n, o, l, s)),
         3 => (any::<bool>(), 0usize..64, 0u64..450).prop_map(|(b, i, s)| Step::Truncate(b, i, s)),
         1 => (any::<bool>(), 0usize..64, mode).prop_map(|(b, i, m)| Step::Chmod(b, i, m)),
+        1 => (any::<bool>(), 0usize..64, 0u32..3, 0u32..3).prop_map(|(b, i, u, g)| Step::Chown(b, i, u * 1000, g * 1000)),
+        1 => (any::<bool>(), 0usize..64, any::<i64>()).prop_map(|(b, i, t)| Step::SetTimes(b, i, t)),
         2 => (n, 0usize..300, any::<u8>()).prop_map(|(n, l, s)| Step::Resync(n, l, s)),
         1 => Just(Step::Marker),
         2 => Just(Step::Commit),
@@ -495,6 +513,28 @@ fn run(case: Case) -> Result<Made, TestCaseError> {
                 };
                 Op::Chmod { target, mode }
             }
+            Step::Chown(by_path, i, uid, gid) => {
+                let target = if by_path {
+                    Target::Path(names[i % names.len()].clone())
+                } else {
+                    Target::Node(node(&created, i))
+                };
+                Op::Chown {
+                    target,
+                    owner: Owner { uid, gid },
+                }
+            }
+            Step::SetTimes(by_path, i, t) => {
+                let target = if by_path {
+                    Target::Path(names[i % names.len()].clone())
+                } else {
+                    Target::Node(node(&created, i))
+                };
+                Op::SetTimes {
+                    target,
+                    mtime_ns: i128::from(t),
+                }
+            }
             Step::Resync(n, len, seed) => Op::Resync {
                 node: node(&created, n),
                 data: bytes(len, seed),
@@ -573,6 +613,13 @@ fn check_tree(store: &Store, model: &Model, seq: Seq) -> Result<(), TestCaseErro
         prop_assert_eq!(entry.node, id, "node of {:?} at @seq:{}", path, seq);
         prop_assert_eq!(entry.mode, node.mode, "mode of {:?} at @seq:{}", path, seq);
         prop_assert_eq!(
+            entry.owner,
+            node.owner,
+            "owner of {:?} at @seq:{}",
+            path,
+            seq
+        );
+        prop_assert_eq!(
             entry.mtime_ns,
             node.mtime,
             "mtime of {:?} at @seq:{}",
@@ -635,7 +682,7 @@ fn check_changes(
                 let same_kind = std::mem::discriminant(&x.body) == std::mem::discriminant(&y.body);
                 if !same_kind {
                     ChangeKind::TypeChanged
-                } else if x.body != y.body || x.mode != y.mode {
+                } else if x.body != y.body || x.mode != y.mode || x.owner != y.owner {
                     ChangeKind::Modified
                 } else {
                     continue;
