@@ -6,7 +6,7 @@
 #ifndef DK_EVENTS_H
 #define DK_EVENTS_H
 
-#define DK_WIRE_VERSION 2
+#define DK_WIRE_VERSION 3
 
 #define DK_COMM_LEN 16
 /* Bytes of write payload per record: large writes are split into records of at most this. */

@@ -192,7 +192,7 @@ impl CaptureLoop {
             Some(_) => Writer::resume_with(&a.store_dir, options)?,
             None => Writer::create_with(&a.store_dir, a.info.clone(), options)?,
         };
-        let mut recorder = Recorder::new(writer, a.root.clone(), Vec::new());
+        let mut recorder = Recorder::new(writer, a.root.clone(), Vec::new(), a.cgroup_id);
         // Filter first, then look: a change made between the two is seen twice (harmless),
         // never missed.
         self.probe.record_cgroup(a.cgroup_id, a.cgroup_level)?;
@@ -270,8 +270,8 @@ impl CaptureLoop {
         let now = monotonic_ns();
         let mut ended = Vec::new();
         for (id, live) in &mut self.live {
-            // The ring's loss counters are node-wide: every history gets the marker, since
-            // a lost record could have been anyone's.
+            // The kernel counts losses per recorded cgroup: only a history that lost records
+            // gets a gap marker and reads its files back.
             if let Err(e) = live.recorder.check_losses(&mut self.probe, now) {
                 tracing::error!(%id, error = %e, "noting lost records");
             }

@@ -174,9 +174,8 @@ impl Run {
         let made_dir = make_private_dir(&opts.state_dir)?;
         let writer = Writer::create(&opts.state_dir, info)?;
         let state_dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
-        let mut rec = Recorder::new(writer, "/".into(), vec![state_dir]);
-
         let cgroup = RecordingCgroup::create(&format!("rec-{}", std::process::id()))?;
+        let mut rec = Recorder::new(writer, "/".into(), vec![state_dir], cgroup.id());
         probe.record_cgroup(cgroup.id(), cgroup.level())?;
 
         let mut baselines = opts.baselines.clone();

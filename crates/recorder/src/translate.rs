@@ -72,14 +72,21 @@ pub struct Recorder {
     gapped: std::collections::HashSet<NodeId>,
     /// Cut path changes not yet reported by a gap marker.
     cuts_unreported: u64,
+    /// The recorded cgroup (as given to `Probe::record_cgroup`) whose processes this recorder
+    /// records: the kernel tags losses, read-back marks and unsent names with it, and this
+    /// recorder takes only those (a node's probe serves many recordings).
+    cgroup: u64,
     lost_seen: u64,
     lost_ns_seen: u64,
     stats: RecorderStats,
 }
 
 impl Recorder {
-    pub fn new(writer: Writer, root: PathBuf, excluded: Vec<PathBuf>) -> Self {
+    /// A recorder of recorded cgroup `cgroup`'s processes, into `writer`, reading files back
+    /// below `root`, never recording what lies under `excluded`.
+    pub fn new(writer: Writer, root: PathBuf, excluded: Vec<PathBuf>, cgroup: u64) -> Self {
         Recorder {
+            cgroup,
             writer,
             root_dir: RootDir::open(&root),
             root,
@@ -695,7 +702,7 @@ impl Recorder {
             };
             self.append(time, None, op)?;
         }
-        let Ok(c) = probe.counters() else {
+        let Ok(Some(c)) = probe.cgroup_losses(self.cgroup) else {
             return Ok(());
         };
         if c.lost <= self.lost_seen {
@@ -710,7 +717,7 @@ impl Recorder {
         if lost_ns > 0 {
             self.rescan_needed = true;
         }
-        if let Ok(marked) = probe.dirty_files() {
+        if let Ok(marked) = probe.dirty_files(self.cgroup) {
             for (file, reason) in marked {
                 self.mark_dirty(file, reason);
             }
@@ -732,7 +739,7 @@ impl Recorder {
     /// Files whose naming record was lost: the kernel kept their names aside. Taken from
     /// disk (read back whole), so they are exact from here on.
     fn adopt_unsent(&mut self, probe: &mut Probe, time: u64) -> Result<(), RecordError> {
-        let Ok(names) = probe.take_unsent_names() else {
+        let Ok(names) = probe.take_unsent_names(self.cgroup) else {
             return Ok(());
         };
         for (file, raw) in names {
