@@ -140,6 +140,8 @@ pub struct Probe {
 pub struct RingReader {
     ring: RingBuf<MapData>,
     assembler: Assembler,
+    /// Record bytes taken from the ring so far.
+    drained_bytes: u64,
 }
 
 impl RingReader {
@@ -170,6 +172,7 @@ impl RingReader {
         let mut n = 0;
         while let Some(item) = self.ring.next() {
             n += 1;
+            self.drained_bytes += item.len() as u64;
             if let Some(ev) = self.assembler.push(&item) {
                 // The record's space is released (item dropped) before the sink may block.
                 drop(item);
@@ -177,6 +180,11 @@ impl RingReader {
             }
         }
         n
+    }
+
+    /// Record bytes taken from the ring since it was opened.
+    pub fn drained_bytes(&self) -> u64 {
+        self.drained_bytes
     }
 
     /// Records that could not be decoded (wire version skew).
@@ -224,6 +232,7 @@ impl Probe {
             reader: Some(RingReader {
                 ring,
                 assembler: Assembler::default(),
+                drained_bytes: 0,
             }),
             levels: Default::default(),
         })

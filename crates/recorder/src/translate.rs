@@ -25,6 +25,10 @@ use std::path::{Path, PathBuf};
 pub struct RecorderStats {
     /// Capture events turned into store operations.
     pub events: u64,
+    /// Payload bytes the kernel copied for this recording.
+    pub captured_bytes: u64,
+    /// Capture records of this recording the ring buffer could not hold (as last checked).
+    pub records_lost: u64,
     /// Files read back because the kernel could not capture their bytes.
     pub resyncs: u64,
     /// Of those, read-backs that healed records lost to a full ring buffer.
@@ -335,6 +339,9 @@ impl Recorder {
         }
         // Read-backs for an exiting process still run as it; its pid may be reused after.
         let exited = matches!(ev.change, Change::Exit { .. });
+        if let Change::Write { data, .. } = &ev.change {
+            self.stats.captured_bytes += data.len() as u64;
+        }
         let process = Process { pid, comm, cgroup };
         let result = self.apply_change(ev.change, time, process, ids, probe);
         if exited {
@@ -714,6 +721,7 @@ impl Recorder {
         );
         self.lost_seen = c.lost;
         self.lost_ns_seen = c.lost_namespace;
+        self.stats.records_lost = c.lost;
         if lost_ns > 0 {
             self.rescan_needed = true;
         }
