@@ -66,6 +66,10 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const POLL_EVERY: Duration = Duration::from_millis(20);
 /// Sled's page cache per live history: the agent keeps many stores open at once.
 const WRITER_CACHE_BYTES: u64 = 16 << 20;
+/// Payload bytes a live history holds before it commits, ahead of the timed flush: a node has
+/// many, so each gets far less than a local recording's.
+const COMMIT_BYTES: u64 = 4 << 20;
+
 struct Live {
     attachment: Attachment,
     recorder: Recorder,
@@ -211,7 +215,8 @@ impl CaptureLoop {
             Some(_) => Writer::resume_with(&a.store_dir, options)?,
             None => Writer::create_with(&a.store_dir, a.info.clone(), options)?,
         };
-        let mut recorder = Recorder::new(writer, a.root.clone(), Vec::new(), a.cgroup_id);
+        let mut recorder = Recorder::new(writer, a.root.clone(), Vec::new(), a.cgroup_id)
+            .commit_past(COMMIT_BYTES);
         // Filter first, then look: a change made between the two is seen twice (harmless),
         // never missed.
         self.probe.record_cgroup(a.cgroup_id, a.cgroup_level)?;
@@ -299,7 +304,7 @@ impl CaptureLoop {
         let Some(live) = self.live.get_mut(id) else {
             return;
         };
-        if let Err(e) = live.recorder.apply(ev, &mut self.probe) {
+        if let Err(e) = live.recorder.record(ev, &mut self.probe) {
             tracing::error!(id = %live.attachment.id, error = %e, "recording an event");
         }
     }

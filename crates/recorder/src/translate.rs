@@ -43,6 +43,10 @@ pub struct RecorderStats {
     pub cut_paths: u64,
 }
 
+/// Payload bytes past which a recorder commits what it appended, by default: at full speed a
+/// second of writes (the timed flush) would otherwise sit in memory.
+pub const COMMIT_BYTES: u64 = 32 << 20;
+
 /// Translates events of one recording into store appends.
 pub struct Recorder {
     pub(crate) writer: Writer,
@@ -80,6 +84,8 @@ pub struct Recorder {
     /// records: the kernel tags losses, read-back marks and unsent names with it, and this
     /// recorder takes only those (a node's probe serves many recordings).
     cgroup: u64,
+    /// See [`Recorder::commit_past`].
+    commit_bytes: u64,
     lost_seen: u64,
     lost_ns_seen: u64,
     stats: RecorderStats,
@@ -91,6 +97,7 @@ impl Recorder {
     pub fn new(writer: Writer, root: PathBuf, excluded: Vec<PathBuf>, cgroup: u64) -> Self {
         Recorder {
             cgroup,
+            commit_bytes: COMMIT_BYTES,
             writer,
             root_dir: RootDir::open(&root),
             root,
@@ -109,6 +116,24 @@ impl Recorder {
             lost_ns_seen: 0,
             stats: RecorderStats::default(),
         }
+    }
+
+    /// Sets the payload bytes past which [`Recorder::record`] commits (default
+    /// [`COMMIT_BYTES`]): the memory one recording may hold between flushes. A node agent with
+    /// many recordings gives each less.
+    pub fn commit_past(mut self, bytes: u64) -> Self {
+        self.commit_bytes = bytes;
+        self
+    }
+
+    /// Applies one captured event and commits once the appended payload passes the commit
+    /// size: the recording loop of `record` and of the node agent alike.
+    pub fn record(&mut self, ev: Captured, probe: &mut Probe) -> Result<(), RecordError> {
+        self.apply(ev, probe)?;
+        if self.writer.uncommitted_payload_bytes() >= self.commit_bytes {
+            self.writer.commit()?;
+        }
+        Ok(())
     }
 
     /// Files (by inode) the recorder already has, e.g. from the baseline.

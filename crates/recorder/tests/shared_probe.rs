@@ -176,3 +176,44 @@ fn one_recordings_losses_heal_it_alone_and_leave_the_others_history_whole() {
         "no name was left untagged"
     );
 }
+
+#[test]
+fn the_recording_loop_commits_by_size_so_a_fast_writer_is_not_held_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut probe = Probe::load(&ProbeConfig::default()).unwrap();
+    let mut reader = probe.take_reader().unwrap();
+    let mut rec = recording(tmp.path(), "fast", &mut probe);
+    const LIMIT: u64 = 64 << 10;
+    rec.recorder = {
+        let writer =
+            Writer::create(&tmp.path().join("fast-state-2"), RecordingInfo::default()).unwrap();
+        Recorder::new(writer, "/".into(), Vec::new(), rec.cgroup.id()).commit_past(LIMIT)
+    };
+    let w = rec.work.display();
+    // 2 MiB in 4 KiB writes: 512 write records, each at most one chunk of payload.
+    run_in(
+        &rec.cgroup,
+        &format!("dd if=/dev/urandom of={w}/big bs=4096 count=512 status=none"),
+    );
+    let mut events: Vec<Captured> = Vec::new();
+    reader.drain(|ev| events.push(ev));
+    let mut held = 0;
+    let mut written = 0;
+    for ev in events {
+        if let diffkeeper_capture::Change::Write { data, .. } = &ev.change {
+            written += data.len() as u64;
+        }
+        rec.recorder.record(ev, &mut probe).unwrap();
+        held = held.max(rec.recorder.writer().uncommitted_payload_bytes());
+    }
+    eprintln!("{written} bytes recorded, at most {held} held uncommitted");
+    assert_eq!(
+        written,
+        2 << 20,
+        "every byte was captured (a 64 MiB ring holds 2 MiB)"
+    );
+    assert!(
+        held < LIMIT + 4096,
+        "at most the commit size plus one write is held: {held}"
+    );
+}
