@@ -720,6 +720,7 @@ async fn scenarios(node: &mut Node) -> Result<Vec<String>> {
     ] {
         let value = sample(&metrics, name, &flaky_series)?;
         ensure!(value > 0.0, "{name} of flaky is {value}:\n{metrics}");
+        eprintln!("flaky's {name}: {value}");
     }
     for (name, labels) in [
         ("diffkeeper_records_lost_total", &flaky_series[..]),
