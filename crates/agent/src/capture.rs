@@ -47,7 +47,7 @@ pub struct GapCause {
 pub enum Command {
     Attach {
         attachment: Box<Attachment>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), crate::AgentError>>,
     },
     /// The container ended (its cgroup emptied, or the pod status says so).
     End { id: String, note: String },
@@ -165,10 +165,9 @@ impl CaptureLoop {
         match command {
             Command::Attach { attachment, reply } => {
                 let id = attachment.id.clone();
-                let result = self.attach(*attachment).map_err(|e| e.to_string());
+                let result = self.attach(*attachment);
                 if let Err(e) = &result {
                     tracing::warn!(%id, error = %e, "could not start recording a container");
-                    self.metrics.attach_failed("capture");
                 }
                 let _ = reply.send(result);
             }

@@ -83,6 +83,20 @@ pub enum AgentError {
     CaptureStopped(String),
 }
 
+impl AgentError {
+    /// The `reason` label of an attach failure in the metrics.
+    pub fn attach_reason(&self) -> &'static str {
+        match self {
+            AgentError::Locate(_) | AgentError::Host(_) | AgentError::NoCgroup2 => "locate",
+            AgentError::Capture(_) | AgentError::CaptureStopped(_) | AgentError::Thread(_) => {
+                "capture"
+            }
+            AgentError::Record(_) | AgentError::Store(_) | AgentError::StateDir(_) => "store",
+            _ => "other",
+        }
+    }
+}
+
 /// Runs the agent, serving gRPC on `listener`, until `shutdown` resolves. Histories of live
 /// containers are left resumable: the next agent on this node continues them after a gap marker.
 pub async fn run(
@@ -142,6 +156,7 @@ pub async fn run(
         config.advertise.clone(),
         catalog,
         capture,
+        metrics,
     )?;
     let mut stopped_control = stopped.clone();
     tokio::select! {
