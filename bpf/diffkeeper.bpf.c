@@ -116,13 +116,21 @@ struct {
 	__type(value, __u8);
 } known_inodes SEC(".maps");
 
-/* Files whose content must be read back by user space; value = enum dk_dirty_reason. User space
- * deletes an entry once it has resynced the file. */
+/* A read-back mark, tagged with the recorded cgroup whose process made it: on a node with many
+ * recordings, only that recording's recorder takes it. */
+struct dirty_mark {
+	__u32 reason; /* enum dk_dirty_reason */
+	__u32 _pad;
+	__u64 cgroup;
+};
+
+/* Files whose content must be read back by user space. User space deletes an entry once it has
+ * resynced the file. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct file_key);
-	__type(value, __u32);
+	__type(value, struct dirty_mark);
 } dirty_files SEC(".maps");
 
 /* Processes holding shared writable file mappings: their munmap/msync trigger a resync. */
@@ -139,14 +147,40 @@ struct unsent_name {
 	__u32 len;
 	__u8 path[DK_PATH_MAX];
 };
+/* A dk_inode that cannot be sent is kept by copying from its path_len on (see send_inode). */
+_Static_assert(__builtin_offsetof(struct dk_inode, path) ==
+		       __builtin_offsetof(struct dk_inode, path_len) + sizeof(__u32),
+	       "dk_inode's path must follow path_len, as unsent_name's follows len");
+
+/* Keyed by the recorded cgroup too: the name is its recording's to heal, no other's (the same
+ * inode seen by two recordings, e.g. a shared volume, is two entries). */
+struct unsent_key {
+	__u64 cgroup;
+	__u64 dev;
+	__u64 ino;
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct file_key);
+	__type(key, struct unsent_key);
 	__type(value, struct unsent_name);
 } unsent_names SEC(".maps");
+
+/* Records lost, per recorded cgroup: one recording's losses put a gap in its own history only.
+ * User space adds an entry when it starts recording a cgroup and removes it after. */
+struct loss_counts {
+	__u64 lost;    /* as DK_CNT_LOST */
+	__u64 lost_ns; /* as DK_CNT_LOST_NS */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct loss_counts);
+} cgroup_losses SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -190,11 +224,15 @@ static __always_inline __u32 bound_size(__u32 v)
 	return v;
 }
 
+__noinline int count_loss(__u32 which, __u64 n);
+
 static __always_inline void count(__u32 which, __u64 n)
 {
 	__u64 *c = bpf_map_lookup_elem(&counters, &which);
 	if (c)
 		*c += n;
+	if (which == DK_CNT_LOST || which == DK_CNT_LOST_NS)
+		count_loss(which, n);
 }
 
 /* Direct loads through the BTF-typed task pointer, not helper calls: the JIT turns each into one
@@ -206,15 +244,17 @@ static __always_inline __u64 current_cgroup_id(void)
 	return task->cgroups->dfl_cgrp->kn->id;
 }
 
-static __always_inline bool in_filter(void)
+/* The recorded cgroup the current task is recorded under: its own, or the ancestor that put it
+ * in the filter; 0 if none (no cgroup has id 0). */
+static __always_inline __u64 filter_owner(void)
 {
 	__u64 id = current_cgroup_id();
 	if (bpf_map_lookup_elem(&recorded_cgroups, &id))
-		return true;
+		return id;
 	__u32 zero = 0;
 	__u32 *levels = bpf_map_lookup_elem(&filter_levels, &zero);
 	if (!levels || !*levels)
-		return false;
+		return 0;
 	__u32 mask = *levels;
 	for (int l = 0; l < 16; l++) {
 		if (!(mask & (1u << l)))
@@ -223,9 +263,42 @@ static __always_inline bool in_filter(void)
 		if (!a)
 			break;
 		if (bpf_map_lookup_elem(&recorded_cgroups, &a))
-			return true;
+			return a;
 	}
-	return false;
+	return 0;
+}
+
+static __always_inline bool in_filter(void)
+{
+	return filter_owner() != 0;
+}
+
+/* Out of line: only the rare paths that tag a map entry with its recording call it. */
+__noinline __u64 recorded_owner(void)
+{
+	return filter_owner();
+}
+
+__noinline int count_loss(__u32 which, __u64 n)
+{
+	__u64 owner = recorded_owner();
+	struct loss_counts *l = bpf_map_lookup_elem(&cgroup_losses, &owner);
+	if (!l)
+		return 0;
+	if (which == DK_CNT_LOST_NS)
+		__sync_fetch_and_add(&l->lost_ns, n);
+	else
+		__sync_fetch_and_add(&l->lost, n);
+	return 0;
+}
+
+/* Marks a file for read-back on behalf of the current task's recording. */
+__noinline int set_dirty(__u64 dev, __u64 ino, __u32 reason, __u64 flags)
+{
+	struct file_key key = {.dev = dev, .ino = ino};
+	struct dirty_mark mark = {.reason = reason, .cgroup = recorded_owner()};
+	bpf_map_update_elem(&dirty_files, &key, &mark, flags);
+	return 0;
 }
 
 /* Wakes the reader only when this record makes the waiting data cross the threshold. Forcing a
@@ -643,7 +716,8 @@ __noinline int send_inode(struct file_facts *ff, __u32 flags, __u64 ts)
 	if (bpf_ringbuf_output(&events, r, size, wake_flags(size))) {
 		count(DK_CNT_LOST, 1);
 		/* path_len is followed by the path: the layout of struct unsent_name. */
-		bpf_map_update_elem(&unsent_names, &key, &r->path_len, BPF_ANY);
+		struct unsent_key uk = {.cgroup = recorded_owner(), .dev = key.dev, .ino = key.ino};
+		bpf_map_update_elem(&unsent_names, &uk, &r->path_len, BPF_ANY);
 		return false;
 	}
 	__u8 one = 1;
@@ -652,8 +726,7 @@ __noinline int send_inode(struct file_facts *ff, __u32 flags, __u64 ts)
 		/* A file that existed before the recording and outside the baseline (baseline files
 		 * are pre-seeded in known_inodes): its earlier bytes are unknown, so have it read back
 		 * at close. Marked here, not by user space, which would learn of it after the close. */
-		__u32 reason = DK_DIRTY_ADOPTED;
-		bpf_map_update_elem(&dirty_files, &key, &reason, BPF_NOEXIST);
+		set_dirty(key.dev, key.ino, DK_DIRTY_ADOPTED, BPF_NOEXIST);
 	}
 	return true;
 }
@@ -664,10 +737,8 @@ __noinline int send_fd_op_at(__u32 op, __u64 dev, __u64 ino, __u64 arg, __u64 ts
 	struct dk_fd_op *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 	if (!r) {
 		count(DK_CNT_LOST, 1);
-		if (key.ino) {
-			__u32 reason = DK_DIRTY_LOST;
-			bpf_map_update_elem(&dirty_files, &key, &reason, BPF_ANY);
-		}
+		if (key.ino)
+			set_dirty(key.dev, key.ino, DK_DIRTY_LOST, BPF_ANY);
 		return 0;
 	}
 	fill_hdr(&r->h, DK_FD_OP, sizeof(*r), ts);
@@ -691,7 +762,7 @@ __noinline int mark_dirty(struct file_facts *ff, __u32 reason, __u64 ts)
 		return 0;
 	struct file_key key = ff->key;
 	send_inode(ff, 0, ts);
-	bpf_map_update_elem(&dirty_files, &key, &reason, BPF_ANY);
+	set_dirty(key.dev, key.ino, reason, BPF_ANY);
 	send_fd_op(DK_FD_DIRTY, key, reason, ts);
 	return 0;
 }
@@ -822,8 +893,7 @@ __noinline int on_write(long fd, __u64 buf, __u64 iov_cnt, __s64 pos, long ret)
 		p.offset = ff.pos - ret;
 
 	if (!send_inode(&ff, 0, ts)) {
-		__u32 reason = DK_DIRTY_LOST;
-		bpf_map_update_elem(&dirty_files, &p.key, &reason, BPF_ANY);
+		set_dirty(p.key.dev, p.key.ino, DK_DIRTY_LOST, BPF_ANY);
 		return 0;
 	}
 	if ((__u64)ret > max_write_capture) {
@@ -847,9 +917,8 @@ __noinline int on_write(long fd, __u64 buf, __u64 iov_cnt, __s64 pos, long ret)
 	}
 	if (p.failed) {
 		count(DK_CNT_LOST, 1);
-		__u32 reason = DK_DIRTY_LOST;
-		bpf_map_update_elem(&dirty_files, &p.key, &reason, BPF_ANY);
-		send_fd_op(DK_FD_DIRTY, p.key, reason, ts);
+		set_dirty(p.key.dev, p.key.ino, DK_DIRTY_LOST, BPF_ANY);
+		send_fd_op(DK_FD_DIRTY, p.key, DK_DIRTY_LOST, ts);
 	}
 	return 0;
 }

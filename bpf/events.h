@@ -123,8 +123,10 @@ struct dk_inode {
 	__u32 mode;     /* i_mode: type and permission bits */
 	__u32 uid;      /* i_uid, i_gid: the owner, as the host (init user namespace) sees it */
 	__u32 gid;
-	__u32 path_len; /* bytes of path that follow, no NUL */
 	__u32 _pad;
+	/* bytes of path that follow, no NUL. Last before the path: when the record cannot be sent,
+	 * (path_len, path) is copied as is into unsent_names as a struct unsent_name. */
+	__u32 path_len;
 	__u8 path[];
 };
 

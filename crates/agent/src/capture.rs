@@ -5,6 +5,7 @@
 //! owns every live writer, so read views of live histories are lent out by it, on request.
 
 use crate::catalog::{Catalog, LiveViews, Progress};
+use crate::metrics::{ContainerCounts, ContainerLabels, Metrics};
 use diffkeeper_capture::{Event as Captured, Probe, ProbeConfig, RingDrain};
 use diffkeeper_locate::dir_size;
 use diffkeeper_recorder::{monotonic_ns, wall_ns, Recorder};
@@ -15,6 +16,7 @@ use diffkeeper_store::{
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -45,7 +47,7 @@ pub struct GapCause {
 pub enum Command {
     Attach {
         attachment: Box<Attachment>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), crate::AgentError>>,
     },
     /// The container ended (its cgroup emptied, or the pod status says so).
     End { id: String, note: String },
@@ -64,10 +66,16 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const POLL_EVERY: Duration = Duration::from_millis(20);
 /// Sled's page cache per live history: the agent keeps many stores open at once.
 const WRITER_CACHE_BYTES: u64 = 16 << 20;
+/// Payload bytes a live history holds before it commits, ahead of the timed flush: a node has
+/// many, so each gets far less than a local recording's.
+const COMMIT_BYTES: u64 = 4 << 20;
 
 struct Live {
     attachment: Attachment,
     recorder: Recorder,
+    /// Its series in the metrics, and the counts last pushed there.
+    labels: ContainerLabels,
+    counted: ContainerCounts,
 }
 
 pub struct CaptureLoop {
@@ -82,10 +90,20 @@ pub struct CaptureLoop {
     by_cgroup: HashMap<u64, String>,
     catalog: Catalog,
     unrouted: u64,
+    metrics: Arc<Metrics>,
+    ring_bytes: u32,
+    /// The node-wide loss counter as last pushed to the metrics.
+    node_lost_seen: u64,
+    /// The age of the newest event routed since the last tick, when it was routed.
+    lag_ns: u64,
 }
 
 impl CaptureLoop {
-    pub fn load(config: &ProbeConfig, catalog: Catalog) -> Result<CaptureLoop, crate::AgentError> {
+    pub fn load(
+        config: &ProbeConfig,
+        catalog: Catalog,
+        metrics: Arc<Metrics>,
+    ) -> Result<CaptureLoop, crate::AgentError> {
         let mut probe = Probe::load(config)?;
         let reader = probe.take_reader().expect("a fresh probe has its reader");
         Ok(CaptureLoop {
@@ -96,6 +114,10 @@ impl CaptureLoop {
             by_cgroup: HashMap::new(),
             catalog,
             unrouted: 0,
+            metrics,
+            ring_bytes: config.ring_bytes,
+            node_lost_seen: 0,
+            lag_ns: 0,
         })
     }
 
@@ -143,7 +165,7 @@ impl CaptureLoop {
         match command {
             Command::Attach { attachment, reply } => {
                 let id = attachment.id.clone();
-                let result = self.attach(*attachment).map_err(|e| e.to_string());
+                let result = self.attach(*attachment);
                 if let Err(e) = &result {
                     tracing::warn!(%id, error = %e, "could not start recording a container");
                 }
@@ -192,7 +214,8 @@ impl CaptureLoop {
             Some(_) => Writer::resume_with(&a.store_dir, options)?,
             None => Writer::create_with(&a.store_dir, a.info.clone(), options)?,
         };
-        let mut recorder = Recorder::new(writer, a.root.clone(), Vec::new());
+        let mut recorder = Recorder::new(writer, a.root.clone(), Vec::new(), a.cgroup_id)
+            .commit_past(COMMIT_BYTES);
         // Filter first, then look: a change made between the two is seen twice (harmless),
         // never missed.
         self.probe.record_cgroup(a.cgroup_id, a.cgroup_level)?;
@@ -216,9 +239,26 @@ impl CaptureLoop {
             let _ = self.probe.mark_known(file);
         }
         tracing::info!(id = %a.id, cgroup = a.cgroup_id, entries, resumed = a.resume_after.is_some(), "recording container");
+        let labels = match self.catalog.meta(&a.id) {
+            Some(meta) => ContainerLabels {
+                namespace: meta.namespace,
+                pod: meta.pod_name,
+                container: meta.container,
+            },
+            None => ContainerLabels {
+                namespace: String::new(),
+                pod: String::new(),
+                container: a.id.clone(),
+            },
+        };
+        let counted = ContainerCounts::default();
+        self.metrics
+            .container(&labels, counted, counts_of(&recorder, &a));
         self.live.insert(
             a.id.clone(),
             Live {
+                labels,
+                counted: counts_of(&recorder, &a),
                 attachment: a,
                 recorder,
             },
@@ -246,6 +286,9 @@ impl CaptureLoop {
     }
 
     fn route_all(&mut self, batch: Vec<Captured>) {
+        if let Some(newest) = batch.iter().map(|ev| ev.origin.time).max() {
+            self.lag_ns = self.lag_ns.max(monotonic_ns().saturating_sub(newest));
+        }
         for ev in batch {
             self.route(ev);
         }
@@ -260,7 +303,7 @@ impl CaptureLoop {
         let Some(live) = self.live.get_mut(id) else {
             return;
         };
-        if let Err(e) = live.recorder.apply(ev, &mut self.probe) {
+        if let Err(e) = live.recorder.record(ev, &mut self.probe) {
             tracing::error!(id = %live.attachment.id, error = %e, "recording an event");
         }
     }
@@ -270,8 +313,8 @@ impl CaptureLoop {
         let now = monotonic_ns();
         let mut ended = Vec::new();
         for (id, live) in &mut self.live {
-            // The ring's loss counters are node-wide: every history gets the marker, since
-            // a lost record could have been anyone's.
+            // The kernel counts losses per recorded cgroup: only a history that lost records
+            // gets a gap marker and reads its files back.
             if let Err(e) = live.recorder.check_losses(&mut self.probe, now) {
                 tracing::error!(%id, error = %e, "noting lost records");
             }
@@ -283,7 +326,11 @@ impl CaptureLoop {
             }
             self.catalog
                 .set_progress(id, progress_of(&live.recorder, &live.attachment));
+            let counts = counts_of(&live.recorder, &live.attachment);
+            self.metrics.container(&live.labels, live.counted, counts);
+            live.counted = counts;
         }
+        self.push_node_metrics();
         if !ended.is_empty() {
             // One catch-up serves them all: each takes up to a couple of poll periods.
             self.catch_up();
@@ -317,10 +364,13 @@ impl CaptureLoop {
         let _ = self.probe.forget_cgroup(live.attachment.cgroup_id);
         let end = monotonic_ns();
         let progress = progress_of(&live.recorder, &live.attachment);
+        let metrics = self.metrics.clone();
         let result = (|| -> Result<(), StoreError> {
             // The container's root is gone with it, so nothing can be read back any more:
             // healing by reading files stops here (no reconcile against a vanished tree).
             let _ = live.recorder.check_losses(&mut self.probe, end);
+            let counts = counts_of(&live.recorder, &live.attachment);
+            metrics.container(&live.labels, live.counted, counts);
             live.recorder.writer_mut().append(Event {
                 time: end,
                 process: None,
@@ -337,6 +387,34 @@ impl CaptureLoop {
         }
         self.catalog.set_progress(id, progress);
         self.catalog.mark_ended(id, wall_ns());
+    }
+}
+
+fn counts_of(recorder: &Recorder, attachment: &Attachment) -> ContainerCounts {
+    let stats = recorder.stats();
+    ContainerCounts {
+        events: stats.events,
+        captured_bytes: stats.captured_bytes,
+        records_lost: stats.records_lost,
+        drops_healed: stats.drops_healed,
+        store_bytes: dir_size(&attachment.store_dir),
+    }
+}
+
+impl CaptureLoop {
+    /// The node's own series: the ring, the consumer, the kernel's node-wide losses, the
+    /// histories kept.
+    fn push_node_metrics(&mut self) {
+        let peak = self.ring.as_ref().map_or(0, RingDrain::take_peak_bytes);
+        self.metrics.ring(self.ring_bytes, peak);
+        self.metrics
+            .consumer_lag(std::mem::take(&mut self.lag_ns) as f64 / 1e9);
+        if let Ok(c) = self.probe.counters() {
+            self.metrics.node_lost(self.node_lost_seen, c.lost);
+            self.node_lost_seen = c.lost;
+        }
+        self.metrics
+            .histories(self.catalog.ids().len(), self.live.len());
     }
 }
 
@@ -384,8 +462,9 @@ impl LiveViews for CaptureViews {
 pub fn spawn(
     config: &ProbeConfig,
     catalog: Catalog,
+    metrics: Arc<Metrics>,
 ) -> Result<(Sender<Command>, std::thread::JoinHandle<()>), crate::AgentError> {
-    let capture = CaptureLoop::load(config, catalog)?;
+    let capture = CaptureLoop::load(config, catalog, metrics)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("capture".into())

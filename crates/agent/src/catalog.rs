@@ -288,6 +288,7 @@ pub struct History {
     pub node: String,
     pub catalog: Catalog,
     pub live: Box<dyn LiveViews>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl History {
@@ -312,6 +313,10 @@ impl History {
 impl NodeHistory for History {
     fn node(&self) -> String {
         self.node.clone()
+    }
+
+    fn export_answered(&self, code: &str) {
+        self.metrics.export_answered(code);
     }
 
     fn containers(&self) -> Vec<RecordedContainer> {

@@ -12,6 +12,7 @@
 
 use crate::capture::{Attachment, Command, GapCause};
 use crate::catalog::{Catalog, IncarnationMeta, Progress};
+use crate::metrics::Metrics;
 use crate::AgentError;
 use diffkeeper_api::{
     owning_recording, parse_bytes, ContainerRecord, ContainerRecordSpec, ContainerRecordStatus,
@@ -53,6 +54,10 @@ pub struct Control {
     reported: HashMap<String, ContainerRecordStatus>,
     /// Interrupted histories found at start, not yet continued or closed.
     interrupted: BTreeMap<String, IncarnationMeta>,
+    metrics: Arc<Metrics>,
+    /// Containers whose last attach failed: each is counted once in the metrics, not once per
+    /// retry.
+    failing: std::collections::HashSet<String>,
 }
 
 const TICK: Duration = Duration::from_secs(1);
@@ -64,6 +69,7 @@ impl Control {
         advertise: String,
         catalog: Catalog,
         capture: Sender<Command>,
+        metrics: Arc<Metrics>,
     ) -> Result<Control, AgentError> {
         let mounts = mountinfo::read_mountinfo(None).map_err(AgentError::Host)?;
         let cgroup2_root = mountinfo::cgroup2_mount(&mounts)
@@ -93,6 +99,8 @@ impl Control {
             cgroup2_root,
             reported: HashMap::new(),
             interrupted,
+            metrics,
+            failing: Default::default(),
         })
     }
 
@@ -159,7 +167,14 @@ impl Control {
                 continue;
             }
             let resumed = resume.clone();
-            if let Err(e) = self.attach(id, key, pod, rec, status, resume).await {
+            let attached = self.attach(id, key, pod, rec, status, resume).await;
+            if attached.is_ok() {
+                self.failing.remove(id);
+            }
+            if let Err(e) = attached {
+                if self.failing.insert(id.clone()) {
+                    self.metrics.attach_failed(e.attach_reason());
+                }
                 if let Some(meta) = resumed {
                     self.interrupted.insert(id.clone(), meta);
                 }
@@ -301,7 +316,7 @@ impl Control {
                     // Nothing usable was written: forget it, so the next pass tries afresh.
                     let _ = self.catalog.remove(id);
                 }
-                Err(AgentError::Locate(e))
+                Err(e)
             }
             Err(_) => Err(AgentError::Locate("the capture thread stopped".into())),
         }

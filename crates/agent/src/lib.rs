@@ -13,6 +13,7 @@
 mod capture;
 mod catalog;
 mod control;
+mod metrics;
 mod serving;
 
 pub use catalog::{Catalog, IncarnationMeta};
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// How the agent runs.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct AgentConfig {
     /// The node it records (its pods are those bound here).
     pub node_name: String,
@@ -34,6 +35,8 @@ pub struct AgentConfig {
     pub ca_secret: String,
     /// Tunables of the kernel side.
     pub probe: ProbeConfig,
+    /// Where /metrics and /healthz are served (plain HTTP); None serves no metrics.
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 /// Why the agent stopped, or could not record a container.
@@ -72,9 +75,26 @@ pub enum AgentError {
     /// The capture thread could not start.
     #[error("cannot start the capture thread: {0}")]
     Thread(std::io::Error),
+    /// The metrics server failed.
+    #[error("serving /metrics: {0}")]
+    Metrics(std::io::Error),
     /// The capture thread stopped earlier; nothing more is recorded.
     #[error("capture on this node has stopped ({0}); restart the agent to record again")]
     CaptureStopped(String),
+}
+
+impl AgentError {
+    /// The `reason` label of an attach failure in the metrics.
+    pub fn attach_reason(&self) -> &'static str {
+        match self {
+            AgentError::Locate(_) | AgentError::Host(_) | AgentError::NoCgroup2 => "locate",
+            AgentError::Capture(_) | AgentError::CaptureStopped(_) | AgentError::Thread(_) => {
+                "capture"
+            }
+            AgentError::Record(_) | AgentError::Store(_) | AgentError::StateDir(_) => "store",
+            _ => "other",
+        }
+    }
 }
 
 /// Runs the agent, serving gRPC on `listener`, until `shutdown` resolves. Histories of live
@@ -86,7 +106,19 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let catalog = Catalog::open(&config.state_dir).map_err(AgentError::StateDir)?;
-    let (capture, capture_thread) = capture::spawn(&config.probe, catalog.clone())?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    if let Some(listener) = config.metrics {
+        let addr = listener.local_addr().map_err(AgentError::Metrics)?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, metrics).await {
+                tracing::error!(error = %e, "the metrics server stopped");
+            }
+        });
+        tracing::info!(%addr, "serving /metrics and /healthz");
+    }
+    let (capture, capture_thread) =
+        capture::spawn(&config.probe, catalog.clone(), metrics.clone())?;
     let identity = serving::identity(
         &client,
         &config.ca_secret,
@@ -99,6 +131,7 @@ pub async fn run(
         node: config.node_name.clone(),
         catalog: catalog.clone(),
         live: Box::new(capture::CaptureViews(Mutex::new(capture.clone()))),
+        metrics: metrics.clone(),
     });
     let listen = listener.local_addr().map_err(AgentError::Listen)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(AgentError::Listen)?;
@@ -123,6 +156,7 @@ pub async fn run(
         config.advertise.clone(),
         catalog,
         capture,
+        metrics,
     )?;
     let mut stopped_control = stopped.clone();
     tokio::select! {

@@ -38,6 +38,9 @@ pub struct RingDrain {
     asked: Arc<AtomicU64>,
     /// None once joined: after a failure was reported, or by `finish`.
     handle: Option<JoinHandle<Result<(), CaptureError>>>,
+    /// The most record bytes one drain pass found waiting since [`RingDrain::take_peak_bytes`]:
+    /// how full the ring got (a pass empties what waited when it began, and a little more).
+    peak: Arc<AtomicU64>,
 }
 
 impl RingDrain {
@@ -46,11 +49,12 @@ impl RingDrain {
         let (tx, rx) = mpsc::sync_channel(QUEUED_BATCHES);
         let stop = Arc::new(AtomicBool::new(false));
         let asked = Arc::new(AtomicU64::new(0));
+        let peak = Arc::new(AtomicU64::new(0));
         let handle = {
-            let (stop, asked) = (stop.clone(), asked.clone());
+            let (stop, asked, peak) = (stop.clone(), asked.clone(), peak.clone());
             std::thread::Builder::new()
                 .name("dk-ring".into())
-                .spawn(move || drain_loop(reader, &tx, &stop, &asked))
+                .spawn(move || drain_loop(reader, &tx, &stop, &asked, &peak))
                 .map_err(CaptureError::DrainThread)?
         };
         Ok(RingDrain {
@@ -58,7 +62,13 @@ impl RingDrain {
             stop,
             asked,
             handle: Some(handle),
+            peak,
         })
+    }
+
+    /// The most record bytes one drain pass found in the ring since the last call.
+    pub fn take_peak_bytes(&self) -> u64 {
+        self.peak.swap(0, Ordering::AcqRel)
     }
 
     /// The next batch, or None if none comes within `timeout`. An error means the drain thread
@@ -140,6 +150,7 @@ fn drain_loop(
     tx: &SyncSender<Message>,
     stop: &AtomicBool,
     asked: &AtomicU64,
+    peak: &AtomicU64,
 ) -> Result<(), CaptureError> {
     tracing::debug!("draining the ring buffer on its own thread");
     let mut answered = 0u64;
@@ -153,6 +164,7 @@ fn drain_loop(
         let catching_up = asked.load(Ordering::Acquire);
         // The consumer reports this error (from `next`, `catch_up` or `finish`).
         reader.wait(POLL_EVERY)?;
+        let before = reader.drained_bytes();
         reader.drain(|ev| {
             bytes += event_bytes(&ev);
             events.push(ev);
@@ -163,6 +175,7 @@ fn drain_loop(
                 bytes = 0;
             }
         });
+        peak.fetch_max(reader.drained_bytes() - before, Ordering::AcqRel);
         if !events.is_empty() && !gone {
             gone = tx
                 .send(Message::Batch(std::mem::take(&mut events)))

@@ -1,7 +1,7 @@
 //! Loading, attaching and reading the kernel programs.
 
 use crate::event::{Assembler, DirtyReason, Event, FileKey};
-use crate::wire::{self, file_key, maps, unsent_name};
+use crate::wire::{self, dirty_mark, file_key, loss_counts, maps, unsent_key, unsent_name};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -107,6 +107,16 @@ pub struct Counters {
     pub captured_bytes: u64,
 }
 
+/// Records one recorded cgroup lost to a full ring buffer (its processes', its sub-cgroups'
+/// included): what that recording's history must mark as a gap, and no other's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupLosses {
+    /// Records that did not fit in the ring buffer.
+    pub lost: u64,
+    /// Of those, path-based changes: the recording's namespace needs a rescan.
+    pub lost_namespace: u64,
+}
+
 impl From<FileKey> for file_key {
     fn from(k: FileKey) -> Self {
         file_key {
@@ -130,6 +140,8 @@ pub struct Probe {
 pub struct RingReader {
     ring: RingBuf<MapData>,
     assembler: Assembler,
+    /// Record bytes taken from the ring so far.
+    drained_bytes: u64,
 }
 
 impl RingReader {
@@ -160,6 +172,7 @@ impl RingReader {
         let mut n = 0;
         while let Some(item) = self.ring.next() {
             n += 1;
+            self.drained_bytes += item.len() as u64;
             if let Some(ev) = self.assembler.push(&item) {
                 // The record's space is released (item dropped) before the sink may block.
                 drop(item);
@@ -167,6 +180,11 @@ impl RingReader {
             }
         }
         n
+    }
+
+    /// Record bytes taken from the ring since it was opened.
+    pub fn drained_bytes(&self) -> u64 {
+        self.drained_bytes
     }
 
     /// Records that could not be decoded (wire version skew).
@@ -214,6 +232,7 @@ impl Probe {
             reader: Some(RingReader {
                 ring,
                 assembler: Assembler::default(),
+                drained_bytes: 0,
             }),
             levels: Default::default(),
         })
@@ -222,6 +241,14 @@ impl Probe {
     /// Records the processes of cgroup v2 `id` (and of its descendants). `level` is the cgroup's
     /// depth below the cgroup2 root (the root is 0).
     pub fn record_cgroup(&mut self, id: u64, level: u32) -> Result<(), CaptureError> {
+        // Its loss counters first: a loss between the two inserts is then counted, not missed.
+        let losses = maps::CGROUP_LOSSES;
+        let zero = loss_counts {
+            lost: 0,
+            lost_ns: 0,
+        };
+        let mut counts: HashMap<_, u64, loss_counts> = self.hash_map(losses)?;
+        counts.insert(id, zero, 0).map_err(map_error(losses))?;
         let name = maps::RECORDED_CGROUPS;
         let mut cgroups: HashMap<_, u64, u8> = self.hash_map(name)?;
         cgroups.insert(id, 1, 0).map_err(map_error(name))?;
@@ -235,7 +262,24 @@ impl Probe {
         let mut cgroups: HashMap<_, u64, u8> = self.hash_map(name)?;
         absent_is_fine(cgroups.remove(&id), name)?;
         self.levels.remove(&id);
-        self.write_levels()
+        self.write_levels()?;
+        // What the kernel kept aside for this recording is nobody else's.
+        let losses = maps::CGROUP_LOSSES;
+        let mut counts: HashMap<_, u64, loss_counts> = self.hash_map(losses)?;
+        absent_is_fine(counts.remove(&id), losses)?;
+        self.take_unsent_names(id)?;
+        let name = maps::DIRTY_FILES;
+        let mut dirty: HashMap<_, file_key, dirty_mark> = self.hash_map(name)?;
+        let theirs: Vec<file_key> = dirty
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, mark)| mark.cgroup == id)
+            .map(|(k, _)| k)
+            .collect();
+        for k in theirs {
+            absent_is_fine(dirty.remove(&k), name)?;
+        }
+        Ok(())
     }
 
     fn write_levels(&mut self) -> Result<(), CaptureError> {
@@ -280,27 +324,59 @@ impl Probe {
         })
     }
 
-    /// Files the kernel marked for read-back, with why.
-    pub fn dirty_files(&mut self) -> Result<Vec<(FileKey, DirtyReason)>, CaptureError> {
+    /// Records recorded cgroup `cgroup` lost so far (None if it is not recorded).
+    pub fn cgroup_losses(&self, cgroup: u64) -> Result<Option<CgroupLosses>, CaptureError> {
+        let name = maps::CGROUP_LOSSES;
+        let counts: HashMap<_, u64, loss_counts> =
+            HashMap::try_from(self.ebpf.map(name).expect("map is in the object"))
+                .map_err(map_error(name))?;
+        match counts.get(&cgroup, 0) {
+            Ok(c) => Ok(Some(CgroupLosses {
+                lost: c.lost,
+                lost_namespace: c.lost_ns,
+            })),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(CaptureError::Map { map: name, source }),
+        }
+    }
+
+    /// Files the kernel marked for read-back on behalf of recorded cgroup `cgroup`, with why.
+    pub fn dirty_files(
+        &mut self,
+        cgroup: u64,
+    ) -> Result<Vec<(FileKey, DirtyReason)>, CaptureError> {
         let name = maps::DIRTY_FILES;
-        let dirty: HashMap<_, file_key, u32> = self.hash_map(name)?;
+        let dirty: HashMap<_, file_key, dirty_mark> = self.hash_map(name)?;
         let mut out = Vec::new();
         for item in dirty.iter() {
-            let (k, reason) = item.map_err(map_error(name))?;
-            out.push((
-                FileKey::from_kernel(k.dev, k.ino),
-                DirtyReason::from_wire(reason as u64),
-            ));
+            let (k, mark) = item.map_err(map_error(name))?;
+            if mark.cgroup == cgroup {
+                out.push((
+                    FileKey::from_kernel(k.dev, k.ino),
+                    DirtyReason::from_wire(mark.reason as u64),
+                ));
+            }
         }
         Ok(out)
     }
 
-    /// Marks a file for read-back (so its close is reported).
-    pub fn mark_dirty(&mut self, file: FileKey, reason: DirtyReason) -> Result<(), CaptureError> {
+    /// Marks a file for read-back by recorded cgroup `cgroup`'s recorder (so its close is
+    /// reported).
+    pub fn mark_dirty(
+        &mut self,
+        file: FileKey,
+        reason: DirtyReason,
+        cgroup: u64,
+    ) -> Result<(), CaptureError> {
         let name = maps::DIRTY_FILES;
-        let mut dirty: HashMap<_, file_key, u32> = self.hash_map(name)?;
+        let mut dirty: HashMap<_, file_key, dirty_mark> = self.hash_map(name)?;
+        let mark = dirty_mark {
+            reason: reason.to_wire(),
+            _pad: 0,
+            cgroup,
+        };
         dirty
-            .insert(file_key::from(file), reason.to_wire(), 0)
+            .insert(file_key::from(file), mark, 0)
             .map_err(map_error(name))
     }
 
@@ -311,11 +387,19 @@ impl Probe {
         absent_is_fine(dirty.remove(&file_key::from(file)), name)
     }
 
-    /// Takes the names of files whose naming record was lost to a full ring buffer.
-    pub fn take_unsent_names(&mut self) -> Result<Vec<(FileKey, Vec<u8>)>, CaptureError> {
-        let mut names: HashMap<_, file_key, unsent_name> = self.hash_map(maps::UNSENT_NAMES)?;
+    /// Takes the names of files recorded cgroup `cgroup`'s processes made whose naming record
+    /// was lost to a full ring buffer; other recordings' names stay for their recorders.
+    pub fn take_unsent_names(
+        &mut self,
+        cgroup: u64,
+    ) -> Result<Vec<(FileKey, Vec<u8>)>, CaptureError> {
+        let mut names: HashMap<_, unsent_key, unsent_name> = self.hash_map(maps::UNSENT_NAMES)?;
         let mut out = Vec::new();
-        let keys: Vec<file_key> = names.keys().filter_map(Result::ok).collect();
+        let keys: Vec<unsent_key> = names
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.cgroup == cgroup)
+            .collect();
         for k in keys {
             if let Ok(v) = names.get(&k, 0) {
                 let len = (v.len as usize).min(v.path.len());

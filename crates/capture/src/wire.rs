@@ -89,9 +89,10 @@ pub(crate) mod maps {
     pub(crate) const DIRTY_FILES: &str = "dirty_files";
     pub(crate) const UNSENT_NAMES: &str = "unsent_names";
     pub(crate) const COUNTERS: &str = "counters";
+    pub(crate) const CGROUP_LOSSES: &str = "cgroup_losses";
     /// Every map of the object, the kernel-only ones too.
     #[cfg(test)]
-    pub(crate) const ALL: [&str; 9] = [
+    pub(crate) const ALL: [&str; 10] = [
         EVENTS,
         RECORDED_CGROUPS,
         FILTER_LEVELS,
@@ -99,6 +100,7 @@ pub(crate) mod maps {
         DIRTY_FILES,
         UNSENT_NAMES,
         COUNTERS,
+        CGROUP_LOSSES,
         "mmap_writers",
         "scratch_map",
     ];
@@ -146,8 +148,8 @@ pub(crate) struct dk_inode {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub path_len: u32,
     pub _pad: u32,
+    pub path_len: u32,
     pub path: [u8; 0],
 }
 
@@ -225,6 +227,42 @@ pub(crate) struct unsent_name {
 
 // SAFETY: an integer and bytes, no padding (checked against the object's BTF in the tests).
 unsafe impl aya::Pod for unsent_name {}
+
+/// `struct unsent_key` (bpf/diffkeeper.bpf.c): the key of `unsent_names`, the file and the
+/// recorded cgroup whose name it is.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct unsent_key {
+    pub cgroup: u64,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+// SAFETY: plain integers, no padding (checked against the object's BTF in the tests).
+unsafe impl aya::Pod for unsent_key {}
+
+/// `struct dirty_mark` (bpf/diffkeeper.bpf.c): the value of `dirty_files`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct dirty_mark {
+    pub reason: u32,
+    pub _pad: u32,
+    pub cgroup: u64,
+}
+
+// SAFETY: plain integers, the padding named (checked against the object's BTF in the tests).
+unsafe impl aya::Pod for dirty_mark {}
+
+/// `struct loss_counts` (bpf/diffkeeper.bpf.c): the value of `cgroup_losses`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct loss_counts {
+    pub lost: u64,
+    pub lost_ns: u64,
+}
+
+// SAFETY: plain integers, no padding (checked against the object's BTF in the tests).
+unsafe impl aya::Pod for loss_counts {}
 
 /// A record that does not match the wire format: a version skew between the object file and
 /// this crate, or a kernel bug. Counted and skipped by the caller.
@@ -413,8 +451,8 @@ pub(crate) mod contract {
                 mode,
                 uid,
                 gid,
-                path_len,
                 _pad,
+                path_len,
                 path
             }),
             layout!(dk_ns {
@@ -444,6 +482,13 @@ pub(crate) mod contract {
             layout!(dk_proc { h, op, _pad, arg }),
             layout!(file_key { dev, ino }),
             layout!(unsent_name { len, path }),
+            layout!(unsent_key { cgroup, dev, ino }),
+            layout!(dirty_mark {
+                reason,
+                _pad,
+                cgroup
+            }),
+            layout!(loss_counts { lost, lost_ns }),
         ])
     }
 

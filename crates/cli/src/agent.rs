@@ -14,6 +14,9 @@ pub struct Args {
     /// (LISTEN_FDS, systemd socket activation) is used instead when there is one.
     #[arg(long, default_value = "0.0.0.0:7443", value_name = "ADDR")]
     listen: SocketAddr,
+    /// Where /metrics and /healthz are served (plain HTTP, for Prometheus and probes).
+    #[arg(long, default_value = "0.0.0.0:9712", value_name = "ADDR")]
+    metrics_addr: SocketAddr,
     /// The endpoint written into ContainerRecords for clients: https://NODE_IP:PORT.
     #[arg(long, value_name = "URL")]
     advertise: String,
@@ -38,12 +41,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..ProbeConfig::default()
     };
     let listener = crate::listen::listener(args.listen, "--listen")?;
+    let metrics = std::net::TcpListener::bind(args.metrics_addr).with_context(|| {
+        format!(
+            "cannot listen on --metrics-addr={}: is the port taken?",
+            args.metrics_addr
+        )
+    })?;
+    // tokio takes over only non-blocking sockets.
+    metrics
+        .set_nonblocking(true)
+        .context("making the metrics socket non-blocking")?;
     let config = AgentConfig {
         node_name: args.node_name,
         advertise: args.advertise,
         state_dir: args.state_dir,
         ca_secret: args.ca_secret,
         probe,
+        metrics: Some(metrics),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {

@@ -90,9 +90,6 @@ pub struct StoppedEarly {
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// The kernel wakes us only past a data threshold; this bounds the latency below it.
 const POLL_EVERY: Duration = Duration::from_millis(20);
-/// Payload bytes past which appended events are committed before the timed flush: at full
-/// speed a second of writes would otherwise sit in memory.
-const COMMIT_BYTES: u64 = 32 << 20;
 
 pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
     let started = Instant::now();
@@ -174,9 +171,8 @@ impl Run {
         let made_dir = make_private_dir(&opts.state_dir)?;
         let writer = Writer::create(&opts.state_dir, info)?;
         let state_dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
-        let mut rec = Recorder::new(writer, "/".into(), vec![state_dir]);
-
         let cgroup = RecordingCgroup::create(&format!("rec-{}", std::process::id()))?;
+        let mut rec = Recorder::new(writer, "/".into(), vec![state_dir], cgroup.id());
         probe.record_cgroup(cgroup.id(), cgroup.level())?;
 
         let mut baselines = opts.baselines.clone();
@@ -246,11 +242,7 @@ impl Run {
         loop {
             if let Some(batch) = ring.next(POLL_EVERY)? {
                 for ev in batch {
-                    self.rec.apply(ev, &mut self.probe)?;
-                }
-                // Bounds what the pending batch holds between the timed flushes below.
-                if self.rec.writer().uncommitted_payload_bytes() >= COMMIT_BYTES {
-                    self.rec.writer_mut().commit()?;
+                    self.rec.record(ev, &mut self.probe)?;
                 }
                 if last_check.elapsed() < POLL_EVERY {
                     continue;

@@ -421,7 +421,8 @@ mod tests {
 
         let state = tmp.path().join("state");
         let writer = Writer::create(&state, RecordingInfo::default()).unwrap();
-        let mut rec = Recorder::new(writer, merged.clone(), Vec::new());
+        // No probe here: no cgroup to take kernel state for.
+        let mut rec = Recorder::new(writer, merged.clone(), Vec::new(), 0);
         rec.baseline_overlay(&upper, std::slice::from_ref(&lower), 1)
             .unwrap();
         // A rescan adopts every name in an owned directory: /etc holds the image's names too.

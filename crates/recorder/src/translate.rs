@@ -26,6 +26,10 @@ use std::path::{Path, PathBuf};
 pub struct RecorderStats {
     /// Capture events turned into store operations.
     pub events: u64,
+    /// Payload bytes the kernel copied for this recording.
+    pub captured_bytes: u64,
+    /// Capture records of this recording the ring buffer could not hold (as last checked).
+    pub records_lost: u64,
     /// Files read back because the kernel could not capture their bytes.
     pub resyncs: u64,
     /// Of those, read-backs that healed records lost to a full ring buffer.
@@ -39,6 +43,10 @@ pub struct RecorderStats {
     /// from disk at the end, so until then the log lacks them.
     pub cut_paths: u64,
 }
+
+/// Payload bytes past which a recorder commits what it appended, by default: at full speed a
+/// second of writes (the timed flush) would otherwise sit in memory.
+pub const COMMIT_BYTES: u64 = 32 << 20;
 
 /// Translates events of one recording into store appends.
 pub struct Recorder {
@@ -73,6 +81,12 @@ pub struct Recorder {
     gapped: std::collections::HashSet<NodeId>,
     /// Cut path changes not yet reported by a gap marker.
     cuts_unreported: u64,
+    /// The recorded cgroup (as given to `Probe::record_cgroup`) whose processes this recorder
+    /// records: the kernel tags losses, read-back marks and unsent names with it, and this
+    /// recorder takes only those (a node's probe serves many recordings).
+    cgroup: u64,
+    /// See [`Recorder::commit_past`].
+    commit_bytes: u64,
     lost_seen: u64,
     lost_ns_seen: u64,
     stats: RecorderStats,
@@ -82,8 +96,12 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(writer: Writer, root: PathBuf, excluded: Vec<PathBuf>) -> Self {
+    /// A recorder of recorded cgroup `cgroup`'s processes, into `writer`, reading files back
+    /// below `root`, never recording what lies under `excluded`.
+    pub fn new(writer: Writer, root: PathBuf, excluded: Vec<PathBuf>, cgroup: u64) -> Self {
         Recorder {
+            cgroup,
+            commit_bytes: COMMIT_BYTES,
             writer,
             root_dir: RootDir::open(&root),
             root,
@@ -103,6 +121,24 @@ impl Recorder {
             stats: RecorderStats::default(),
             event_ids: FsIds::ROOT,
         }
+    }
+
+    /// Sets the payload bytes past which [`Recorder::record`] commits (default
+    /// [`COMMIT_BYTES`]): the memory one recording may hold between flushes. A node agent with
+    /// many recordings gives each less.
+    pub fn commit_past(mut self, bytes: u64) -> Self {
+        self.commit_bytes = bytes;
+        self
+    }
+
+    /// Applies one captured event and commits once the appended payload passes the commit
+    /// size: the recording loop of `record` and of the node agent alike.
+    pub fn record(&mut self, ev: Captured, probe: &mut Probe) -> Result<(), RecordError> {
+        self.apply(ev, probe)?;
+        if self.writer.uncommitted_payload_bytes() >= self.commit_bytes {
+            self.writer.commit()?;
+        }
+        Ok(())
     }
 
     /// Files (by inode) the recorder already has, e.g. from the baseline.
@@ -353,6 +389,9 @@ impl Recorder {
         }
         // Read-backs for an exiting process still run as it; its pid may be reused after.
         let exited = matches!(ev.change, Change::Exit { .. });
+        if let Change::Write { data, .. } = &ev.change {
+            self.stats.captured_bytes += data.len() as u64;
+        }
         let process = Process { pid, comm, cgroup };
         self.event_ids = ids;
         let result = self.apply_change(ev.change, time, process, ids, probe);
@@ -851,7 +890,7 @@ impl Recorder {
             };
             self.append(time, None, op)?;
         }
-        let Ok(c) = probe.counters() else {
+        let Ok(Some(c)) = probe.cgroup_losses(self.cgroup) else {
             return Ok(());
         };
         if c.lost <= self.lost_seen {
@@ -863,10 +902,11 @@ impl Recorder {
         );
         self.lost_seen = c.lost;
         self.lost_ns_seen = c.lost_namespace;
+        self.stats.records_lost = c.lost;
         if lost_ns > 0 {
             self.rescan_needed = true;
         }
-        if let Ok(marked) = probe.dirty_files() {
+        if let Ok(marked) = probe.dirty_files(self.cgroup) {
             for (file, reason) in marked {
                 self.mark_dirty(file, reason);
             }
@@ -888,7 +928,7 @@ impl Recorder {
     /// Files whose naming record was lost: the kernel kept their names aside. Taken from
     /// disk (read back whole), so they are exact from here on.
     fn adopt_unsent(&mut self, probe: &mut Probe, time: u64) -> Result<(), RecordError> {
-        let Ok(names) = probe.take_unsent_names() else {
+        let Ok(names) = probe.take_unsent_names(self.cgroup) else {
             return Ok(());
         };
         for (file, raw) in names {

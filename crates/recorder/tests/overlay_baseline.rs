@@ -230,7 +230,8 @@ fn baseline_of_the_upper_dir_over_the_image_reproduces_the_merged_dir() {
         ..Default::default()
     };
     let writer = Writer::create(&state, info).unwrap();
-    let mut recorder = Recorder::new(writer, overlay.merged.clone(), Vec::new());
+    // No probe here: no cgroup to take kernel state for.
+    let mut recorder = Recorder::new(writer, overlay.merged.clone(), Vec::new(), 0);
     let time = monotonic_ns();
     let recorded = recorder
         .baseline_overlay(&overlay.upper, &overlay.lower, time)

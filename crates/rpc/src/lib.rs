@@ -63,6 +63,9 @@ pub trait NodeHistory: Send + Sync + 'static {
     fn open(&self, selector: &pb::ContainerSelector) -> Result<HistoryView, HistoryError>;
     /// Bytes the node's recordings take on disk.
     fn store_bytes(&self) -> u64;
+    /// An Export request was answered with this gRPC code (`Ok` once its stream started;
+    /// `PermissionDenied`, `NotFound`, ... otherwise): for the node's metrics.
+    fn export_answered(&self, _code: &str) {}
 }
 
 /// One incarnation's history, held open for one request. Dropping it frees the store.

@@ -179,6 +179,38 @@ impl<H: NodeHistory> Agent for AgentService<H> {
         &self,
         request: Request<ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
+        let answer = self.start_export(request).await;
+        let code = match &answer {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.history.export_answered(&format!("{code:?}"));
+        answer
+    }
+
+    async fn health(
+        &self,
+        request: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        self.authorizer.authenticate(request.metadata()).await?;
+        let history = self.history.clone();
+        let (node, containers, store_bytes) =
+            blocking(move || (history.node(), history.containers(), history.store_bytes())).await?;
+        Ok(Response::new(HealthResponse {
+            node,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            recording: containers.iter().filter(|c| c.live).count() as u32,
+            store_bytes,
+        }))
+    }
+}
+
+impl<H: NodeHistory> AgentService<H> {
+    /// An Export up to the start of its stream: what the request's answer code is about.
+    async fn start_export(
+        &self,
+        request: Request<ExportRequest>,
+    ) -> Result<Response<ReceiverStream<Result<ExportChunk, Status>>>, Status> {
         let caller = self.authorizer.authenticate(request.metadata()).await?;
         let req = request.into_inner();
         let tree = req.tree();
@@ -210,22 +242,6 @@ impl<H: NodeHistory> Agent for AgentService<H> {
         let (tx, rx) = mpsc::channel(EXPORT_CHUNKS_BUFFERED);
         tokio::task::spawn_blocking(move || export_into(view, point, tree, &opts, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn health(
-        &self,
-        request: Request<HealthRequest>,
-    ) -> Result<Response<HealthResponse>, Status> {
-        self.authorizer.authenticate(request.metadata()).await?;
-        let history = self.history.clone();
-        let (node, containers, store_bytes) =
-            blocking(move || (history.node(), history.containers(), history.store_bytes())).await?;
-        Ok(Response::new(HealthResponse {
-            node,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            recording: containers.iter().filter(|c| c.live).count() as u32,
-            store_bytes,
-        }))
     }
 }
 

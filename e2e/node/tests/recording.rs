@@ -87,6 +87,8 @@ struct Node {
     agent_listener: std::net::TcpListener,
     /// The operator's metrics socket, held the same way.
     operator_listener: std::net::TcpListener,
+    /// Where each agent serves /metrics (bound by the agent itself: it has one passed socket).
+    agent_metrics_port: u16,
     agent: Option<Daemon>,
     operator: Option<Daemon>,
     sim: Option<Daemon>,
@@ -140,6 +142,9 @@ impl Node {
             agent_port: agent_listener.local_addr()?.port(),
             agent_listener,
             operator_listener: diffkeeper_test_cluster::loopback_listener(),
+            agent_metrics_port: diffkeeper_test_cluster::loopback_listener()
+                .local_addr()?
+                .port(),
             agent: None,
             operator: None,
             sim: None,
@@ -287,6 +292,10 @@ impl Node {
             .arg("agent")
             .args(["--node-name", NODE])
             .arg(format!("--advertise=https://127.0.0.1:{port}"))
+            .arg(format!(
+                "--metrics-addr=127.0.0.1:{}",
+                self.agent_metrics_port
+            ))
             .arg("--state-dir")
             .arg(self.scratch.path().join("agent"))
             .args(["--ca-secret", "diffkeeper/diffkeeper-ca"]);
@@ -413,6 +422,24 @@ impl Node {
         .await?)
     }
 
+    /// The agent's /metrics, as a scraper reads it.
+    fn scrape_agent(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut http = std::net::TcpStream::connect(("127.0.0.1", self.agent_metrics_port))
+            .context("connecting to the agent's metrics port")?;
+        http.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+        let mut answer = String::new();
+        http.read_to_string(&mut answer)?;
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .context("an HTTP answer from /metrics")?;
+        ensure!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "/metrics answered {head}"
+        );
+        Ok(body.to_string())
+    }
+
     async fn shut_down(mut self) -> Result<()> {
         for daemon in [self.agent.take(), self.operator.take()]
             .into_iter()
@@ -499,6 +526,32 @@ fn same_tree(what: &str, got: &Path, want: &Path) -> Result<()> {
 }
 
 /// The wall-clock moment a file was last modified, in ns since the epoch.
+/// The value of the one sample of metric `name` whose labels include `labels`.
+fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    let found: Vec<f64> = exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            if !(rest.is_empty() || rest.starts_with('{')) {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.parse().ok())?
+        })
+        .collect();
+    match found[..] {
+        [value] => Ok(value),
+        _ => bail!(
+            "{} samples of {name} with {labels:?}:\n{exposition}",
+            found.len()
+        ),
+    }
+}
+
 fn mtime_ns(path: &Path) -> Result<i128> {
     let meta = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
     Ok(i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()))
@@ -655,6 +708,54 @@ async fn scenarios(node: &mut Node) -> Result<Vec<String>> {
         code == tonic::Code::PermissionDenied,
         "bob's export: {code:?}"
     );
+
+    // The agent's metrics: what flaky did, its history on disk, the exports answered so far
+    // (the snapshot's, the plugin's, and the two refused above).
+    let metrics = node.scrape_agent()?;
+    let flaky_series = [("namespace", NS), ("pod", "flaky"), ("container", "app")];
+    for name in [
+        "diffkeeper_events_total",
+        "diffkeeper_captured_bytes_total",
+        "diffkeeper_store_bytes",
+    ] {
+        let value = sample(&metrics, name, &flaky_series)?;
+        ensure!(value > 0.0, "{name} of flaky is {value}:\n{metrics}");
+        eprintln!("flaky's {name}: {value}");
+    }
+    for (name, labels) in [
+        ("diffkeeper_records_lost_total", &flaky_series[..]),
+        ("diffkeeper_drops_healed_total", &flaky_series[..]),
+        ("diffkeeper_ring_fill_ratio", &[][..]),
+        ("diffkeeper_consumer_lag_seconds", &[][..]),
+    ] {
+        sample(&metrics, name, labels)?;
+    }
+    ensure!(
+        sample(&metrics, "diffkeeper_histories", &[])? >= 2.0,
+        "flaky's and noted's histories are kept:\n{metrics}"
+    );
+    ensure!(
+        sample(&metrics, "diffkeeper_ring_size_bytes", &[])? > 0.0,
+        "{metrics}"
+    );
+    ensure!(
+        sample(
+            &metrics,
+            "diffkeeper_export_requests_total",
+            &[("code", "Ok")]
+        )? >= 2.0,
+        "the snapshots' and the plugin's exports:\n{metrics}"
+    );
+    for code in ["Unauthenticated", "PermissionDenied"] {
+        ensure!(
+            sample(
+                &metrics,
+                "diffkeeper_export_errors_total",
+                &[("code", code)]
+            )? >= 1.0,
+            "the {code} export is counted:\n{metrics}"
+        );
+    }
 
     // 5: the agent killed mid-recording, and restarted.
     let t = Instant::now();
