@@ -1,5 +1,5 @@
 //! Metadata differential test on the real kernel, with real programs nobody here wrote: GNU
-//! sed, cp, install, chown, chgrp, touch, tar, setfacl, rsync and git change files, part of the
+//! sed, cp, install, chown, chgrp, touch, tar, setfacl, rsync, git and pip change files, part of the
 //! run as an unprivileged user, and at quiescent checkpoints the workload writes a manifest of
 //! `lstat` results (the ground truth). The export at each checkpoint's moment must have the
 //! same entries with the same type, bytes, symlink target, permission bits, owner and kept
@@ -103,6 +103,9 @@ git -C repo add -A
 git -C repo -c user.name=t -c user.email=t@t commit -q -m feature
 git -C repo checkout -q master
 git -C repo checkout -q feature -- run.sh
+# pip unpacks a wheel (offline, a local one) and sets its scripts' modes as the archive says.
+python3 -m pip install -q --no-index --no-deps --disable-pip-version-check \
+    --target site "$src/dkdemo-1.0-py3-none-any.whl"
 checkpoint                                             # 3
 
 # An unprivileged user: what it creates is owned by it.
@@ -212,11 +215,41 @@ fn layout(tmp: &Path) -> Layout {
          mkdir -p t/top/inner; echo in > t/top/inner/f; chmod 0700 t/top/inner; chmod 0750 t/top
          chown -R {USER}:{GROUP} t/top
          touch -d '2013-07-07 07:07:07' t/top/inner/f t/top/inner t/top
-         tar -c -f archive.tar -C t top",
+         tar -c -f archive.tar -C t top
+         python3 -c {wheel}",
         work = l.work.display(),
         src = l.src.display(),
+        wheel = shell_quoted(WHEEL),
     ));
     l
+}
+
+/// Writes dkdemo-1.0-py3-none-any.whl in the current dir: a wheel made by hand (no network
+/// here to fetch one), with an executable file whose mode pip must restore.
+const WHEEL: &str = r##"
+import base64, hashlib, zipfile
+files = {
+    "dkdemo/__init__.py": (b"VALUE = 1\n", 0o644),
+    "dkdemo/tool.sh": (b"#!/bin/sh\necho tool\n", 0o755),
+    "dkdemo-1.0.dist-info/METADATA": (b"Metadata-Version: 2.1\nName: dkdemo\nVersion: 1.0\n", 0o644),
+    "dkdemo-1.0.dist-info/WHEEL": (b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n", 0o644),
+}
+record = ""
+for name, (data, _) in files.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record += "%s,sha256=%s,%d\n" % (name, digest, len(data))
+record += "dkdemo-1.0.dist-info/RECORD,,\n"
+files["dkdemo-1.0.dist-info/RECORD"] = (record.encode(), 0o644)
+with zipfile.ZipFile("dkdemo-1.0-py3-none-any.whl", "w") as whl:
+    for name, (data, mode) in files.items():
+        info = zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0))
+        info.external_attr = (0o100000 | mode) << 16
+        whl.writestr(info, data)
+"##;
+
+/// `s` as one single-quoted shell word.
+fn shell_quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// The seq of the create event of marks/cpN: the moment of checkpoint N.
@@ -389,6 +422,10 @@ fn real_tools_metadata_is_exact_at_every_checkpoint() {
     assert_eq!(
         end["untar/top"][1], 0o750,
         "tar's chmod through /proc/self/fd"
+    );
+    assert_eq!(
+        end["site/dkdemo/tool.sh"][1], 0o755,
+        "pip gave the wheel's script its mode"
     );
     assert!(
         problems.is_empty(),
