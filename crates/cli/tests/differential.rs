@@ -4,6 +4,8 @@
 //! and no extra or missing entries. Needs root and a BTF kernel, as CI has; without them the
 //! tests fail (they do not skip).
 
+mod command;
+
 use diffkeeper_store::{MarkerKind, OpKind, Store};
 use std::collections::BTreeMap;
 use std::fs;
@@ -198,27 +200,9 @@ fn log_text(l: &Layout) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The seq of the create event of marks/cpN: the moment of checkpoint N.
+/// The moment of checkpoint N: the seq of the create event of marks/cpN.
 fn checkpoint_seqs(l: &Layout) -> Vec<u64> {
-    let store = Store::open(&l.state).unwrap();
-    let last = store.span().last_seq;
-    let mut seqs = BTreeMap::new();
-    for s in store.summaries(1, last) {
-        let s = s.unwrap();
-        if s.op.kind != OpKind::Create {
-            continue;
-        }
-        for p in &s.op.paths {
-            let p = p.to_string();
-            if let Some(n) = p
-                .strip_prefix(&format!("{}/cp", l.marks.display()))
-                .and_then(|n| n.parse::<u32>().ok())
-            {
-                seqs.insert(n, s.seq);
-            }
-        }
-    }
-    seqs.into_values().collect()
+    command::checkpoint_seqs(&l.state, &l.marks)
 }
 
 #[derive(Debug, PartialEq, Eq)]

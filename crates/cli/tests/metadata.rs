@@ -16,7 +16,8 @@
 //!
 //! Needs root and a BTF kernel, as CI has; without them the test fails (it does not skip).
 
-use diffkeeper_store::{OpKind, Store};
+mod command;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -252,28 +253,9 @@ fn shell_quoted(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The seq of the create event of marks/cpN: the moment of checkpoint N.
+/// The moment of checkpoint N: the seq of the create event of marks/cpN.
 fn checkpoint_seqs(l: &Layout) -> Vec<u64> {
-    let store = Store::open(&l.state).unwrap();
-    let last = store.span().last_seq;
-    let prefix = format!("{}/cp", l.marks.display());
-    let mut seqs = BTreeMap::new();
-    for s in store.summaries(1, last) {
-        let s = s.unwrap();
-        if s.op.kind != OpKind::Create {
-            continue;
-        }
-        for p in &s.op.paths {
-            if let Some(n) = p
-                .to_string()
-                .strip_prefix(&prefix)
-                .and_then(|n| n.parse::<u32>().ok())
-            {
-                seqs.insert(n, s.seq);
-            }
-        }
-    }
-    seqs.into_values().collect()
+    command::checkpoint_seqs(&l.state, &l.marks)
 }
 
 fn manifest(l: &Layout, dir: &Path) -> BTreeMap<String, Value> {

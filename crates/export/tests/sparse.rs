@@ -47,18 +47,26 @@ fn sparse_store(dir: &Path, size: u64, pieces: &[(u64, Vec<u8>)]) {
     w.finish(time + 1).unwrap();
 }
 
+/// 124 KiB of data in a 100 GiB file: at its start, past its middle and at its end.
+fn hundred_gib_pieces() -> Vec<(u64, Vec<u8>)> {
+    vec![
+        (0, b"head".repeat(1000)),
+        (50 * GIB + 3, b"middle".repeat(20_000)),
+        (100 * GIB - 5, b"tail!".to_vec()),
+    ]
+}
+
+fn hundred_gib_store(state: &Path, pieces: &[(u64, Vec<u8>)]) -> Store {
+    sparse_store(state, 100 * GIB, pieces);
+    Store::open(state).unwrap()
+}
+
 #[test]
 fn a_100_gib_sparse_file_exports_sparse_and_exact() {
     let size = 100 * GIB;
-    let pieces = vec![
-        (0, b"head".repeat(1000)),
-        (50 * GIB + 3, b"middle".repeat(20_000)),
-        (size - 5, b"tail!".to_vec()),
-    ];
+    let pieces = hundred_gib_pieces();
     let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    sparse_store(&state, size, &pieces);
-    let store = Store::open(&state).unwrap();
+    let store = hundred_gib_store(&tmp.path().join("state"), &pieces);
     let out = tmp.path().join("out");
     let summary = export_store_dir(
         &store,
@@ -110,15 +118,9 @@ fn gnu_untar(archive: &Path, into: &Path) {
 #[test]
 fn a_tar_export_of_a_100_gib_sparse_file_is_small_and_extracts_exact() {
     let size = 100 * GIB;
-    let pieces = vec![
-        (0, b"head".repeat(1000)),
-        (50 * GIB + 3, b"middle".repeat(20_000)),
-        (size - 5, b"tail!".to_vec()),
-    ];
+    let pieces = hundred_gib_pieces();
     let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    sparse_store(&state, size, &pieces);
-    let store = Store::open(&state).unwrap();
+    let store = hundred_gib_store(&tmp.path().join("state"), &pieces);
     let archive = tmp.path().join("out.tar");
     let summary = export_store_tar(
         &store,

@@ -52,3 +52,29 @@ pub fn record_sh(work: &Path, state: &Path, script: &str) -> ExitStatus {
         .status()
         .expect("running diffkeeper record")
 }
+
+/// Checkpoints of a differential workload: checkpoint N creates MARKS/cpN, and the seq of that
+/// create event is the checkpoint's moment. The seqs, in checkpoint order.
+pub fn checkpoint_seqs(state: &Path, marks: &Path) -> Vec<u64> {
+    use diffkeeper_store::{OpKind, Store};
+    let store = Store::open(state).unwrap();
+    let last = store.span().last_seq;
+    let prefix = format!("{}/cp", marks.display());
+    let mut seqs = std::collections::BTreeMap::new();
+    for s in store.summaries(1, last) {
+        let s = s.unwrap();
+        if s.op.kind != OpKind::Create {
+            continue;
+        }
+        for p in &s.op.paths {
+            if let Some(n) = p
+                .to_string()
+                .strip_prefix(&prefix)
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                seqs.insert(n, s.seq);
+            }
+        }
+    }
+    seqs.into_values().collect()
+}
