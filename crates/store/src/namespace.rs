@@ -15,7 +15,8 @@
 //! - Write and Truncate change a file's size; Resync sets a file's size or a symlink's target and
 //!   marks it exact; Chmod sets the mode of any entry, Chown its owner, SetTimes its mtime,
 //!   SetXattrs its extended attributes.
-//!   Write, Truncate and Resync set the mtime to their moment; Chmod and Chown leave it.
+//!   Write, Truncate and Resync set the mtime to their moment; Chmod and Chown leave it. An op
+//!   that adds or removes a name (all the above but Adopt) sets its directory's mtime too.
 //! - New entries are owned by root (0:0) until a Chown: the recorder follows a creation by a
 //!   process of another owner with one.
 //! - The root `/` is not an entry; ops naming it change nothing.
@@ -207,6 +208,31 @@ impl Namespace {
                 }
             }
             OpHeader::Marker { .. } => {}
+        }
+        self.stamp_parents(wall, op);
+    }
+
+    /// A name added to or taken from a directory moves the directory's mtime to that moment, as
+    /// the kernel does (an explicit SetTimes after, as tar and the baseline send, wins). Adopt
+    /// only tells what was there already, so it changes no directory.
+    fn stamp_parents(&mut self, wall: i128, op: &OpHeader) {
+        let names: [Option<&RecPath>; 2] = match op {
+            OpHeader::Create { path, .. }
+            | OpHeader::Mkdir { path, .. }
+            | OpHeader::Symlink { path, .. }
+            | OpHeader::Link { path, .. }
+            | OpHeader::Unlink { path }
+            | OpHeader::Rmdir { path } => [Some(path), None],
+            OpHeader::Rename { from, to } => [Some(from), Some(to)],
+            OpHeader::Exchange { a, b } => [Some(a), Some(b)],
+            _ => [None, None],
+        };
+        for parent in names.into_iter().flatten().filter_map(|p| p.parent()) {
+            if let Some(dir) = self.entries.get_mut(&parent) {
+                if dir.kind == EntryKind::Dir {
+                    dir.mtime_ns = wall;
+                }
+            }
         }
     }
 

@@ -164,51 +164,51 @@ impl Model {
                 }
             }
             Op::Rename { from, to } => {
-                if from == to
-                    || from.is_root()
-                    || to.is_root()
-                    || !self.paths.contains_key(from)
-                    || to.starts_with(from)
-                    || from.starts_with(to)
-                {
-                    return;
-                }
-                self.ensure_parents(seq, wall, to);
-                self.remove_tree(to);
-                let moved: Vec<(RecPath, NodeId)> = self
-                    .paths
-                    .iter()
-                    .filter(|(q, _)| q.starts_with(from))
-                    .map(|(q, n)| (q.clone(), *n))
-                    .collect();
-                self.remove_tree(from);
-                for (q, n) in moved {
-                    self.paths.insert(q.rebase(from, to).unwrap(), n);
+                // A rename the store cannot place moves nothing, but its directories' mtimes
+                // still move (below): the kernel did rename something.
+                let placeable = from != to
+                    && !from.is_root()
+                    && !to.is_root()
+                    && self.paths.contains_key(from)
+                    && !to.starts_with(from)
+                    && !from.starts_with(to);
+                if placeable {
+                    self.ensure_parents(seq, wall, to);
+                    self.remove_tree(to);
+                    let moved: Vec<(RecPath, NodeId)> = self
+                        .paths
+                        .iter()
+                        .filter(|(q, _)| q.starts_with(from))
+                        .map(|(q, n)| (q.clone(), *n))
+                        .collect();
+                    self.remove_tree(from);
+                    for (q, n) in moved {
+                        self.paths.insert(q.rebase(from, to).unwrap(), n);
+                    }
                 }
             }
             Op::Exchange { a, b } => {
-                if a.starts_with(b)
-                    || b.starts_with(a)
-                    || !self.paths.contains_key(a)
-                    || !self.paths.contains_key(b)
-                {
-                    return;
-                }
-                let take = |m: &Model, x: &RecPath| -> Vec<(RecPath, NodeId)> {
-                    m.paths
-                        .iter()
-                        .filter(|(q, _)| q.starts_with(x))
-                        .map(|(q, n)| (q.clone(), *n))
-                        .collect()
-                };
-                let (ua, ub) = (take(self, a), take(self, b));
-                self.remove_tree(a);
-                self.remove_tree(b);
-                for (q, n) in ua {
-                    self.paths.insert(q.rebase(a, b).unwrap(), n);
-                }
-                for (q, n) in ub {
-                    self.paths.insert(q.rebase(b, a).unwrap(), n);
+                let placeable = !a.starts_with(b)
+                    && !b.starts_with(a)
+                    && self.paths.contains_key(a)
+                    && self.paths.contains_key(b);
+                if placeable {
+                    let take = |m: &Model, x: &RecPath| -> Vec<(RecPath, NodeId)> {
+                        m.paths
+                            .iter()
+                            .filter(|(q, _)| q.starts_with(x))
+                            .map(|(q, n)| (q.clone(), *n))
+                            .collect()
+                    };
+                    let (ua, ub) = (take(self, a), take(self, b));
+                    self.remove_tree(a);
+                    self.remove_tree(b);
+                    for (q, n) in ua {
+                        self.paths.insert(q.rebase(a, b).unwrap(), n);
+                    }
+                    for (q, n) in ub {
+                        self.paths.insert(q.rebase(b, a).unwrap(), n);
+                    }
                 }
             }
             Op::Unlink { path } | Op::Rmdir { path } => {
@@ -275,6 +275,26 @@ impl Model {
             }
             Op::SetXattrs { .. } => unreachable!("the steps never make one"),
             Op::Marker { .. } => {}
+        }
+        // The directories whose names changed get the op's moment as their mtime.
+        let names: Vec<&RecPath> = match op {
+            Op::Create { path, .. }
+            | Op::Mkdir { path, .. }
+            | Op::Symlink { path, .. }
+            | Op::Link { path, .. }
+            | Op::Unlink { path }
+            | Op::Rmdir { path } => vec![path],
+            Op::Rename { from, to } => vec![from, to],
+            Op::Exchange { a, b } => vec![a, b],
+            _ => vec![],
+        };
+        for parent in names.into_iter().filter_map(|p| p.parent()) {
+            if let Some(n) = self.paths.get(&parent) {
+                let dir = self.nodes.get_mut(n).unwrap();
+                if dir.body == Body::Dir {
+                    dir.mtime = wall;
+                }
+            }
         }
         // A node lives while it has a name.
         let named: BTreeSet<NodeId> = self.paths.values().copied().collect();
