@@ -157,32 +157,6 @@ pub fn mounted_at(path: &Path) -> anyhow::Result<bool> {
         // A dead FUSE mount cannot even be resolved; callers have already told that apart.
         return Ok(false);
     };
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    Ok(info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| Path::new(&unescape(m)) == path))
-}
-
-/// mountinfo writes space, tab, newline and backslash as \ooo.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| u8::from_str_radix(d, 8).ok());
-        if bytes[i] == b'\\' {
-            if let Some(v) = octal {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let mounts = diffkeeper_locate::mountinfo::read_mountinfo(None).context("reading mountinfo")?;
+    Ok(mounts.iter().any(|m| m.mount_point == path))
 }
