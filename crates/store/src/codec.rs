@@ -106,49 +106,46 @@ pub(crate) fn decode_checkpoint(value: &[u8]) -> Result<Namespace, StoreError> {
         Some(&CHECKPOINT_WITH_XATTRS) => decode("a namespace checkpoint", &unpack(&value[1..])?)?,
         Some(&CHECKPOINT_WITH_OWNERS) => {
             let owned: OwnedNamespace = decode("a namespace checkpoint", &unpack(&value[1..])?)?;
-            Namespace::from_entries(
-                owned
-                    .entries
-                    .into_iter()
-                    .map(|(path, e)| {
-                        let entry = Entry {
-                            node: e.node,
-                            kind: e.kind,
-                            mode: e.mode,
-                            mtime_ns: e.mtime_ns,
-                            exact: e.exact,
-                            owner: e.owner,
-                            xattrs: Default::default(),
-                        };
-                        (path, entry)
-                    })
-                    .collect(),
-            )
+            upgraded(owned.entries.into_iter())
         }
         _ => {
             let legacy: LegacyNamespace = decode("a namespace checkpoint", &unpack(value)?)?;
-            Namespace::from_entries(
-                legacy
-                    .entries
-                    .into_iter()
-                    .map(|(path, e)| {
-                        let entry = Entry {
-                            node: e.node,
-                            kind: e.kind,
-                            mode: e.mode,
-                            mtime_ns: e.mtime_ns,
-                            exact: e.exact,
-                            owner: Owner::default(),
-                            xattrs: Default::default(),
-                        };
-                        (path, entry)
-                    })
-                    .collect(),
-            )
+            // Before owners were recorded, everything was root's, as new entries still are.
+            upgraded(legacy.entries.into_iter().map(|(path, e)| {
+                let owned = OwnedEntry {
+                    node: e.node,
+                    kind: e.kind,
+                    mode: e.mode,
+                    mtime_ns: e.mtime_ns,
+                    exact: e.exact,
+                    owner: Owner::default(),
+                };
+                (path, owned)
+            }))
         }
     };
     ns.reindex();
     Ok(ns)
+}
+
+/// A name space of an older checkpoint layout as today's: no xattrs were kept then.
+fn upgraded(entries: impl Iterator<Item = (RecPath, OwnedEntry)>) -> Namespace {
+    Namespace::from_entries(
+        entries
+            .map(|(path, e)| {
+                let entry = Entry {
+                    node: e.node,
+                    kind: e.kind,
+                    mode: e.mode,
+                    mtime_ns: e.mtime_ns,
+                    exact: e.exact,
+                    owner: e.owner,
+                    xattrs: Default::default(),
+                };
+                (path, entry)
+            })
+            .collect(),
+    )
 }
 
 /// How formats 1 to 4 stored a name space: entries without owners.
