@@ -144,28 +144,18 @@ fn layout(tmp: &Path) -> Layout {
 }
 
 fn record(l: &Layout, extra: &[&str]) -> Output {
-    let out = Command::new(DK)
-        .arg("record")
-        .arg(format!("--state-dir={}", l.state.display()))
-        .args(extra)
-        .arg("--")
-        .arg("python3")
-        .arg(&l.script)
-        .arg(&l.top)
-        .arg(&l.marks)
-        .arg(&l.truth)
-        .current_dir(&l.work)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run diffkeeper record");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("diffkeeper: recorded"),
-        "record did not finish: status {:?}\nstdout: {}\nstderr: {stderr}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
+    command::record_command(
+        &l.state,
+        &l.work,
+        extra,
+        &[
+            "python3".as_ref(),
+            l.script.as_os_str(),
+            l.top.as_os_str(),
+            l.marks.as_os_str(),
+            l.truth.as_os_str(),
+        ],
+    )
 }
 
 /// Runs export; returns its stderr (summary and warnings).

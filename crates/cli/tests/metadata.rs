@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const DK: &str = env!("CARGO_BIN_EXE_diffkeeper");
 /// The unprivileged user and groups part of the workload runs as.
@@ -333,26 +333,25 @@ fn real_tools_metadata_is_exact_at_every_checkpoint() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as i128;
-    let out = Command::new(DK)
-        .arg("record")
-        .arg(format!("--state-dir={}", l.state.display()))
-        .arg("--")
-        .arg("sh")
-        .arg(&l.script)
-        .arg(&l.work)
-        .arg(&l.src)
-        .arg(&l.marks)
-        .arg(&l.truth)
-        .arg(&l.manifest)
-        .current_dir(&l.work)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run diffkeeper record");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = command::record_command(
+        &l.state,
+        &l.work,
+        &[],
+        &[
+            "sh".as_ref(),
+            l.script.as_os_str(),
+            l.work.as_os_str(),
+            l.src.as_os_str(),
+            l.marks.as_os_str(),
+            l.truth.as_os_str(),
+            l.manifest.as_os_str(),
+        ],
+    );
     assert!(
-        out.status.success() && stderr.contains("diffkeeper: recorded"),
-        "record failed: {:?}\n{stderr}",
-        out.status
+        out.status.success(),
+        "the workload failed: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
 
     let seqs = checkpoint_seqs(&l);

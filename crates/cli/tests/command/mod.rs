@@ -78,3 +78,31 @@ pub fn checkpoint_seqs(state: &Path, marks: &Path) -> Vec<u64> {
     }
     seqs.into_values().collect()
 }
+
+/// `diffkeeper record --state-dir=STATE EXTRA... -- COMMAND...` run in CWD with stdin closed;
+/// the recording must have finished (stderr says so). Its output.
+pub fn record_command(
+    state: &Path,
+    cwd: &Path,
+    extra: &[&str],
+    command: &[&std::ffi::OsStr],
+) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_diffkeeper"))
+        .arg("record")
+        .arg(format!("--state-dir={}", state.display()))
+        .args(extra)
+        .arg("--")
+        .args(command)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run diffkeeper record");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("diffkeeper: recorded"),
+        "record did not finish: status {:?}\nstdout: {}\nstderr: {stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
