@@ -117,12 +117,20 @@ fn open_store(state: &StateDir) -> anyhow::Result<diffkeeper_store::Store> {
         .with_context(|| format!("opening recording {}", state.state_dir.display()))
 }
 
-/// Says on stderr when a recording has no end: its recorder was killed (kill -9, OOM, a node
-/// lost) before it finished, so the history stops at its last commit and nothing after that
-/// moment was recorded. (A live recording is never read here: its recorder holds the lock.)
+/// Says on stderr when a recording has no end: either it is still being recorded (read through
+/// its live recorder, as of now), or its recorder was killed (kill -9, OOM, a node lost) before
+/// it finished, so the history stops at its last commit and nothing after that moment was
+/// recorded.
 fn warn_if_cut_short(store: &diffkeeper_store::Store) {
     let span = store.span();
-    if !span.finished {
+    if let Some(pid) = store.live_recorder() {
+        eprintln!(
+            "diffkeeper: note: this recording is still running (recorder pid {pid}): shown as \
+             committed at {} (@seq:{}); run again to see later changes",
+            diffkeeper_store::format_wall(span.wall_of(span.end_mono_ns)),
+            span.last_seq
+        );
+    } else if !span.finished {
         eprintln!(
             "diffkeeper: note: this recording was cut short: its recorder stopped without \
              finishing it (killed, or its disk full) after {} (@seq:{}); later changes were not \

@@ -15,9 +15,9 @@ pub struct Args {
     /// The moment: 2m14s (since start), -5s (before the end), an RFC3339 time, end, @seq:N.
     #[arg(long, default_value = "end", allow_hyphen_values = true)]
     time: String,
-    /// Move with the recording: re-open it every second and show its newest event. A recording
-    /// a live recorder in another process holds cannot be opened (the store admits one process
-    /// at a time): mount it once that recorder has finished.
+    /// Move with the recording: show its newest event, checked every second. Works on a
+    /// recording a `diffkeeper record` is still writing (read through that recorder) and goes
+    /// on once it has finished.
     #[arg(long, conflicts_with = "time")]
     follow: bool,
     /// Upper bound on file contents kept in memory, in MiB.

@@ -441,46 +441,98 @@ fn mount_refuses_bad_mountpoints_and_explains_a_stale_mount() {
     }
 }
 
+/// Waits up to 20 s for `file` to hold `want`, reading it the way a person would.
+fn wait_for_content(file: &Path, want: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = std::fs::read(file).ok();
+        if now.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never held {:?}; last read {:?}",
+            file.display(),
+            String::from_utf8_lossy(want),
+            now.map(|b| String::from_utf8_lossy(&b).into_owned())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The 2 a.m. case: a job is still running (hung, or slow) and someone wants to look at what
+/// it has written so far, from another shell. `mount --follow`, `log` and `export` read the
+/// live recording through its recorder, and the mount moves on as the job writes and after it
+/// ends.
 #[test]
-fn follow_refuses_a_live_recording_in_another_process_and_says_why() {
+fn follow_moves_with_a_live_recording_in_another_process() {
     require_root_and_fuse();
     let tmp = tempfile::tempdir().unwrap();
     let _left = LeftMounts(tmp.path().to_path_buf());
     let (work, state) = (tmp.path().join("w"), tmp.path().join("state"));
     std::fs::create_dir_all(&work).unwrap();
+    // The test steps the job through its phases with flag files it creates from outside the
+    // recording (so they are not recorded).
+    let gate = tmp.path().join("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    let script = format!(
+        "echo one > a; \
+         until [ -e {g}/go ]; do sleep 0.05; done; echo two >> a; mkdir later; echo x > later/b; \
+         until [ -e {g}/end ]; do sleep 0.05; done; echo three >> a",
+        g = gate.display()
+    );
     let mut recorder = Command::new(BIN)
         .arg("record")
         .arg(format!("--state-dir={}", state.display()))
-        .args(["--", "sh", "-c", "echo one > a; sleep 4; echo two >> a"])
+        .args(["--", "sh", "-c", &script])
         .current_dir(&work)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let st = format!("--state-dir={}", state.display());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !state.join("LOCK").exists() {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !state.join("live.sock").exists() {
         assert!(
             Instant::now() < deadline,
-            "the recorder never created its state dir"
+            "the recorder never served its recording"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
     let mnt = tmp.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let err = refused(&["mount", &st, "--follow", mnt.to_str().unwrap()]);
-    assert!(
-        err.contains("held by a live recorder") && err.contains("once that recorder has finished"),
-        "{err}"
-    );
-    assert!(!mounted(&mnt));
-    assert!(recorder.wait().unwrap().success());
-
-    // Once it has finished, --follow shows its end.
     let m = Mount::start(&state, &["--follow"], &mnt);
-    assert_eq!(cat(&below(&mnt, &work).join("a")), b"one\ntwo\n");
+    let a = below(&mnt, &work).join("a");
+    wait_for_content(&a, b"one\n");
+    assert!(!below(&mnt, &work).join("later").exists());
+
+    // log and export work on the live recording too, and say it is still running.
+    let st = format!("--state-dir={}", state.display());
+    let log = run(Command::new(BIN).args(["log", &st]));
+    let err = String::from_utf8_lossy(&log.stderr);
+    assert!(err.contains("still running (recorder pid"), "{err}");
+    assert!(!err.contains("cut short"), "{err}");
+    let out = tmp.path().join("live-export");
+    export(&state, "end", &out);
+    assert_eq!(cat(&below(&out, &work).join("a")), b"one\n");
+
+    std::fs::write(gate.join("go"), "").unwrap();
+    wait_for_content(&a, b"one\ntwo\n");
+    wait_for_content(&below(&mnt, &work).join("later/b"), b"x\n");
+
+    // The recorder finishes (it stops serving, then lets go of the store): the view follows
+    // the finished recording to its end without a hitch.
+    std::fs::write(gate.join("end"), "").unwrap();
+    let status = recorder.wait().unwrap();
+    let mut rec_err = String::new();
+    std::io::Read::read_to_string(recorder.stderr.as_mut().unwrap(), &mut rec_err).unwrap();
+    assert!(status.success(), "{rec_err}");
+    wait_for_content(&a, b"one\ntwo\nthree\n");
+    assert!(!state.join("live.sock").exists());
+    assert!(mounted(&mnt));
     let (status, err) = m.stop(libc::SIGINT);
     assert!(status.success(), "{err}");
+    assert!(
+        !err.contains("WARN"),
+        "the mount warned while following: {err}"
+    );
     assert!(!mounted(&mnt));
 }

@@ -7,8 +7,11 @@
 //!
 //! The store admits one process at a time (an flock on the state dir), so the view does not
 //! keep it open: it opens the store when it needs it and lets go after a short idle time, so
-//! `diffkeeper log`/`export` on the same recording work while it is mounted. With `follow`, the
-//! view re-opens the recording every `refresh` and moves to its newest event.
+//! `diffkeeper log`/`export` on the same recording work while it is mounted. A recording still
+//! being written is read through its recorder (a private copy of its index, see
+//! `Store::open`), which holds no lock, so that copy is kept. With `follow`, the view moves to
+//! the recording's newest event every `refresh`, copying a live recorder's index again only
+//! once it has committed more.
 
 use diffkeeper_store::{Entry, EntryKind, NodeId, RecPath, Seq, Store, StoreError, TimeExpr};
 use fuser::{
@@ -32,13 +35,15 @@ use tracing::{debug, info, warn};
 const IDLE_RELEASE: Duration = Duration::from_secs(2);
 /// How long a read waits for another process (an export, a log) to let go of the recording.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long a `follow` refresh waits for the recording; it tries again a moment later anyway.
+const REFRESH_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error(
-        "{} is held by a live recorder (pid {pid}): the store admits one process at a time, so \
-         a mount (with or without --follow) can read it only once that recorder has finished; \
-         until then use the recorder's own process (Writer::reader) or wait for it to end",
+        "{} is held by a recorder (pid {pid}) that serves no readers (the node agent, or a \
+         diffkeeper older than this one): it can be mounted once that recorder has finished; \
+         for the agent's recordings use `kubectl diffkeeper export`",
         dir.display()
     )]
     LiveRecorder { pid: u32, dir: PathBuf },
@@ -109,12 +114,13 @@ impl StoreSlot {
         f(store)
     }
 
-    /// Closes the store if unused for `idle`, so other commands can open the recording.
+    /// Closes the store if unused for `idle`, so other commands can open the recording. A
+    /// view of a live recording holds no lock, so it stays.
     fn release_idle(&self, idle: Duration) {
         let mut slot = self.open.lock().unwrap();
         if slot
             .as_ref()
-            .is_some_and(|(_, used)| used.elapsed() >= idle)
+            .is_some_and(|(store, used)| store.live_recorder().is_none() && used.elapsed() >= idle)
         {
             *slot = None;
             debug!(dir = %self.dir.display(), "released the recording");
@@ -133,15 +139,16 @@ fn open_waiting(dir: &Path, wait: Duration) -> Result<Store, MountError> {
         match Store::open(dir) {
             Ok(store) => return Ok(store),
             Err(StoreError::Locked { pid, dir }) => {
-                let command = command_line(pid);
-                // A recorder keeps the recording until its workload ends: no use waiting.
-                if command
-                    .split(' ')
-                    .any(|arg| arg == "record" || arg == "agent")
-                {
-                    return Err(MountError::LiveRecorder { pid, dir });
-                }
+                // A recorder that does not answer readers (Store::open asked) is finishing, or
+                // one that serves none: wait out the first, name the second.
                 if Instant::now() >= deadline {
+                    let command = command_line(pid);
+                    if command
+                        .split(' ')
+                        .any(|arg| arg == "record" || arg == "agent")
+                    {
+                        return Err(MountError::LiveRecorder { pid, dir });
+                    }
                     return Err(MountError::Busy { pid, dir, command });
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -325,7 +332,7 @@ impl RecordingFs {
                 system_time(s.span().started_wall_ns),
             ))
         })?;
-        store.release();
+        store.release_idle(Duration::ZERO);
         // SAFETY: getuid and getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(RecordingFs {
@@ -478,18 +485,28 @@ impl Shared {
     /// Re-opens the recording and, if it has moved on, swaps in the tree at its newest event and
     /// tells the kernel to forget what changed.
     fn refresh(&self) -> Result<(), MountError> {
+        let current = self.view.read().unwrap().seq;
+        // A live recorder says cheaply how far it has committed: copy its index only once that
+        // moved.
+        if let Some((committed, _)) = Store::live_committed(&self.store.dir)? {
+            if committed == current {
+                return Ok(());
+            }
+        }
         // A Store sees what was committed when it was opened: re-open to see later events.
         self.store.release();
-        let current = self.view.read().unwrap().seq;
-        let tree = self.store.with(Duration::ZERO, |s| {
+        // Briefly: a recorder finishing holds the recording for a moment after it stops
+        // serving readers.
+        let tree = self.store.with(REFRESH_WAIT, |s| {
             let end = s.resolve(&TimeExpr::End)?;
             if end.seq == current {
                 return Ok(None);
             }
             Ok(Some(s.tree_at(end.seq)?))
         });
-        // Let go at once: a writer resuming the recording must find it free between refreshes.
-        self.store.release();
+        // Let go at once: a writer resuming the recording must find it free between refreshes
+        // (a live recording's copy holds no lock and is kept for the reads that follow).
+        self.store.release_idle(Duration::ZERO);
         let tree = tree?;
         let Some(tree) = tree else { return Ok(()) };
         let new = build_view(tree, &mut self.inodes.lock().unwrap());

@@ -7,7 +7,7 @@
 //!
 //! | entry                   | what                                                        |
 //! |-------------------------|-------------------------------------------------------------|
-//! | `recording/...`         | the state dir's directories and files (never its `LOCK`)    |
+//! | `recording/...`         | the state dir's directories and files (never `LOCK`, `live.sock`)|
 //! | `DIFFKEEPER-PACK.json`  | last: [`Manifest`] — format, what was recorded, a SHA-256 of every file |
 //!
 //! The manifest comes last so that packing reads every file once; unpacking hashes as it writes
@@ -71,6 +71,19 @@ pub enum PackError {
     /// Opening the recording to pack it failed (not a recording, locked by a live recorder, ...).
     #[error(transparent)]
     Store(#[from] StoreError),
+
+    /// The recording is still being written: its open segment grows while it would be packed.
+    #[error(
+        "{} is still being recorded (recorder pid {pid}); pack it once that recorder has \
+         finished",
+        dir.display()
+    )]
+    Live {
+        /// The recorder's pid.
+        pid: u32,
+        /// The state dir.
+        dir: PathBuf,
+    },
 
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
@@ -229,7 +242,8 @@ fn walk(
         } else {
             format!("{rel}/{name}")
         };
-        if child_rel == LOCK_FILE {
+        // A live recorder's socket (or one a killed recorder left) is no part of the recording.
+        if child_rel == LOCK_FILE || child_rel == diffkeeper_store::LIVE_SOCKET {
             continue;
         }
         let path = root.join(&child_rel);
@@ -261,6 +275,12 @@ fn walk(
 /// throughout, so a recorder cannot change it midway; a live one is refused by the lock.
 pub fn pack<W: Write>(state_dir: &Path, out: W) -> Result<PackSummary, PackError> {
     let store = Store::open(state_dir)?;
+    if let Some(pid) = store.live_recorder() {
+        return Err(PackError::Live {
+            pid,
+            dir: state_dir.to_path_buf(),
+        });
+    }
     let mut dirs = Vec::new();
     let mut files = Vec::new();
     walk(state_dir, "", &mut dirs, &mut files)?;

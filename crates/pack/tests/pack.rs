@@ -127,7 +127,19 @@ fn a_live_recording_is_refused() {
         ),
         "{err:?}"
     );
+    // Served to readers, it opens, and pack still refuses it: its open segment is growing.
+    let server = writer.serve_live().unwrap();
+    let err = pack(&dir, Vec::new()).unwrap_err();
+    assert!(matches!(err, PackError::Live { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("once that recorder has finished"),
+        "{err}"
+    );
+    drop(server);
     writer.finish(1).unwrap();
+    // A socket a killed recorder left is not part of the recording.
+    drop(std::os::unix::net::UnixListener::bind(dir.join(diffkeeper_store::LIVE_SOCKET)).unwrap());
+    pack(&dir, Vec::new()).unwrap();
 }
 
 /// The pack, decompressed, with `edit` applied to the tar bytes, compressed again.

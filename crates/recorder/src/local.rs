@@ -5,7 +5,7 @@ use crate::cgroup::RecordingCgroup;
 use crate::translate::{Recorder, RecorderStats};
 use crate::{monotonic_ns, wall_ns, RecordError};
 use diffkeeper_capture::{Counters, Probe, ProbeConfig, RingDrain};
-use diffkeeper_store::{Event, MarkerKind, Op, RecordingInfo, Writer};
+use diffkeeper_store::{Event, LiveServer, MarkerKind, Op, RecordingInfo, Writer};
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -143,6 +143,9 @@ struct Run {
     probe: Probe,
     rec: Recorder,
     cgroup: RecordingCgroup,
+    /// Lets `log`, `export`, `mount`... in other processes read the recording while it runs;
+    /// dropped before the store is finished, after which they open it directly.
+    live: Option<LiveServer>,
     /// The umask the command gets back (the recorder's own is 077).
     umask: libc::mode_t,
     made_dir: bool,
@@ -170,6 +173,13 @@ impl Run {
         let umask = unsafe { libc::umask(0o077) };
         let made_dir = make_private_dir(&opts.state_dir)?;
         let writer = Writer::create(&opts.state_dir, info)?;
+        // Reading a live recording is a convenience: recording goes on without it.
+        let live = writer
+            .serve_live()
+            .inspect_err(|e| {
+                tracing::warn!("other commands cannot read this recording until it ends: {e}")
+            })
+            .ok();
         let state_dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
         let cgroup = RecordingCgroup::create(&format!("rec-{}", std::process::id()))?;
         let mut rec = Recorder::new(writer, "/".into(), vec![state_dir], cgroup.id());
@@ -191,6 +201,7 @@ impl Run {
             probe,
             rec,
             cgroup,
+            live,
             umask,
             made_dir,
         })
@@ -306,6 +317,7 @@ impl Run {
         let writer = self.rec.into_writer();
         let files = writer.file_count();
         let wstats = writer.stats();
+        drop(self.live);
         writer.finish(end)?;
         drop(self.probe); // detach before the cgroup goes
         drop(self.cgroup);
@@ -337,7 +349,11 @@ impl Run {
         let after = started.elapsed();
         tracing::error!("recording stopped: {error}; the command goes on unrecorded");
         let Run {
-            probe, rec, cgroup, ..
+            probe,
+            rec,
+            cgroup,
+            live,
+            ..
         } = self;
         let counters = probe.counters().unwrap_or_default();
         drop(probe);
@@ -364,6 +380,7 @@ impl Run {
         }
         let files = writer.file_count();
         let events = writer.stats().events;
+        drop(live);
         let closed = closed.and_then(|()| writer.finish(monotonic_ns()));
         if let Err(e) = &closed {
             tracing::warn!("could not close the recording ({e}): readers will call it cut short");

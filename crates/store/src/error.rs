@@ -15,6 +15,13 @@ pub enum StoreError {
     Locked { pid: u32, dir: PathBuf },
 
     #[error(
+        "reading the live recording {} through its recorder failed: {reason}; wait for the \
+         recorder to finish and read it then",
+        dir.display()
+    )]
+    Live { dir: PathBuf, reason: String },
+
+    #[error(
         "{} is not a DiffKeeper recording ({reason}); point --state-dir at a directory a recorder \
          wrote",
         dir.display()

@@ -2,13 +2,15 @@
 //!
 //! A recording lives in a state dir: `LOCK` (flock + owner pid), `db/` (one sled tree: the
 //! index; see [`codec`] for the key layout) and, since format 4, `segments/NNNNNN.seg` (the
-//! data bytes, compressed, in checksummed blocks; see [`segment`]). [`Writer`] appends events in atomic batches; [`Store`] is the
+//! data bytes, compressed, in checksummed blocks; see [`segment`]); while a recorder that
+//! serves readers runs, `live.sock` (see [`live`]). [`Writer`] appends events in atomic batches; [`Store`] is the
 //! read-only view that answers "what did the tree look like at T".
 
 mod codec;
 mod content;
 mod delta;
 mod error;
+mod live;
 mod lock;
 pub mod model;
 mod namespace;
@@ -22,6 +24,7 @@ mod writer;
 
 pub use content::ContentReader;
 pub use error::StoreError;
+pub use live::{LiveServer, LIVE_SOCKET};
 pub use model::*;
 pub use reader::Store;
 pub use records::ReadStats;

@@ -27,16 +27,33 @@ pub struct Store {
     index_copy: Option<Arc<tempfile::TempDir>>,
     /// `None` for a view a live writer lent out: the writer holds the dir's lock.
     _lock: Option<Arc<DirLock>>,
+    /// The pid of the recorder still writing this recording, for a view it served to another
+    /// process (see `live`).
+    live: Option<u32>,
 }
 
 impl Store {
-    /// Opens a recording for reading. Refused while a writer (or another reader) has it open.
-    /// Reading changes no file of the state dir, so it also works on a read-only copy: the
-    /// lock is taken through a read-only descriptor and the index is read from a private copy
-    /// (see `copy_index`); segments are read in place.
+    /// Opens a recording for reading. Reading changes no file of the state dir, so it also
+    /// works on a read-only copy: the lock is taken through a read-only descriptor and the
+    /// index is read from a private copy (see `copy_index`); segments are read in place.
+    ///
+    /// A recording a live recorder holds is read through that recorder, as committed at the
+    /// moment of the call (see `live`; [`Store::live_recorder`] then names it). Refused while
+    /// another reader, or a recorder that serves no readers, has it open.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         require_recording_dir(dir)?;
-        let lock = DirLock::acquire_reading(dir)?.map(Arc::new);
+        let lock = match DirLock::acquire_reading(dir) {
+            Ok(lock) => lock.map(Arc::new),
+            Err(locked @ StoreError::Locked { .. }) => {
+                let Some(live) = crate::live::snapshot(dir, READER_CACHE_BYTES)? else {
+                    return Err(locked);
+                };
+                let mut store = Self::over(dir, live.db, Some(Arc::new(live.copy)), None)?;
+                store.live = Some(live.pid);
+                return Ok(store);
+            }
+            Err(e) => return Err(e),
+        };
         let index_copy = copy_index(dir)?.map(Arc::new);
         let db_dir = index_copy.as_ref().map_or(dir, |copy| copy.path());
         let db = open_db(db_dir, READER_CACHE_BYTES)?;
@@ -88,18 +105,36 @@ impl Store {
             _db: db,
             index_copy,
             _lock: lock,
+            live: None,
         })
     }
 
     /// Another view of the same recording, sharing this one's database and lock: a server
     /// hands one to each request instead of reopening the dir (which the lock would refuse).
     pub fn view(&self) -> Result<Store, StoreError> {
-        Store::over(
+        let mut view = Store::over(
             &self.dir,
             self._db.clone(),
             self.index_copy.clone(),
             self._lock.clone(),
-        )
+        )?;
+        view.live = self.live;
+        Ok(view)
+    }
+
+    /// The pid of the recorder still writing this recording, when it was opened through that
+    /// recorder from another process: the view ends at what was committed when it was opened,
+    /// and the recording goes on.
+    pub fn live_recorder(&self) -> Option<u32> {
+        self.live
+    }
+
+    /// Where the live recording this view was opened from has got to since, and its
+    /// recorder's pid: `None` when no recorder serves `dir` any more (it finished, or this view
+    /// is not of a live recording). Cheap: for following a recording without re-reading its
+    /// index while nothing changed.
+    pub fn live_committed(dir: &Path) -> Result<Option<(Seq, u32)>, StoreError> {
+        crate::live::committed_seq(dir)
     }
 
     pub fn dir(&self) -> &Path {

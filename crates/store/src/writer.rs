@@ -775,6 +775,12 @@ impl Writer {
         crate::Store::over(&self.dir, self.db.clone(), None, None)
     }
 
+    /// Serves what this writer has committed to readers in other processes until the returned
+    /// server is dropped (see `live`): `Store::open` there then works on the live recording.
+    pub fn serve_live(&self) -> Result<crate::LiveServer, StoreError> {
+        crate::LiveServer::start(&self.dir, self.db.clone())
+    }
+
     /// Records the end of the recording, flushes, and releases the state dir.
     pub fn finish(mut self, end_mono_ns: u64) -> Result<(), StoreError> {
         self.commit()?;
