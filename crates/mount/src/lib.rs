@@ -458,12 +458,18 @@ pub fn mount(
 fn housekeep(shared: &Shared, follow: bool, refresh: Duration) {
     let tick = Duration::from_millis(100);
     let mut last_refresh = Instant::now();
+    let mut interval = refresh;
     while !shared.stopping.load(Ordering::SeqCst) {
         std::thread::sleep(tick);
         shared.store.release_idle(IDLE_RELEASE);
-        if follow && last_refresh.elapsed() >= refresh {
+        if follow && last_refresh.elapsed() >= interval {
             last_refresh = Instant::now();
-            if let Err(e) = shared.refresh() {
+            let result = shared.refresh();
+            // Copying a large live recorder's index takes a while (about 1.5 s for 100,000
+            // files) and costs the recorder a thread too: following never spends more than a
+            // quarter of the time on it.
+            interval = refresh.max(last_refresh.elapsed() * 4);
+            if let Err(e) = result {
                 if matches!(e, MountError::LiveRecorder { .. }) {
                     if !shared.told_live.swap(true, Ordering::SeqCst) {
                         warn!(
