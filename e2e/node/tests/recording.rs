@@ -11,13 +11,18 @@
 //!    the container itself copied aside at that moment;
 //! 4. gRPC calls without credentials, or with a token not allowed to export, are refused;
 //! 5. the agent killed with SIGKILL and restarted mid-recording keeps recording, keeps what it
-//!    had flushed, and the hole is a marked gap in the log.
+//!    had flushed, and the hole is a marked gap in the log;
+//! 6. (issue 14) a selected container the agent cannot attach to, because the node's state dir
+//!    went read-only, gets a ContainerRecord in phase Failed saying so, and its Recording
+//!    Degraded=True/AttachFailed and a Warning Event; once the state dir is writable again the
+//!    agent attaches and the record is Recording.
 //!
 //! Needs root, BPF, and what `scripts/e2e-apiserver.sh install` and `scripts/e2e-runtime.sh
 //! install` bring, plus the workspace's binaries built (`cargo build --workspace --bins`); it
 //! fails, never skips, without them.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -897,6 +902,208 @@ async fn scenarios(node: &mut Node) -> Result<Vec<String>> {
     Ok(timings)
 }
 
+/// A directory made read-only in place (a read-only bind mount over itself), as a host
+/// filesystem remounted read-only after I/O errors is, until dropped.
+struct ReadOnlyDir(PathBuf);
+
+impl ReadOnlyDir {
+    fn new(dir: &Path) -> Result<ReadOnlyDir> {
+        mount(&[OsStr::new("--bind"), dir.as_os_str(), dir.as_os_str()])?;
+        let guard = ReadOnlyDir(dir.to_path_buf());
+        mount(&[
+            OsStr::new("-o"),
+            OsStr::new("remount,bind,ro"),
+            dir.as_os_str(),
+        ])?;
+        Ok(guard)
+    }
+}
+
+impl Drop for ReadOnlyDir {
+    fn drop(&mut self) {
+        let status = Command::new("umount").arg(&self.0).status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!("cleanup: umount {} failed", self.0.display());
+        }
+    }
+}
+
+fn mount(args: &[&OsStr]) -> Result<()> {
+    let output = Command::new("mount").args(args).output()?;
+    ensure!(
+        output.status.success(),
+        "mount {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// The real kubectl against the test API server, as the admin; its stdout.
+fn kubectl(node: &Node, args: &[&str]) -> Result<String> {
+    let output = Command::new(&node.api_env["DK_E2E_KUBECTL"])
+        .arg("--kubeconfig")
+        .arg(&node.kubeconfig)
+        .args(["-n", NS])
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    ensure!(
+        output.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// 6: an attach that fails for a real reason is reported where people look, and retried.
+async fn attach_failure(node: &Node) -> Result<String> {
+    let t = Instant::now();
+    let recordings: Api<Recording> = Api::namespaced(node.client.clone(), NS);
+    recordings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+                "metadata": { "name": "stuck" },
+                "spec": {
+                    "selector": { "matchLabels": { "app": "stuck" } },
+                    "snapshot": { "onTermination": false },
+                },
+            }))?,
+        )
+        .await?;
+    // Where the agent makes each container's history: made at its start, read-only from now.
+    let histories = node.scratch.path().join("agent/containers");
+    wait_for("the agent's state dir", MINUTE, async || {
+        Ok(histories.is_dir().then_some(()))
+    })
+    .await?;
+    let read_only = ReadOnlyDir::new(&histories)?;
+    node.run_pod(
+        "stuck",
+        json!({"app": "stuck"}),
+        json!({}),
+        "trap 'exit 0' TERM; mkdir -p /data; while true; do date > /data/now; sleep 0.2; done",
+    )
+    .await?;
+    let selector = "-ldiffkeeper.io/recording=stuck";
+    let record = "{range .items[*]}{.spec.pod.name}/{.spec.container} {.status.phase}: \
+                  {.status.message}{end}";
+    let failed = wait_for(
+        "stuck's ContainerRecord in phase Failed",
+        MINUTE,
+        async || {
+            let said = kubectl(
+                node,
+                &["get", "crec", selector, &format!("-ojsonpath={record}")],
+            )?;
+            Ok(said.starts_with("stuck/app Failed: ").then_some(said))
+        },
+    )
+    .await?;
+    for cause in [
+        "cannot use the state dir",
+        "Read-only file system",
+        histories.to_str().unwrap(),
+    ] {
+        ensure!(
+            failed.contains(cause),
+            "the record does not say {cause:?}: {failed}"
+        );
+    }
+    let degraded = "-ojsonpath={.status.conditions[?(@.type==\"Degraded\")]}";
+    let condition = wait_for(
+        "Recording stuck Degraded by AttachFailed",
+        MINUTE,
+        async || {
+            let said = kubectl(node, &["get", "recording", "stuck", degraded])?;
+            let condition: serde_json::Value = match serde_json::from_str(&said) {
+                Ok(c) => c,
+                Err(_) => return Ok(None),
+            };
+            Ok((condition["reason"] == "AttachFailed").then_some(condition))
+        },
+    )
+    .await?;
+    ensure!(
+        condition["status"] == "True"
+            && condition["message"].as_str().is_some_and(
+                |m| m.starts_with("stuck/app: ") && m.contains("Read-only file system")
+            ),
+        "the Degraded condition: {condition}"
+    );
+    let event = wait_for("a Warning AttachFailed Event on Recording stuck", MINUTE, async || {
+        let said = kubectl(
+            node,
+            &[
+                "get",
+                "events",
+                "--field-selector=reason=AttachFailed,involvedObject.kind=Recording,involvedObject.name=stuck",
+                "-ojsonpath={range .items[*]}{.type} {.message}{end}",
+            ],
+        )?;
+        Ok((!said.is_empty()).then_some(said))
+    })
+    .await?;
+    ensure!(
+        event.starts_with("Warning stuck/app: ") && event.contains("Read-only file system"),
+        "the AttachFailed Event: {event}"
+    );
+    // Retried every second meanwhile, and counted once.
+    let metrics = node.scrape_agent()?;
+    let failures = sample(
+        &metrics,
+        "diffkeeper_attach_failures_total",
+        &[("reason", "store")],
+    )?;
+    ensure!(
+        failures == 1.0,
+        "attach failures counted: {failures}\n{metrics}"
+    );
+
+    // The state dir is writable again: the next attempt records the container.
+    drop(read_only);
+    let recording_now = wait_for(
+        "stuck's ContainerRecord in phase Recording",
+        MINUTE,
+        async || {
+            let said = kubectl(
+                node,
+                &["get", "crec", selector, &format!("-ojsonpath={record}")],
+            )?;
+            Ok(said.starts_with("stuck/app Recording: ").then_some(said))
+        },
+    )
+    .await?;
+    ensure!(
+        recording_now.trim_end() == "stuck/app Recording:",
+        "the failure's message outlived it: {recording_now}"
+    );
+    wait_for("Recording stuck no longer Degraded", MINUTE, async || {
+        let said = kubectl(node, &["get", "recording", "stuck", degraded])?;
+        let condition: serde_json::Value = serde_json::from_str(&said).unwrap_or_default();
+        Ok((condition["reason"] == "Healthy").then_some(()))
+    })
+    .await?;
+
+    node.pods()
+        .delete("stuck", &DeleteParams::default())
+        .await?;
+    recordings.delete("stuck", &DeleteParams::default()).await?;
+    wait_for("Recording stuck to be deleted", MINUTE, async || {
+        Ok(recordings.get_opt("stuck").await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(format!("attach failure and recovery {:.1?}", t.elapsed()))
+}
+
+async fn all_scenarios(node: &mut Node) -> Result<Vec<String>> {
+    let mut timings = vec![attach_failure(node).await?];
+    timings.extend(scenarios(node).await?);
+    Ok(timings)
+}
+
 /// The directory name of a record's history on the node.
 fn history_id(record: &ContainerRecord) -> String {
     diffkeeper_api::DeathKey::of_record(record).id()
@@ -905,7 +1112,7 @@ fn history_id(record: &ContainerRecord) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_snapshots_real_containers_on_a_node() -> Result<()> {
     let mut node = Node::start().await?;
-    match scenarios(&mut node).await {
+    match all_scenarios(&mut node).await {
         Ok(timings) => {
             node.shut_down().await?;
             println!("timings: {}", timings.join("; "));
