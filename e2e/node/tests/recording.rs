@@ -14,8 +14,9 @@
 //!    had flushed, and the hole is a marked gap in the log;
 //! 6. (issue 14) a selected container the agent cannot attach to, because the node's state dir
 //!    went read-only, gets a ContainerRecord in phase Failed saying so, and its Recording
-//!    Degraded=True/AttachFailed and a Warning Event; once the state dir is writable again the
-//!    agent attaches and the record is Recording.
+//!    Degraded=True/AttachFailed and a Warning Event; a container that ends meanwhile has its
+//!    Failed record deleted (nothing of it was recorded); once the state dir is writable again
+//!    the agent attaches and the record is Recording.
 //!
 //! Needs root, BPF, and what `scripts/e2e-apiserver.sh install` and `scripts/e2e-runtime.sh
 //! install` bring, plus the workspace's binaries built (`cargo build --workspace --bins`); it
@@ -987,21 +988,40 @@ async fn attach_failure(node: &Node) -> Result<String> {
         "trap 'exit 0' TERM; mkdir -p /data; while true; do date > /data/now; sleep 0.2; done",
     )
     .await?;
-    let selector = "-ldiffkeeper.io/recording=stuck";
-    let record = "{range .items[*]}{.spec.pod.name}/{.spec.container} {.status.phase}: \
-                  {.status.message}{end}";
-    let failed = wait_for(
-        "stuck's ContainerRecord in phase Failed",
+    // One that ends while it cannot be attached to: nothing of it was recorded.
+    node.run_pod("fleeting", json!({"app": "stuck"}), json!({}), "sleep 6")
+        .await?;
+    // `pod/container phase: message`, one line per record.
+    let records_said = || -> Result<Vec<String>> {
+        let template = "{range .items[*]}{.spec.pod.name}/{.spec.container} {.status.phase}: \
+                        {.status.message}{\"\\n\"}{end}";
+        let said = kubectl(
+            node,
+            &[
+                "get",
+                "crec",
+                "-ldiffkeeper.io/recording=stuck",
+                &format!("-ojsonpath={template}"),
+            ],
+        )?;
+        Ok(said.lines().map(|l| l.trim_end().to_string()).collect())
+    };
+    let said = wait_for(
+        "stuck's and fleeting's ContainerRecords in phase Failed",
         MINUTE,
         async || {
-            let said = kubectl(
-                node,
-                &["get", "crec", selector, &format!("-ojsonpath={record}")],
-            )?;
-            Ok(said.starts_with("stuck/app Failed: ").then_some(said))
+            let said = records_said()?;
+            let failed = ["stuck/app Failed: ", "fleeting/app Failed: "]
+                .iter()
+                .all(|start| said.iter().any(|l| l.starts_with(start)));
+            Ok(failed.then_some(said))
         },
     )
     .await?;
+    let failed = said
+        .iter()
+        .find(|l| l.starts_with("stuck/"))
+        .context("stuck's record")?;
     for cause in [
         "cannot use the state dir",
         "Read-only file system",
@@ -1022,15 +1042,19 @@ async fn attach_failure(node: &Node) -> Result<String> {
                 Ok(c) => c,
                 Err(_) => return Ok(None),
             };
-            Ok((condition["reason"] == "AttachFailed").then_some(condition))
+            // Once the operator has seen stuck's record fail, not only fleeting's.
+            let said_stuck = condition["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("stuck/app: "));
+            Ok((condition["reason"] == "AttachFailed" && said_stuck).then_some(condition))
         },
     )
     .await?;
     ensure!(
         condition["status"] == "True"
-            && condition["message"].as_str().is_some_and(
-                |m| m.starts_with("stuck/app: ") && m.contains("Read-only file system")
-            ),
+            && condition["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("stuck/app: ") && m.contains("Read-only file system")),
         "the Degraded condition: {condition}"
     );
     let event = wait_for("a Warning AttachFailed Event on Recording stuck", MINUTE, async || {
@@ -1040,17 +1064,28 @@ async fn attach_failure(node: &Node) -> Result<String> {
                 "get",
                 "events",
                 "--field-selector=reason=AttachFailed,involvedObject.kind=Recording,involvedObject.name=stuck",
-                "-ojsonpath={range .items[*]}{.type} {.message}{end}",
+                "-ojsonpath={range .items[*]}{.type} {.message}{\"\\n\"}{end}",
             ],
         )?;
-        Ok((!said.is_empty()).then_some(said))
+        Ok(said.contains("stuck/app: ").then_some(said))
     })
     .await?;
     ensure!(
-        event.starts_with("Warning stuck/app: ") && event.contains("Read-only file system"),
+        event.starts_with("Warning ") && event.contains("Read-only file system"),
         "the AttachFailed Event: {event}"
     );
-    // Retried every second meanwhile, and counted once.
+    node.wait_phase("fleeting", "Succeeded", MINUTE).await?;
+    wait_for(
+        "fleeting's Failed record deleted once its container ended",
+        MINUTE,
+        async || {
+            let said = records_said()?;
+            let gone = !said.iter().any(|l| l.starts_with("fleeting/"));
+            Ok(gone.then_some(()))
+        },
+    )
+    .await?;
+    // Retried every second meanwhile, and each container counted once.
     let metrics = node.scrape_agent()?;
     let failures = sample(
         &metrics,
@@ -1058,7 +1093,7 @@ async fn attach_failure(node: &Node) -> Result<String> {
         &[("reason", "store")],
     )?;
     ensure!(
-        failures == 1.0,
+        failures == 2.0,
         "attach failures counted: {failures}\n{metrics}"
     );
 
@@ -1068,17 +1103,15 @@ async fn attach_failure(node: &Node) -> Result<String> {
         "stuck's ContainerRecord in phase Recording",
         MINUTE,
         async || {
-            let said = kubectl(
-                node,
-                &["get", "crec", selector, &format!("-ojsonpath={record}")],
-            )?;
-            Ok(said.starts_with("stuck/app Recording: ").then_some(said))
+            let said = records_said()?;
+            let recording = said.iter().any(|l| l.starts_with("stuck/app Recording"));
+            Ok(recording.then_some(said))
         },
     )
     .await?;
     ensure!(
-        recording_now.trim_end() == "stuck/app Recording:",
-        "the failure's message outlived it: {recording_now}"
+        recording_now == ["stuck/app Recording:"],
+        "the records after the failure: {recording_now:?}"
     );
     wait_for("Recording stuck no longer Degraded", MINUTE, async || {
         let said = kubectl(node, &["get", "recording", "stuck", degraded])?;
