@@ -132,8 +132,13 @@ impl Catalog {
     /// A new incarnation about to be recorded.
     pub fn insert(&self, id: &str, meta: IncarnationMeta) -> std::io::Result<()> {
         let dir = self.root.join(id);
-        std::fs::create_dir_all(&dir)?;
-        write_meta(&dir, &meta)?;
+        // Said with the path: this error becomes a ContainerRecord's message, read far from
+        // the node.
+        let at = |e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("creating {}: {e}", dir.display()))
+        };
+        std::fs::create_dir_all(&dir).map_err(at)?;
+        write_meta(&dir, &meta).map_err(at)?;
         self.lock().insert(
             id.to_string(),
             Incarnation {

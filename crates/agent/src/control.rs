@@ -55,9 +55,19 @@ pub struct Control {
     /// Interrupted histories found at start, not yet continued or closed.
     interrupted: BTreeMap<String, IncarnationMeta>,
     metrics: Arc<Metrics>,
-    /// Containers whose last attach failed: each is counted once in the metrics, not once per
-    /// retry.
-    failing: std::collections::HashSet<String>,
+    /// Running selected containers whose last attach failed, by history id: their records say
+    /// why until an attach succeeds, and each is counted once in the metrics, not once per retry.
+    failures: HashMap<String, AttachFailure>,
+}
+
+/// A selected container the agent could not attach to, as its ContainerRecord reports it.
+#[derive(Clone, Debug)]
+struct AttachFailure {
+    namespace: String,
+    record_name: String,
+    spec: ContainerRecordSpec,
+    /// The typed error's text: what the record's `status.message` says.
+    message: String,
 }
 
 const TICK: Duration = Duration::from_secs(1);
@@ -100,7 +110,7 @@ impl Control {
             reported: HashMap::new(),
             interrupted,
             metrics,
-            failing: Default::default(),
+            failures: HashMap::new(),
         })
     }
 
@@ -167,20 +177,26 @@ impl Control {
                 continue;
             }
             let resumed = resume.clone();
-            let attached = self.attach(id, key, pod, rec, status, resume).await;
-            if attached.is_ok() {
-                self.failing.remove(id);
-            }
-            if let Err(e) = attached {
-                if self.failing.insert(id.clone()) {
-                    self.metrics.attach_failed(e.attach_reason());
+            match self.attach(id, key, pod, rec, status, resume).await {
+                Ok(()) => {
+                    self.failures.remove(id);
                 }
-                if let Some(meta) = resumed {
-                    self.interrupted.insert(id.clone(), meta);
+                Err(e) => {
+                    let failure = attach_failure(key, pod, rec, status, &self.node, &e);
+                    let earlier = self.failures.insert(id.clone(), failure);
+                    if earlier.is_none() {
+                        self.metrics.attach_failed(e.attach_reason());
+                    }
+                    if let Some(meta) = resumed {
+                        self.interrupted.insert(id.clone(), meta);
+                    }
+                    tracing::warn!(pod = %pod.name_any(), container = %key.container, error = %e, "not recording yet");
                 }
-                tracing::warn!(pod = %pod.name_any(), container = %key.container, error = %e, "not recording yet");
             }
         }
+        // A container that stopped running (or stopped being selected) is no longer attached
+        // to: its failure is over, and [`Control::report`] drops a record left without history.
+        self.failures.retain(|id, _| running.contains_key(id));
         // Histories a killed agent left whose container did not survive it: closed as they are.
         let gone: Vec<String> = self
             .interrupted
@@ -435,6 +451,58 @@ impl Control {
             }
             self.report_status(&id, &meta).await;
         }
+        let failures: Vec<(String, AttachFailure)> = self
+            .failures
+            .iter()
+            .filter(|(id, _)| !self.catalog.contains(id))
+            .map(|(id, f)| (id.clone(), f.clone()))
+            .collect();
+        for (id, failure) in failures {
+            let key = format!("{}/{}", failure.namespace, failure.record_name);
+            match records.get(&key) {
+                Some(record) if record.metadata.deletion_timestamp.is_some() => continue,
+                Some(_) => {}
+                None => {
+                    let Some(recording) = recordings.iter().find(|r| {
+                        r.name_any() == failure.spec.recording
+                            && r.namespace().as_deref() == Some(&failure.namespace)
+                    }) else {
+                        continue;
+                    };
+                    let record = record_of(&failure.record_name, failure.spec.clone(), recording);
+                    if let Err(e) = self.apply_record(&failure.namespace, &record).await {
+                        tracing::warn!(record = %key, error = %e, "creating the ContainerRecord");
+                        continue;
+                    }
+                }
+            }
+            let status = failed_status(None, &failure.message);
+            self.write_status(&id, &failure.namespace, &failure.record_name, status)
+                .await;
+        }
+        // A Failed record with neither a history nor a current failure (its container stopped
+        // before any attach succeeded, or a previous agent wrote it): nothing was recorded, so
+        // nothing is kept, and its Recording stops reporting a failure that is over.
+        for (key, record) in &records {
+            let id = DeathKey::of_record(record).id();
+            let failed = record.status.as_ref().and_then(|s| s.phase) == Some(RecordPhase::Failed);
+            if !failed
+                || record.metadata.deletion_timestamp.is_some()
+                || self.catalog.contains(&id)
+                || self.failures.contains_key(&id)
+            {
+                continue;
+            }
+            tracing::info!(record = %key, "its container is no longer running and was never recorded: deleting the record");
+            self.reported.remove(&id);
+            let api: Api<ContainerRecord> =
+                Api::namespaced(self.client.clone(), &record.namespace().unwrap_or_default());
+            match api.delete(&record.name_any(), &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => tracing::warn!(record = %key, error = %e, "deleting a Failed record"),
+            }
+        }
     }
 
     async fn create_record(
@@ -442,12 +510,20 @@ impl Control {
         meta: &IncarnationMeta,
         recording: &Recording,
     ) -> Result<(), kube::Error> {
-        let api: Api<ContainerRecord> = Api::namespaced(self.client.clone(), &meta.namespace);
-        let record = record_of(meta, recording, &self.node);
+        let record = record_of(&meta.record_name, spec_of(meta, &self.node), recording);
+        self.apply_record(&meta.namespace, &record).await
+    }
+
+    async fn apply_record(
+        &self,
+        namespace: &str,
+        record: &ContainerRecord,
+    ) -> Result<(), kube::Error> {
+        let api: Api<ContainerRecord> = Api::namespaced(self.client.clone(), namespace);
         api.patch(
-            &meta.record_name,
+            &record.name_any(),
             &PatchParams::apply(AGENT_MANAGER).force(),
-            &Patch::Apply(&record),
+            &Patch::Apply(record),
         )
         .await?;
         Ok(())
@@ -460,10 +536,27 @@ impl Control {
             self.catalog.is_live(id),
             &self.advertise,
         );
+        // A kept history the agent fails to continue: still served, but not being recorded.
+        let status = match self.failures.get(id) {
+            Some(failure) => failed_status(Some(status), &failure.message),
+            None => status,
+        };
+        self.write_status(id, &meta.namespace, &meta.record_name, status)
+            .await;
+    }
+
+    /// Applies `status` to the record, unless it is what was last sent.
+    async fn write_status(
+        &mut self,
+        id: &str,
+        namespace: &str,
+        record_name: &str,
+        status: ContainerRecordStatus,
+    ) {
         if self.reported.get(id) == Some(&status) {
             return;
         }
-        let api: Api<ContainerRecord> = Api::namespaced(self.client.clone(), &meta.namespace);
+        let api: Api<ContainerRecord> = Api::namespaced(self.client.clone(), namespace);
         // Only the status goes to the status subresource: a whole typed object would make this
         // field manager claim the spec there too.
         let patch = json!({
@@ -473,7 +566,7 @@ impl Control {
         });
         match api
             .patch_status(
-                &meta.record_name,
+                record_name,
                 &PatchParams::apply(AGENT_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
@@ -482,7 +575,7 @@ impl Control {
             Ok(_) => {
                 self.reported.insert(id.to_string(), status);
             }
-            Err(e) => tracing::warn!(record = %meta.record_name, error = %e, "reporting status"),
+            Err(e) => tracing::warn!(record = %record_name, error = %e, "reporting status"),
         }
     }
 
@@ -625,27 +718,63 @@ where
     cache
 }
 
-/// The ContainerRecord that reports `meta`'s history, owned by its Recording.
-fn record_of(meta: &IncarnationMeta, recording: &Recording, node: &str) -> ContainerRecord {
-    let mut record = ContainerRecord::new(
-        &meta.record_name,
-        ContainerRecordSpec {
-            recording: meta.recording.clone(),
+/// What the record of `meta`'s history says it records.
+fn spec_of(meta: &IncarnationMeta, node: &str) -> ContainerRecordSpec {
+    ContainerRecordSpec {
+        recording: meta.recording.clone(),
+        pod: PodRef {
+            name: meta.pod_name.clone(),
+            uid: meta.pod_uid.clone(),
+        },
+        container: meta.container.clone(),
+        container_id: meta.container_id.clone(),
+        restart_count: meta.restart_count,
+        node: node.to_string(),
+    }
+}
+
+/// The failure of attaching to the container `status` reports, for its record: the same record
+/// (name and spec) that the history would have had.
+fn attach_failure(
+    key: &DeathKey,
+    pod: &Pod,
+    rec: &Recording,
+    status: &ContainerStatus,
+    node: &str,
+    error: &AgentError,
+) -> AttachFailure {
+    let pod_name = pod.name_any();
+    AttachFailure {
+        namespace: pod.namespace().unwrap_or_default(),
+        record_name: key.record_name(&pod_name),
+        spec: ContainerRecordSpec {
+            recording: rec.name_any(),
             pod: PodRef {
-                name: meta.pod_name.clone(),
-                uid: meta.pod_uid.clone(),
+                name: pod_name,
+                uid: key.pod_uid.clone(),
             },
-            container: meta.container.clone(),
-            container_id: meta.container_id.clone(),
-            restart_count: meta.restart_count,
+            container: key.container.clone(),
+            container_id: key.container_id.clone(),
+            restart_count: status.restart_count,
             node: node.to_string(),
         },
-    );
+        message: error.to_string(),
+    }
+}
+
+/// The ContainerRecord `record_name` with `spec`, owned by its Recording.
+fn record_of(
+    record_name: &str,
+    spec: ContainerRecordSpec,
+    recording: &Recording,
+) -> ContainerRecord {
+    let recording_name = spec.recording.clone();
+    let mut record = ContainerRecord::new(record_name, spec);
     record.metadata = ObjectMeta {
-        name: Some(meta.record_name.clone()),
+        name: Some(record_name.to_string()),
         labels: Some(BTreeMap::from([(
             RECORDING_LABEL.to_string(),
-            meta.recording.clone(),
+            recording_name,
         )])),
         finalizers: Some(vec![NODE_DATA_FINALIZER.to_string()]),
         owner_references: Some(vec![OwnerReference {
@@ -689,6 +818,16 @@ fn status_of(
     }
 }
 
+/// The status of a record whose container the agent could not attach to: `history` is what the
+/// status of a kept history says (one a previous agent left), None when nothing was recorded.
+fn failed_status(history: Option<ContainerRecordStatus>, message: &str) -> ContainerRecordStatus {
+    ContainerRecordStatus {
+        phase: Some(RecordPhase::Failed),
+        message: Some(message.to_string()),
+        ..history.unwrap_or_default()
+    }
+}
+
 /// A wall-clock time in ns since the epoch as the API's Time (out of range: the epoch).
 fn time(wall_ns: i128) -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_nanosecond(wall_ns).unwrap_or_default())
@@ -727,7 +866,9 @@ mod tests {
             "spec": { "selector": {} },
         }))
         .unwrap();
-        let record = serde_json::to_value(record_of(&meta(), &recording, "node-a")).unwrap();
+        let meta = meta();
+        let record = record_of(&meta.record_name, spec_of(&meta, "node-a"), &recording);
+        let record = serde_json::to_value(record).unwrap();
         assert_eq!(record["apiVersion"], "diffkeeper.io/v1alpha1");
         assert_eq!(record["kind"], "ContainerRecord");
         assert_eq!(record["metadata"]["labels"][RECORDING_LABEL], "rec");
@@ -777,5 +918,60 @@ mod tests {
             serde_json::to_value(&done).unwrap()["endedAt"],
             "2026-01-01T00:01:00Z"
         );
+    }
+
+    #[test]
+    fn a_failed_attach_is_reported_as_failed_with_the_errors_text() {
+        let read_only = std::io::Error::new(
+            std::io::ErrorKind::ReadOnlyFilesystem,
+            "creating /var/lib/diffkeeper/containers/x: Read-only file system (os error 30)",
+        );
+        let error = AgentError::StateDir(read_only);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "web-1", "namespace": "shop", "uid": "uid-1" },
+        }))
+        .unwrap();
+        let recording: Recording = serde_json::from_value(json!({
+            "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+            "metadata": { "name": "rec", "namespace": "shop", "uid": "rec-uid" },
+            "spec": { "selector": {} },
+        }))
+        .unwrap();
+        let status: ContainerStatus = serde_json::from_value(json!({
+            "name": "app", "image": "busybox", "imageID": "", "ready": true,
+            "restartCount": 2, "containerID": "containerd://abc",
+        }))
+        .unwrap();
+        let key = DeathKey {
+            pod_uid: "uid-1".into(),
+            container: "app".into(),
+            container_id: "containerd://abc".into(),
+        };
+        let failure = attach_failure(&key, &pod, &recording, &status, "node-a", &error);
+        // The record a successful attach would have made: the same name and spec.
+        assert_eq!(failure.record_name, key.record_name("web-1"));
+        assert_eq!(failure.spec, spec_of(&meta(), "node-a"));
+        assert_eq!(
+            failure.message,
+            "cannot use the state dir: creating /var/lib/diffkeeper/containers/x: Read-only file \
+             system (os error 30); check that --state-dir is a writable host directory"
+        );
+
+        let fresh = failed_status(None, &failure.message);
+        assert_eq!(fresh.phase, Some(RecordPhase::Failed));
+        assert_eq!(fresh.message.as_deref(), Some(failure.message.as_str()));
+        assert_eq!(fresh.agent, None, "no history to serve");
+
+        // A history a previous agent left that cannot be continued: still served, but Failed.
+        let kept = status_of(&meta(), Progress::default(), false, "https://10.0.0.5:7443");
+        let locate = AgentError::Locate("no cgroup for container abc".into());
+        let failed = failed_status(Some(kept), &locate.to_string());
+        assert_eq!(failed.phase, Some(RecordPhase::Failed));
+        assert_eq!(failed.agent.as_deref(), Some("https://10.0.0.5:7443"));
+        assert_eq!(
+            failed.message.as_deref(),
+            Some("cannot locate the container: no cgroup for container abc")
+        );
+        assert_eq!(failed.gaps, 1);
     }
 }

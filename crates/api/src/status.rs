@@ -108,8 +108,10 @@ names! {
 }
 
 names! {
-    /// The `reason` of the Events the operator publishes about snapshots.
+    /// The `reason` of the Events the operator publishes about snapshots and failed attaches.
     EventReason {
+        /// An agent could not attach to a selected container (Warning, on the Recording).
+        AttachFailed,
         /// A snapshot's PVC and Pod were created.
         SnapshotStarted,
         /// A snapshot's files are in its PVC.

@@ -202,8 +202,41 @@ async fn apply(recording: &Recording, ctx: &Context) -> Result<Action, Error> {
     );
     if recording.status.as_ref() != Some(&status) {
         write_status(recording, &status, ctx).await?;
+        // After the write, and judged from the written status: an operator restart finds the
+        // failure already said and does not say it again.
+        if let Some(note) = new_attach_failure(recording.status.as_ref(), &status) {
+            publish(
+                ctx,
+                recording.object_ref(&()),
+                EventType::Warning,
+                EventReason::AttachFailed,
+                &note,
+            )
+            .await;
+        }
     }
     Ok(Action::requeue(requeue_after(&observed)))
+}
+
+/// The Degraded message when `now` says an attach failure that `before` did not (a new failure,
+/// or another container failing), else None.
+pub(crate) fn new_attach_failure(
+    before: Option<&RecordingStatus>,
+    now: &RecordingStatus,
+) -> Option<String> {
+    let attach_failed = |status: &RecordingStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| {
+                c.type_ == ConditionType::Degraded.as_str()
+                    && c.status == "True"
+                    && c.reason == ConditionReason::AttachFailed.as_str()
+            })
+            .map(|c| c.message.clone())
+    };
+    let said = attach_failed(now)?;
+    (before.and_then(attach_failed).as_ref() != Some(&said)).then_some(said)
 }
 
 /// What one reconcile saw and did: everything the status is computed from.
@@ -252,6 +285,10 @@ async fn observe_and_snapshot(recording: &Recording, ctx: &Context) -> Result<Ob
                 .await?
                 .filter(|p| p.uid().as_deref() == Some(&record.spec.pod.uid)),
         };
+        // Nothing was recorded of a container its agent could not attach to: no snapshot.
+        if record.status.as_ref().and_then(|s| s.phase) == Some(RecordPhase::Failed) {
+            continue;
+        }
         let Some(death) = death_of(record, pod.as_ref()) else {
             continue;
         };
@@ -771,11 +808,15 @@ async fn publish(
     reason: EventReason,
     note: &str,
 ) {
+    let action = match reason {
+        EventReason::AttachFailed => "Record",
+        _ => "Snapshot",
+    };
     let event = KubeEvent {
         type_,
         reason: reason.as_str().into(),
         note: Some(note.chars().take(1000).collect()),
-        action: "Snapshot".into(),
+        action: action.into(),
         secondary: None,
     };
     // Events are for people; losing one must not fail or repeat the reconcile.
@@ -965,5 +1006,33 @@ mod tests {
             find(&flipped, ConditionType::Ready).last_transition_time,
             at(0)
         );
+    }
+
+    #[test]
+    fn an_attach_failure_is_announced_once_and_again_when_it_changes() {
+        let failing = |message: &str| Observed {
+            matched_pods: 1,
+            records: vec![record(
+                "web-1",
+                json!({ "phase": "Failed", "message": message }),
+            )],
+            ..Default::default()
+        };
+        let mut rec = recording();
+        let first = desired_status(&rec, &failing("read-only state dir"), at(0));
+        assert_eq!(
+            new_attach_failure(None, &first).as_deref(),
+            Some("web-1/app: read-only state dir")
+        );
+        rec.status = Some(first.clone());
+        let same = desired_status(&rec, &failing("read-only state dir"), at(60));
+        assert_eq!(new_attach_failure(Some(&first), &same), None);
+        let other = desired_status(&rec, &failing("no cgroup"), at(60));
+        assert_eq!(
+            new_attach_failure(Some(&first), &other).as_deref(),
+            Some("web-1/app: no cgroup")
+        );
+        let healthy = desired_status(&rec, &Observed::default(), at(120));
+        assert_eq!(new_attach_failure(Some(&first), &healthy), None);
     }
 }

@@ -11,13 +11,19 @@
 //!    the container itself copied aside at that moment;
 //! 4. gRPC calls without credentials, or with a token not allowed to export, are refused;
 //! 5. the agent killed with SIGKILL and restarted mid-recording keeps recording, keeps what it
-//!    had flushed, and the hole is a marked gap in the log.
+//!    had flushed, and the hole is a marked gap in the log;
+//! 6. (issue 14) a selected container the agent cannot attach to, because the node's state dir
+//!    went read-only, gets a ContainerRecord in phase Failed saying so, and its Recording
+//!    Degraded=True/AttachFailed and a Warning Event; a container that ends meanwhile has its
+//!    Failed record deleted (nothing of it was recorded); once the state dir is writable again
+//!    the agent attaches and the record is Recording.
 //!
 //! Needs root, BPF, and what `scripts/e2e-apiserver.sh install` and `scripts/e2e-runtime.sh
 //! install` bring, plus the workspace's binaries built (`cargo build --workspace --bins`); it
 //! fails, never skips, without them.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -897,6 +903,240 @@ async fn scenarios(node: &mut Node) -> Result<Vec<String>> {
     Ok(timings)
 }
 
+/// A directory made read-only in place (a read-only bind mount over itself), as a host
+/// filesystem remounted read-only after I/O errors is, until dropped.
+struct ReadOnlyDir(PathBuf);
+
+impl ReadOnlyDir {
+    fn new(dir: &Path) -> Result<ReadOnlyDir> {
+        mount(&[OsStr::new("--bind"), dir.as_os_str(), dir.as_os_str()])?;
+        let guard = ReadOnlyDir(dir.to_path_buf());
+        mount(&[
+            OsStr::new("-o"),
+            OsStr::new("remount,bind,ro"),
+            dir.as_os_str(),
+        ])?;
+        Ok(guard)
+    }
+}
+
+impl Drop for ReadOnlyDir {
+    fn drop(&mut self) {
+        let status = Command::new("umount").arg(&self.0).status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!("cleanup: umount {} failed", self.0.display());
+        }
+    }
+}
+
+fn mount(args: &[&OsStr]) -> Result<()> {
+    let output = Command::new("mount").args(args).output()?;
+    ensure!(
+        output.status.success(),
+        "mount {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// The real kubectl against the test API server, as the admin; its stdout.
+fn kubectl(node: &Node, args: &[&str]) -> Result<String> {
+    let output = Command::new(&node.api_env["DK_E2E_KUBECTL"])
+        .arg("--kubeconfig")
+        .arg(&node.kubeconfig)
+        .args(["-n", NS])
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    ensure!(
+        output.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// 6: an attach that fails for a real reason is reported where people look, and retried.
+async fn attach_failure(node: &Node) -> Result<String> {
+    let t = Instant::now();
+    let recordings: Api<Recording> = Api::namespaced(node.client.clone(), NS);
+    recordings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+                "metadata": { "name": "stuck" },
+                "spec": {
+                    "selector": { "matchLabels": { "app": "stuck" } },
+                    "snapshot": { "onTermination": false },
+                },
+            }))?,
+        )
+        .await?;
+    // Where the agent makes each container's history: made at its start, read-only from now.
+    let histories = node.scratch.path().join("agent/containers");
+    wait_for("the agent's state dir", MINUTE, async || {
+        Ok(histories.is_dir().then_some(()))
+    })
+    .await?;
+    let read_only = ReadOnlyDir::new(&histories)?;
+    node.run_pod(
+        "stuck",
+        json!({"app": "stuck"}),
+        json!({}),
+        "trap 'exit 0' TERM; mkdir -p /data; while true; do date > /data/now; sleep 0.2; done",
+    )
+    .await?;
+    // One that ends while it cannot be attached to: nothing of it was recorded.
+    node.run_pod("fleeting", json!({"app": "stuck"}), json!({}), "sleep 6")
+        .await?;
+    // `pod/container phase: message`, one line per record.
+    let records_said = || -> Result<Vec<String>> {
+        let template = "{range .items[*]}{.spec.pod.name}/{.spec.container} {.status.phase}: \
+                        {.status.message}{\"\\n\"}{end}";
+        let said = kubectl(
+            node,
+            &[
+                "get",
+                "crec",
+                "-ldiffkeeper.io/recording=stuck",
+                &format!("-ojsonpath={template}"),
+            ],
+        )?;
+        Ok(said.lines().map(|l| l.trim_end().to_string()).collect())
+    };
+    let said = wait_for(
+        "stuck's and fleeting's ContainerRecords in phase Failed",
+        MINUTE,
+        async || {
+            let said = records_said()?;
+            let failed = ["stuck/app Failed: ", "fleeting/app Failed: "]
+                .iter()
+                .all(|start| said.iter().any(|l| l.starts_with(start)));
+            Ok(failed.then_some(said))
+        },
+    )
+    .await?;
+    let failed = said
+        .iter()
+        .find(|l| l.starts_with("stuck/"))
+        .context("stuck's record")?;
+    for cause in [
+        "cannot use the state dir",
+        "Read-only file system",
+        histories.to_str().unwrap(),
+    ] {
+        ensure!(
+            failed.contains(cause),
+            "the record does not say {cause:?}: {failed}"
+        );
+    }
+    let degraded = "-ojsonpath={.status.conditions[?(@.type==\"Degraded\")]}";
+    let condition = wait_for(
+        "Recording stuck Degraded by AttachFailed",
+        MINUTE,
+        async || {
+            let said = kubectl(node, &["get", "recording", "stuck", degraded])?;
+            let condition: serde_json::Value = match serde_json::from_str(&said) {
+                Ok(c) => c,
+                Err(_) => return Ok(None),
+            };
+            // Once the operator has seen stuck's record fail, not only fleeting's.
+            let said_stuck = condition["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("stuck/app: "));
+            Ok((condition["reason"] == "AttachFailed" && said_stuck).then_some(condition))
+        },
+    )
+    .await?;
+    ensure!(
+        condition["status"] == "True"
+            && condition["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("stuck/app: ") && m.contains("Read-only file system")),
+        "the Degraded condition: {condition}"
+    );
+    let event = wait_for("a Warning AttachFailed Event on Recording stuck", MINUTE, async || {
+        let said = kubectl(
+            node,
+            &[
+                "get",
+                "events",
+                "--field-selector=reason=AttachFailed,involvedObject.kind=Recording,involvedObject.name=stuck",
+                "-ojsonpath={range .items[*]}{.type} {.message}{\"\\n\"}{end}",
+            ],
+        )?;
+        Ok(said.contains("stuck/app: ").then_some(said))
+    })
+    .await?;
+    ensure!(
+        event.starts_with("Warning ") && event.contains("Read-only file system"),
+        "the AttachFailed Event: {event}"
+    );
+    node.wait_phase("fleeting", "Succeeded", MINUTE).await?;
+    wait_for(
+        "fleeting's Failed record deleted once its container ended",
+        MINUTE,
+        async || {
+            let said = records_said()?;
+            let gone = !said.iter().any(|l| l.starts_with("fleeting/"));
+            Ok(gone.then_some(()))
+        },
+    )
+    .await?;
+    // Retried every second meanwhile, and each container counted once.
+    let metrics = node.scrape_agent()?;
+    let failures = sample(
+        &metrics,
+        "diffkeeper_attach_failures_total",
+        &[("reason", "store")],
+    )?;
+    ensure!(
+        failures == 2.0,
+        "attach failures counted: {failures}\n{metrics}"
+    );
+
+    // The state dir is writable again: the next attempt records the container.
+    drop(read_only);
+    let recording_now = wait_for(
+        "stuck's ContainerRecord in phase Recording",
+        MINUTE,
+        async || {
+            let said = records_said()?;
+            let recording = said.iter().any(|l| l.starts_with("stuck/app Recording"));
+            Ok(recording.then_some(said))
+        },
+    )
+    .await?;
+    ensure!(
+        recording_now == ["stuck/app Recording:"],
+        "the records after the failure: {recording_now:?}"
+    );
+    wait_for("Recording stuck no longer Degraded", MINUTE, async || {
+        let said = kubectl(node, &["get", "recording", "stuck", degraded])?;
+        let condition: serde_json::Value = serde_json::from_str(&said).unwrap_or_default();
+        Ok((condition["reason"] == "Healthy").then_some(()))
+    })
+    .await?;
+
+    node.pods()
+        .delete("stuck", &DeleteParams::default())
+        .await?;
+    recordings.delete("stuck", &DeleteParams::default()).await?;
+    wait_for("Recording stuck to be deleted", MINUTE, async || {
+        Ok(recordings.get_opt("stuck").await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(format!("attach failure and recovery {:.1?}", t.elapsed()))
+}
+
+async fn all_scenarios(node: &mut Node) -> Result<Vec<String>> {
+    let mut timings = vec![attach_failure(node).await?];
+    timings.extend(scenarios(node).await?);
+    Ok(timings)
+}
+
 /// The directory name of a record's history on the node.
 fn history_id(record: &ContainerRecord) -> String {
     diffkeeper_api::DeathKey::of_record(record).id()
@@ -905,7 +1145,7 @@ fn history_id(record: &ContainerRecord) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_snapshots_real_containers_on_a_node() -> Result<()> {
     let mut node = Node::start().await?;
-    match scenarios(&mut node).await {
+    match all_scenarios(&mut node).await {
         Ok(timings) => {
             node.shut_down().await?;
             println!("timings: {}", timings.join("; "));
