@@ -17,17 +17,11 @@ fn append(writer: &mut Writer, time: u64, op: Op) {
         .unwrap();
 }
 
-#[test]
-fn a_view_of_a_live_recording_sees_what_was_committed_then() {
-    let tmp = tempfile::tempdir().unwrap();
-    let info = RecordingInfo {
-        started_mono_ns: 1_000,
-        ..RecordingInfo::default()
-    };
-    let mut writer = Writer::create(tmp.path(), info).unwrap();
+/// `/f` created holding "first" (events 1 and 2), committed; returns its node.
+fn commit_first(writer: &mut Writer) -> diffkeeper_store::NodeId {
     let node = writer.new_node();
     append(
-        &mut writer,
+        writer,
         2_000,
         Op::Create {
             node,
@@ -36,7 +30,7 @@ fn a_view_of_a_live_recording_sees_what_was_committed_then() {
         },
     );
     append(
-        &mut writer,
+        writer,
         3_000,
         Op::Write {
             node,
@@ -45,6 +39,18 @@ fn a_view_of_a_live_recording_sees_what_was_committed_then() {
         },
     );
     writer.commit().unwrap();
+    node
+}
+
+#[test]
+fn a_view_of_a_live_recording_sees_what_was_committed_then() {
+    let tmp = tempfile::tempdir().unwrap();
+    let info = RecordingInfo {
+        started_mono_ns: 1_000,
+        ..RecordingInfo::default()
+    };
+    let mut writer = Writer::create(tmp.path(), info).unwrap();
+    let node = commit_first(&mut writer);
     let early = writer.reader().unwrap();
 
     append(
@@ -86,26 +92,7 @@ fn another_reader_opens_a_live_recording_through_its_writer() {
     let dir = tmp.path().join("a".repeat(60)).join("b".repeat(60));
     let mut writer = Writer::create(&dir, RecordingInfo::default()).unwrap();
     let server = writer.serve_live().unwrap();
-    let node = writer.new_node();
-    append(
-        &mut writer,
-        2_000,
-        Op::Create {
-            node,
-            path: path("/f"),
-            mode: 0o644,
-        },
-    );
-    append(
-        &mut writer,
-        3_000,
-        Op::Write {
-            node,
-            offset: 0,
-            data: b"first".to_vec(),
-        },
-    );
-    writer.commit().unwrap();
+    let node = commit_first(&mut writer);
 
     let early = Store::open(&dir).unwrap();
     assert_eq!(early.live_recorder(), Some(std::process::id()));
