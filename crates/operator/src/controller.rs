@@ -104,13 +104,7 @@ pub async fn run(
     let store = controller.store();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(
-            client,
-            Reporter {
-                controller: OPERATOR_MANAGER.into(),
-                instance: None,
-            },
-        ),
+        recorder: Recorder::new(client, reporter()),
         metrics,
         template,
         recordings: store.clone(),
@@ -801,6 +795,13 @@ async fn cleanup(recording: &Recording, ctx: &Context) -> Result<Action, Error> 
     Ok(Action::await_change())
 }
 
+fn reporter() -> Reporter {
+    Reporter {
+        controller: OPERATOR_MANAGER.into(),
+        instance: None,
+    }
+}
+
 async fn publish(
     ctx: &Context,
     regarding: ObjectReference,
@@ -819,8 +820,19 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
+    // kube's Recorder folds an Event into the series of an earlier one with the same reason
+    // and action, and keeps that one's note: a second container failing would be announced
+    // with the first one's message. An attach failure is published only when its message
+    // changes, so it needs no folding: a Recorder of its own, with nothing to fold into.
+    let published = match reason {
+        EventReason::AttachFailed => {
+            let fresh = Recorder::new(ctx.client.clone(), reporter());
+            fresh.publish(&event, &regarding).await
+        }
+        _ => ctx.recorder.publish(&event, &regarding).await,
+    };
     // Events are for people; losing one must not fail or repeat the reconcile.
-    if let Err(e) = ctx.recorder.publish(&event, &regarding).await {
+    if let Err(e) = published {
         warn!(error = %e, %reason, "could not publish an Event");
     }
 }
