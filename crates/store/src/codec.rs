@@ -51,6 +51,8 @@ pub(crate) const META_FORMAT: &[u8] = b"mformat";
 pub(crate) const META_COMMITTED: &[u8] = b"mcommitted";
 pub(crate) const META_NEXT_NODE: &[u8] = b"mnext_node";
 pub(crate) const META_END: &[u8] = b"mend";
+/// bincode([`crate::Scope`]): the paths the recording was limited to; absent means all.
+pub(crate) const META_SCOPE: &[u8] = b"mscope";
 /// bincode((segment, offset)): where the segment data ends that the committed index may refer
 /// to. A resumed writer refuses segments shorter than that (they lost durable data).
 pub(crate) const META_SEGMENT_END: &[u8] = b"msegend";

@@ -38,6 +38,41 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The paths a recording was limited to, as globs on the recorded path (`/var/log/**`): the
+/// history holds nothing of a path outside it, and readers say so. Written once, after
+/// creation; a recording without one recorded every path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Scope {
+    /// Only paths matching one of these (or lying below a match); empty means every path.
+    pub include: Vec<String>,
+    /// Never paths matching one of these (or lying below a match), even if included.
+    pub exclude: Vec<String>,
+}
+
+impl Scope {
+    /// Whether this scope records every path.
+    pub fn is_everything(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+}
+
+impl std::fmt::Display for Scope {
+    /// "only /var/log/**, not /tmp/**": what a person reads beside an export.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_everything() {
+            return f.write_str("every path");
+        }
+        if !self.include.is_empty() {
+            write!(f, "only {}", self.include.join(", "))?;
+        }
+        if !self.exclude.is_empty() {
+            let sep = if self.include.is_empty() { "" } else { "; " };
+            write!(f, "{sep}not {}", self.exclude.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 /// What was recorded, where and when; written once when the recording is created.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RecordingInfo {
@@ -151,6 +186,7 @@ fn require_recording_dir(dir: &Path) -> Result<(), StoreError> {
 /// Metadata every reader and resuming writer starts from.
 struct Meta {
     info: RecordingInfo,
+    scope: Scope,
     format: u32,
     committed: u64,
     next_node: u64,
@@ -178,8 +214,13 @@ fn read_meta(dir: &Path, db: &sled::Db) -> Result<Meta, StoreError> {
             supported: codec::FORMAT_VERSION,
         });
     }
+    let scope = match db.get(codec::META_SCOPE)? {
+        Some(raw) => codec::decode("the recording's scope", &raw)?,
+        None => Scope::default(),
+    };
     Ok(Meta {
         info,
+        scope,
         format: format as u32,
         committed: u64_of(codec::META_COMMITTED, "the committed seq")?.unwrap_or(0),
         next_node: u64_of(codec::META_NEXT_NODE, "the next node id")?.unwrap_or(1),

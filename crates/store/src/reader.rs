@@ -20,6 +20,7 @@ pub struct Store {
     pub(crate) records: Records,
     pub(crate) clock: Clock,
     info: RecordingInfo,
+    scope: crate::Scope,
     span: Span,
     _db: sled::Db,
     /// The private copy of the index `_db` was opened from (shared with views), removed once
@@ -101,6 +102,7 @@ impl Store {
             records,
             clock,
             info: meta.info,
+            scope: meta.scope,
             span,
             _db: db,
             index_copy,
@@ -143,6 +145,11 @@ impl Store {
 
     pub fn info(&self) -> &RecordingInfo {
         &self.info
+    }
+
+    /// The paths this recording was limited to: nothing outside them was recorded.
+    pub fn scope(&self) -> &crate::Scope {
+        &self.scope
     }
 
     pub fn span(&self) -> Span {

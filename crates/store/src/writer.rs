@@ -709,6 +709,13 @@ impl Writer {
         Ok((codec::keyframe_key(node, seq), codec::encode(&keyframe)))
     }
 
+    /// Limits the recording to `scope` (readers say what lay outside it). Set once, before
+    /// anything is recorded; a resumed recording keeps the one it had.
+    pub fn set_scope(&mut self, scope: &crate::Scope) -> Result<(), StoreError> {
+        self.db.insert(codec::META_SCOPE, codec::encode(scope))?;
+        Ok(())
+    }
+
     /// Commits and makes everything committed durable on disk.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         self.commit()?;
