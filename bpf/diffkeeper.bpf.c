@@ -91,14 +91,37 @@ struct {
 	__uint(max_entries, 16 << 20); /* resized by the loader */
 } events SEC(".maps");
 
+/* What one recording asks of the kernel side (a Recording's spec, `record`'s flags). */
+struct cgroup_settings {
+	__u64 max_write_capture; /* bytes per syscall; above: read back instead */
+	__u32 scoped;            /* limited to some paths: files outside are in skipped_files */
+	__u32 _pad;
+};
+
 /* cgroup v2 ids being recorded. A process is recorded when its cgroup, or an ancestor at one of
  * the levels in filter_levels, is here: so a container's sub-cgroups are covered too. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
-	__type(value, __u8);
+	__type(value, struct cgroup_settings);
 } recorded_cgroups SEC(".maps");
+
+/* Kept by user space across all recordings, so that a write asks for its recording's settings
+ * only when one could apply: the smallest max_write_capture of any, and whether any is scoped. */
+struct filter_knobs {
+	__u64 cap_floor;
+	__u32 scoped;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct filter_knobs);
+} filter_knobs SEC(".maps");
+
 
 /* Bit L set: some recorded cgroup sits at hierarchy level L. Kept by user space. */
 struct {
@@ -167,6 +190,16 @@ struct {
 	__type(key, struct unsent_key);
 	__type(value, struct unsent_name);
 } unsent_names SEC(".maps");
+
+/* Files outside their recording's scope, keyed like unsent_names: their writes are not copied
+ * into the ring. User space adds one when it first sees the file's name outside the scope and
+ * removes it when the file moves in; an entry evicted only costs copies user space drops. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct unsent_key);
+	__type(value, __u8);
+} skipped_files SEC(".maps");
 
 /* Records lost, per recorded cgroup: one recording's losses put a gap in its own history only.
  * User space adds an entry when it starts recording a cgroup and removes it after. */
@@ -866,6 +899,27 @@ static long payload_step(__u64 i, void *ctx)
 	return payload_step_at(ctx) ? 1 : 0;
 }
 
+enum { WANT_BYTES, WANT_READ_BACK, WANT_NOTHING };
+
+/* What the current task's recording wants of a write of `len` bytes to `key`: nothing if the
+ * file lies outside its scope, a read-back if it is larger than its max_write_capture. Out of
+ * line, and only called when filter_knobs says some recording could want less than the bytes. */
+__noinline int recording_wants(struct file_key *key, __u64 len)
+{
+	if (!key)
+		return WANT_BYTES;
+	__u64 owner = recorded_owner();
+	struct cgroup_settings *cs = bpf_map_lookup_elem(&recorded_cgroups, &owner);
+	if (!cs)
+		return WANT_BYTES;
+	if (cs->scoped) {
+		struct unsent_key k = {.cgroup = owner, .dev = key->dev, .ino = key->ino};
+		if (bpf_map_lookup_elem(&skipped_files, &k))
+			return WANT_NOTHING;
+	}
+	return len > cs->max_write_capture ? WANT_READ_BACK : WANT_BYTES;
+}
+
 /* Common tail of write, pwrite64, writev, pwritev, pwritev2. `pos` is the explicit offset, or
  * -1 for "the file position". */
 __noinline int on_write(long fd, __u64 buf, __u64 iov_cnt, __s64 pos, long ret)
@@ -895,6 +949,17 @@ __noinline int on_write(long fd, __u64 buf, __u64 iov_cnt, __s64 pos, long ret)
 	if (!send_inode(&ff, 0, ts)) {
 		set_dirty(p.key.dev, p.key.ino, DK_DIRTY_LOST, BPF_ANY);
 		return 0;
+	}
+	__u32 zero = 0;
+	struct filter_knobs *knobs = bpf_map_lookup_elem(&filter_knobs, &zero);
+	if (knobs && (knobs->scoped || (__u64)ret > knobs->cap_floor)) {
+		switch (recording_wants(&ff.key, ret)) {
+		case WANT_NOTHING:
+			return 0;
+		case WANT_READ_BACK:
+			mark_dirty(&ff, DK_DIRTY_CAP, ts);
+			return 0;
+		}
 	}
 	if ((__u64)ret > max_write_capture) {
 		mark_dirty(&ff, DK_DIRTY_CAP, ts);

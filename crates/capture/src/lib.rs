@@ -13,5 +13,7 @@ mod wire;
 
 pub use drain::RingDrain;
 pub use event::{Assembler, Change, DirtyReason, Event, FileKey, Origin, Owner, TimeSet};
-pub use probe::{CaptureError, CgroupLosses, Counters, Probe, ProbeConfig, RingReader};
+pub use probe::{
+    CaptureError, CgroupLosses, CgroupSettings, Counters, Probe, ProbeConfig, RingReader,
+};
 pub use wire::WireError;

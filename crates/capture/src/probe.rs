@@ -1,7 +1,10 @@
 //! Loading, attaching and reading the kernel programs.
 
 use crate::event::{Assembler, DirtyReason, Event, FileKey};
-use crate::wire::{self, dirty_mark, file_key, loss_counts, maps, unsent_key, unsent_name};
+use crate::wire::{
+    self, cgroup_settings, dirty_mark, file_key, filter_knobs, loss_counts, maps, unsent_key,
+    unsent_name,
+};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -96,6 +99,26 @@ impl Default for ProbeConfig {
     }
 }
 
+/// What one recorded cgroup asks of the kernel side, beyond the probe's [`ProbeConfig`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupSettings {
+    /// Its writes larger than this are not copied but read back (the probe's own
+    /// `max_write_capture` still bounds every recording).
+    pub max_write_capture: u64,
+    /// The recording keeps only some paths: the kernel drops the writes of the files user
+    /// space names with [`Probe::skip_file`].
+    pub scoped: bool,
+}
+
+impl Default for CgroupSettings {
+    fn default() -> Self {
+        CgroupSettings {
+            max_write_capture: u64::MAX,
+            scoped: false,
+        }
+    }
+}
+
 /// Kernel-side counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -131,7 +154,8 @@ pub struct Probe {
     ebpf: Ebpf,
     /// None once taken by [`Probe::take_reader`].
     reader: Option<RingReader>,
-    levels: std::collections::HashMap<u64, u32>,
+    /// Each recorded cgroup's hierarchy level and settings, to keep the kernel's summaries.
+    recorded: std::collections::HashMap<u64, (u32, CgroupSettings)>,
 }
 
 /// The reading end of the ring buffer. It can leave the probe (see [`Probe::take_reader`]) so
@@ -234,13 +258,23 @@ impl Probe {
                 assembler: Assembler::default(),
                 drained_bytes: 0,
             }),
-            levels: Default::default(),
+            recorded: Default::default(),
         })
     }
 
     /// Records the processes of cgroup v2 `id` (and of its descendants). `level` is the cgroup's
     /// depth below the cgroup2 root (the root is 0).
     pub fn record_cgroup(&mut self, id: u64, level: u32) -> Result<(), CaptureError> {
+        self.record_cgroup_with(id, level, CgroupSettings::default())
+    }
+
+    /// [`Probe::record_cgroup`], with settings of this recording's own.
+    pub fn record_cgroup_with(
+        &mut self,
+        id: u64,
+        level: u32,
+        settings: CgroupSettings,
+    ) -> Result<(), CaptureError> {
         // Its loss counters first: a loss between the two inserts is then counted, not missed.
         let losses = maps::CGROUP_LOSSES;
         let zero = loss_counts {
@@ -250,19 +284,24 @@ impl Probe {
         let mut counts: HashMap<_, u64, loss_counts> = self.hash_map(losses)?;
         counts.insert(id, zero, 0).map_err(map_error(losses))?;
         let name = maps::RECORDED_CGROUPS;
-        let mut cgroups: HashMap<_, u64, u8> = self.hash_map(name)?;
-        cgroups.insert(id, 1, 0).map_err(map_error(name))?;
-        self.levels.insert(id, level);
-        self.write_levels()
+        let value = cgroup_settings {
+            max_write_capture: settings.max_write_capture,
+            scoped: settings.scoped.into(),
+            _pad: 0,
+        };
+        let mut cgroups: HashMap<_, u64, cgroup_settings> = self.hash_map(name)?;
+        cgroups.insert(id, value, 0).map_err(map_error(name))?;
+        self.recorded.insert(id, (level, settings));
+        self.write_summaries()
     }
 
     /// Stops recording cgroup `id`.
     pub fn forget_cgroup(&mut self, id: u64) -> Result<(), CaptureError> {
         let name = maps::RECORDED_CGROUPS;
-        let mut cgroups: HashMap<_, u64, u8> = self.hash_map(name)?;
+        let mut cgroups: HashMap<_, u64, cgroup_settings> = self.hash_map(name)?;
         absent_is_fine(cgroups.remove(&id), name)?;
-        self.levels.remove(&id);
-        self.write_levels()?;
+        let scoped = self.recorded.remove(&id).is_some_and(|(_, s)| s.scoped);
+        self.write_summaries()?;
         // What the kernel kept aside for this recording is nobody else's.
         let losses = maps::CGROUP_LOSSES;
         let mut counts: HashMap<_, u64, loss_counts> = self.hash_map(losses)?;
@@ -279,20 +318,66 @@ impl Probe {
         for k in theirs {
             absent_is_fine(dirty.remove(&k), name)?;
         }
+        if scoped {
+            let name = maps::SKIPPED_FILES;
+            let mut skipped: HashMap<_, unsent_key, u8> = self.hash_map(name)?;
+            let theirs: Vec<unsent_key> = skipped
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.cgroup == id)
+                .collect();
+            for k in theirs {
+                absent_is_fine(skipped.remove(&k), name)?;
+            }
+        }
         Ok(())
     }
 
-    fn write_levels(&mut self) -> Result<(), CaptureError> {
+    /// Tells the kernel not to copy the writes of `file` for recorded cgroup `cgroup` (one
+    /// recorded with `scoped`): the file lies outside what that recording keeps.
+    pub fn skip_file(&mut self, cgroup: u64, file: FileKey) -> Result<(), CaptureError> {
+        let name = maps::SKIPPED_FILES;
+        let mut skipped: HashMap<_, unsent_key, u8> = self.hash_map(name)?;
+        skipped
+            .insert(skip_key(cgroup, file), 1, 0)
+            .map_err(map_error(name))
+    }
+
+    /// Undoes [`Probe::skip_file`]: the file moved into the recording's scope.
+    pub fn unskip_file(&mut self, cgroup: u64, file: FileKey) -> Result<(), CaptureError> {
+        let name = maps::SKIPPED_FILES;
+        let mut skipped: HashMap<_, unsent_key, u8> = self.hash_map(name)?;
+        absent_is_fine(skipped.remove(&skip_key(cgroup, file)), name)
+    }
+
+    /// The kernel's view across recordings: the levels recorded cgroups sit at, and whether any
+    /// recording might want less than every byte of a write (see `filter_knobs`).
+    fn write_summaries(&mut self) -> Result<(), CaptureError> {
         let mask = self
-            .levels
+            .recorded
             .values()
-            .filter(|l| **l < 16)
-            .fold(0u32, |m, l| m | (1 << l));
+            .filter(|(l, _)| *l < 16)
+            .fold(0u32, |m, (l, _)| m | (1 << l));
         let name = maps::FILTER_LEVELS;
         let mut levels: Array<_, u32> =
             Array::try_from(self.ebpf.map_mut(name).expect("map is in the object"))
                 .map_err(map_error(name))?;
-        levels.set(0, mask, 0).map_err(map_error(name))
+        levels.set(0, mask, 0).map_err(map_error(name))?;
+        let knobs = filter_knobs {
+            cap_floor: self
+                .recorded
+                .values()
+                .map(|(_, s)| s.max_write_capture)
+                .min()
+                .unwrap_or(u64::MAX),
+            scoped: self.recorded.values().any(|(_, s)| s.scoped).into(),
+            _pad: 0,
+        };
+        let name = maps::FILTER_KNOBS;
+        let mut map: Array<_, filter_knobs> =
+            Array::try_from(self.ebpf.map_mut(name).expect("map is in the object"))
+                .map_err(map_error(name))?;
+        map.set(0, knobs, 0).map_err(map_error(name))
     }
 
     fn hash_map<K: aya::Pod, V: aya::Pod>(
@@ -418,6 +503,15 @@ impl Probe {
         known
             .insert(file_key::from(file), 1, 0)
             .map_err(map_error(name))
+    }
+}
+
+fn skip_key(cgroup: u64, file: FileKey) -> unsent_key {
+    let k = file_key::from(file);
+    unsent_key {
+        cgroup,
+        dev: k.dev,
+        ino: k.ino,
     }
 }
 

@@ -90,9 +90,11 @@ pub(crate) mod maps {
     pub(crate) const UNSENT_NAMES: &str = "unsent_names";
     pub(crate) const COUNTERS: &str = "counters";
     pub(crate) const CGROUP_LOSSES: &str = "cgroup_losses";
+    pub(crate) const FILTER_KNOBS: &str = "filter_knobs";
+    pub(crate) const SKIPPED_FILES: &str = "skipped_files";
     /// Every map of the object, the kernel-only ones too.
     #[cfg(test)]
-    pub(crate) const ALL: [&str; 10] = [
+    pub(crate) const ALL: [&str; 12] = [
         EVENTS,
         RECORDED_CGROUPS,
         FILTER_LEVELS,
@@ -101,6 +103,8 @@ pub(crate) mod maps {
         UNSENT_NAMES,
         COUNTERS,
         CGROUP_LOSSES,
+        FILTER_KNOBS,
+        SKIPPED_FILES,
         "mmap_writers",
         "scratch_map",
     ];
@@ -263,6 +267,30 @@ pub(crate) struct loss_counts {
 
 // SAFETY: plain integers, no padding (checked against the object's BTF in the tests).
 unsafe impl aya::Pod for loss_counts {}
+
+/// `struct cgroup_settings` (bpf/diffkeeper.bpf.c): the value of `recorded_cgroups`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct cgroup_settings {
+    pub max_write_capture: u64,
+    pub scoped: u32,
+    pub _pad: u32,
+}
+
+// SAFETY: plain integers, the padding named (checked against the object's BTF in the tests).
+unsafe impl aya::Pod for cgroup_settings {}
+
+/// `struct filter_knobs` (bpf/diffkeeper.bpf.c): the one value of `filter_knobs`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct filter_knobs {
+    pub cap_floor: u64,
+    pub scoped: u32,
+    pub _pad: u32,
+}
+
+// SAFETY: plain integers, the padding named (checked against the object's BTF in the tests).
+unsafe impl aya::Pod for filter_knobs {}
 
 /// A record that does not match the wire format: a version skew between the object file and
 /// this crate, or a kernel bug. Counted and skipped by the caller.
@@ -489,6 +517,16 @@ pub(crate) mod contract {
                 cgroup
             }),
             layout!(loss_counts { lost, lost_ns }),
+            layout!(cgroup_settings {
+                max_write_capture,
+                scoped,
+                _pad
+            }),
+            layout!(filter_knobs {
+                cap_floor,
+                scoped,
+                _pad
+            }),
         ])
     }
 
