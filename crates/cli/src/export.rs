@@ -54,7 +54,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         no_owner: a.no_owner,
     };
     let seq = point.seq;
-    crate::warn_if_cut_short(&store);
+    crate::note_what_is_missing(&store);
     let summary = match a.format {
         Format::Dir => export_store_dir(&store, seq, None, &a.out, &opts)?,
         Format::Tar if a.out.as_os_str() == "-" => {

@@ -76,7 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Err(e)
         }
     })?;
-    crate::warn_if_cut_short(&store);
+    crate::note_what_is_missing(&store);
     Ok(())
 }
 

@@ -121,7 +121,15 @@ fn open_store(state: &StateDir) -> anyhow::Result<diffkeeper_store::Store> {
 /// its live recorder, as of now), or its recorder was killed (kill -9, OOM, a node lost) before
 /// it finished, so the history stops at its last commit and nothing after that moment was
 /// recorded.
-fn warn_if_cut_short(store: &diffkeeper_store::Store) {
+/// Says what a recording does not hold: paths outside its scope, and the end of a recording
+/// that is still running or was cut short.
+fn note_what_is_missing(store: &diffkeeper_store::Store) {
+    let scope = store.scope();
+    if !scope.is_everything() {
+        eprintln!(
+            "diffkeeper: note: this recording kept {scope}: other paths were not recorded, so              they are not shown"
+        );
+    }
     let span = store.span();
     if let Some(pid) = store.live_recorder() {
         eprintln!(

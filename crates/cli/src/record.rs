@@ -1,8 +1,10 @@
 //! `diffkeeper record`: run a command under the recorder.
 
+use anyhow::Context;
 use bytesize::ByteSize;
 use diffkeeper_capture::ProbeConfig;
-use diffkeeper_recorder::{record_local, LocalOptions};
+use diffkeeper_recorder::{record_local, LocalOptions, PathScope};
+use diffkeeper_store::Scope;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -25,6 +27,16 @@ pub struct Args {
     /// Largest write copied in the kernel; larger ones are read back from the file instead.
     #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_size)]
     max_write_capture: u64,
+    /// Record only paths matching this glob, or lying below a directory it matches
+    /// (`/work/out/**`, `/var/log`; `*` stays within one component, `**` crosses them).
+    /// Repeatable; without it every path is recorded.
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Never record paths matching this glob, or lying below a directory it matches
+    /// (`/tmp`, `**/*.o`), even if included. Repeatable. The kernel stops copying the writes
+    /// of such files.
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
     /// Kernel ring buffer size (a power of two). When it fills, records are lost and the
     /// affected files are read back from disk instead.
     #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_size)]
@@ -47,6 +59,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             a.ring_size
         );
     }
+    let scope = PathScope::new(Scope {
+        include: a.include,
+        exclude: a.exclude,
+    })
+    .context("--include/--exclude")?;
     let opts = LocalOptions {
         state_dir: a.state.state_dir.clone(),
         command: a.command,
@@ -58,6 +75,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             max_write_capture: a.max_write_capture,
             ..ProbeConfig::default()
         },
+        scope,
     };
     let out = match record_local(&opts) {
         Ok(out) => out,

@@ -99,6 +99,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             summary.inexact.join(", ")
         );
     }
+    if !summary.scope.is_empty() {
+        eprintln!(
+            "diffkeeper: note: the Recording's spec.paths kept {}: other paths were not recorded",
+            summary.scope
+        );
+    }
     for skipped in &summary.skipped {
         eprintln!("diffkeeper: warning: left out {skipped}");
     }

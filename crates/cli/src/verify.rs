@@ -15,7 +15,7 @@ pub const EXIT_DAMAGED: i32 = 3;
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let store = crate::open_store(&a.state)?;
-    crate::warn_if_cut_short(&store);
+    crate::note_what_is_missing(&store);
     let found = store.verify()?;
     if found.damage.is_empty() {
         println!(

@@ -7,12 +7,14 @@ mod local;
 mod metadata;
 mod overlay;
 mod root_dir;
+mod scope;
 mod translate;
 
 pub use cgroup::{cgroup2_mount, CgroupError, RecordingCgroup};
 pub use local::{
     record_local, LocalOptions, LocalOutcome, StoppedEarly, DEFAULT_CWD_BASELINE_LIMIT,
 };
+pub use scope::{PathScope, ScopeError};
 pub use translate::{Recorder, RecorderStats, COMMIT_BYTES};
 
 use std::path::PathBuf;

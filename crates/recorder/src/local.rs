@@ -2,9 +2,10 @@
 //! descendant has exited.
 
 use crate::cgroup::RecordingCgroup;
+use crate::scope::PathScope;
 use crate::translate::{Recorder, RecorderStats};
 use crate::{monotonic_ns, wall_ns, RecordError};
-use diffkeeper_capture::{Counters, Probe, ProbeConfig, RingDrain};
+use diffkeeper_capture::{CgroupSettings, Counters, Probe, ProbeConfig, RingDrain};
 use diffkeeper_store::{Event, LiveServer, MarkerKind, Op, RecordingInfo, Writer};
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -25,6 +26,8 @@ pub struct LocalOptions {
     /// of files (see [`DEFAULT_CWD_BASELINE_LIMIT`]); explicit `baselines` are never limited.
     pub cwd_baseline_limit: u64,
     pub probe: ProbeConfig,
+    /// The paths to record (`--include`, `--exclude`); everything by default.
+    pub scope: PathScope,
 }
 
 /// A working directory this large is almost never the project being tested: it is a home
@@ -182,8 +185,13 @@ impl Run {
             .ok();
         let state_dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
         let cgroup = RecordingCgroup::create(&format!("rec-{}", std::process::id()))?;
-        let mut rec = Recorder::new(writer, "/".into(), vec![state_dir], cgroup.id());
-        probe.record_cgroup(cgroup.id(), cgroup.level())?;
+        let mut rec = Recorder::new(writer, "/".into(), vec![state_dir], cgroup.id())
+            .scoped(opts.scope.clone())?;
+        let settings = CgroupSettings {
+            scoped: !opts.scope.is_everything(),
+            ..CgroupSettings::default()
+        };
+        probe.record_cgroup_with(cgroup.id(), cgroup.level(), settings)?;
 
         let mut baselines = opts.baselines.clone();
         if !opts.no_cwd_baseline {

@@ -100,6 +100,10 @@ impl Recorder {
                 continue;
             };
             if self.is_excluded(&path) {
+                // Outside the scope, but an include may lie below it.
+                if meta.is_dir() && self.leads_into_scope(&path) {
+                    n += self.record_upper_dir(upper, &path, image, time)?;
+                }
                 continue;
             }
             if is_whiteout(&meta) {
@@ -227,16 +231,24 @@ impl Recorder {
         time: u64,
         process: Option<&Process>,
     ) -> Result<u64, RecordError> {
-        let removal = match self.writer.entry(path).map(|e| &e.kind) {
-            Some(EntryKind::Dir) => Some(Op::Rmdir { path: path.clone() }),
-            Some(_) => Some(Op::Unlink { path: path.clone() }),
-            None => None,
-        };
-        if let Some(op) = removal {
-            self.owned_dirs.retain(|d| !d.starts_with(path));
-            self.append(time, process.cloned(), op)?;
-        }
+        self.remove_entry(path, time, process)?;
         self.adopt_tree(path, time, process)
+    }
+
+    /// Removes what the recording has at `path` (a directory with its subtree).
+    pub(crate) fn remove_entry(
+        &mut self,
+        path: &RecPath,
+        time: u64,
+        process: Option<&Process>,
+    ) -> Result<(), RecordError> {
+        let removal = match self.writer.entry(path).map(|e| &e.kind) {
+            Some(EntryKind::Dir) => Op::Rmdir { path: path.clone() },
+            Some(_) => Op::Unlink { path: path.clone() },
+            None => return Ok(()),
+        };
+        self.owned_dirs.retain(|d| !d.starts_with(path));
+        self.append(time, process.cloned(), removal)
     }
 }
 

@@ -9,13 +9,14 @@
 use crate::fs_ids::FsIds;
 use crate::metadata::MetaUpdate;
 use crate::root_dir::RootDir;
+use crate::scope::PathScope;
 use crate::RecordError;
 use diffkeeper_capture::{Change, DirtyReason, Event as Captured, FileKey, Origin, Probe};
 use diffkeeper_store::{
     Event, MarkerKind, NodeId, NodeKind, Op, Owner, Process, RecPath, Target, Writer,
     IMPLICIT_DIR_NODE_BIT,
 };
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -64,6 +65,13 @@ pub struct Recorder {
     pub(crate) owned_dirs: BTreeSet<RecPath>,
     /// Host paths never to record (the state dir itself).
     excluded: Vec<PathBuf>,
+    /// The recorded paths the recording is limited to (`spec.paths`, `--include/--exclude`).
+    scope: PathScope,
+    /// Files first seen at a path outside `scope`: their writes are not recorded, and the
+    /// kernel is told to stop sending them (see `Probe::skip_file`).
+    outside: HashSet<FileKey>,
+    /// Files that left or entered `outside` since the kernel was last told (`true`: skip).
+    skips_untold: Vec<(FileKey, bool)>,
     /// The root is an overlay whose image the recording does not hold (set by
     /// `baseline_overlay`): a directory the recording has may hold image entries it lacks.
     pub(crate) overlay: bool,
@@ -109,6 +117,9 @@ impl Recorder {
             dirty: HashMap::new(),
             owned_dirs: BTreeSet::new(),
             excluded,
+            scope: PathScope::everything(),
+            outside: HashSet::new(),
+            skips_untold: Vec::new(),
             overlay: false,
             pid_ids: HashMap::new(),
             node_ids: HashMap::new(),
@@ -121,6 +132,15 @@ impl Recorder {
             stats: RecorderStats::default(),
             event_ids: FsIds::ROOT,
         }
+    }
+
+    /// Limits the recording to `scope`, and says so in the store for its readers.
+    pub fn scoped(mut self, scope: PathScope) -> Result<Self, RecordError> {
+        if !scope.is_everything() {
+            self.writer.set_scope(scope.scope())?;
+        }
+        self.scope = scope;
+        Ok(self)
     }
 
     /// Sets the payload bytes past which [`Recorder::record`] commits (default
@@ -167,10 +187,21 @@ impl Recorder {
         self.root.join(rel)
     }
 
-    /// Whether `path` lies in a host directory never to record.
+    /// Whether `path` is not to be recorded: it lies in a host directory never to record, or
+    /// outside the recording's scope.
     pub(crate) fn is_excluded(&self, path: &RecPath) -> bool {
+        self.is_host_excluded(path) || !self.scope.holds(path)
+    }
+
+    fn is_host_excluded(&self, path: &RecPath) -> bool {
         let host = self.host_path(path);
         self.excluded.iter().any(|x| host.starts_with(x))
+    }
+
+    /// Whether `path` is a directory outside the scope that a walk must still go through,
+    /// since an include lies below it.
+    pub(crate) fn leads_into_scope(&self, path: &RecPath) -> bool {
+        !self.is_host_excluded(path) && self.scope.may_hold_below(path)
     }
 
     /// Whose permissions a read-back for `process` (or of `node`, or neither) uses: the
@@ -232,7 +263,7 @@ impl Recorder {
         process: Option<&Process>,
     ) -> Result<u64, RecordError> {
         if self.is_excluded(path) {
-            return Ok(0);
+            return self.adopt_below(path, time, process);
         }
         let who = self.reader_for(process, None);
         let Ok(meta) = self.root_dir.metadata(who, path) else {
@@ -337,6 +368,7 @@ impl Recorder {
         }
         let node = self.writer.new_node();
         self.nodes.insert(key, node);
+        self.bring_inside(key);
         match self.root_dir.read_file(who, path, key) {
             Ok(data) => {
                 let op = Op::Create {
@@ -365,6 +397,31 @@ impl Recorder {
             }
         }
         Ok(1)
+    }
+
+    /// A directory outside the scope on the way to an include: what lies below it that is in
+    /// scope, without the directory itself (the export makes it, as a parent).
+    fn adopt_below(
+        &mut self,
+        path: &RecPath,
+        time: u64,
+        process: Option<&Process>,
+    ) -> Result<u64, RecordError> {
+        if !self.leads_into_scope(path) {
+            return Ok(0);
+        }
+        let who = self.reader_for(process, None);
+        let Ok(mut names) = self.root_dir.read_dir(who, path) else {
+            return Ok(0); // not a directory, or gone
+        };
+        names.sort();
+        let mut n = 0;
+        for name in names {
+            if let Ok(child) = path.join(name.as_bytes()) {
+                n += self.adopt_tree(&child, time, process)?;
+            }
+        }
+        Ok(n)
     }
 
     /// Applies one captured event.
@@ -398,7 +455,41 @@ impl Recorder {
         if exited {
             self.pid_ids.remove(&pid);
         }
+        self.tell_skips(probe);
         result
+    }
+
+    /// Tells the kernel which files' writes to stop (or resume) copying for this recording.
+    fn tell_skips(&mut self, probe: &mut Probe) {
+        for (file, skip) in self.skips_untold.drain(..) {
+            let told = if skip {
+                probe.skip_file(self.cgroup, file)
+            } else {
+                probe.unskip_file(self.cgroup, file)
+            };
+            // A skip not taken costs only copies user space drops; an unskip not taken is
+            // covered by the read-back that brought the file into the scope.
+            if let Err(e) = told {
+                tracing::debug!(?file, skip, "cannot tell the kernel: {e}");
+            }
+        }
+    }
+
+    /// A file seen at a path outside the scope, and not recorded under another name.
+    fn leave_outside(&mut self, file: FileKey) {
+        if !self.nodes.contains_key(&file) && self.outside.insert(file) {
+            self.skips_untold.push((file, true));
+        }
+    }
+
+    /// A file that was outside the scope now has a recorded name.
+    fn bring_inside(&mut self, file: FileKey) {
+        if self.outside.remove(&file) {
+            self.skips_untold.push((file, false));
+            // Its writes between the read that brought it in and the kernel being told are
+            // not copied: read it back once more later, after the kernel knows.
+            self.mark_dirty(file, DirtyReason::Adopted);
+        }
     }
 
     fn apply_change(
@@ -444,6 +535,7 @@ impl Recorder {
                     }
                     self.append(time, process, Op::Write { node, offset, data })?
                 }
+                None if self.outside.contains(&file) => {}
                 // Its path record was lost: the file is dirty in the kernel map already.
                 None => self.mark_dirty(file, DirtyReason::Lost),
             },
@@ -459,12 +551,17 @@ impl Recorder {
                 unlinked,
                 cut,
             } => {
-                let Some(path) = self.normalize(&path, cut) else {
+                let Some(path) = self.normalize_any(&path, cut) else {
                     return Ok(());
                 };
+                if !self.scope.holds(&path) {
+                    self.leave_outside(file);
+                    return Ok(());
+                }
                 if created {
                     let node = self.writer.new_node();
                     self.nodes.insert(file, node);
+                    self.bring_inside(file);
                     let mode = mode & 0o7777;
                     let op = Op::Create {
                         node,
@@ -504,12 +601,25 @@ impl Recorder {
                 }
             }
             Change::Rename { from, to, exchange } => {
-                let (Some(from), Some(to)) =
-                    (self.normalize(&from, false), self.normalize(&to, false))
-                else {
+                let (Some(from), Some(to)) = (
+                    self.normalize_any(&from, false),
+                    self.normalize_any(&to, false),
+                ) else {
                     return Ok(());
                 };
-                self.record_rename(from, to, exchange, time, process)?;
+                match (self.is_excluded(&from), self.is_excluded(&to)) {
+                    (false, false) => self.record_rename(from, to, exchange, time, process)?,
+                    (true, true) => {}
+                    // Across the scope's edge: what is inside now comes from disk, and what
+                    // left is gone from the recorded tree.
+                    (true, false) => {
+                        self.retake(&to, time, process.as_ref())?;
+                    }
+                    (false, true) if exchange => {
+                        self.retake(&from, time, process.as_ref())?;
+                    }
+                    (false, true) => self.remove_entry(&from, time, process.as_ref())?,
+                }
             }
             Change::Unlink { path } => {
                 if let Some(path) = self.normalize(&path, false) {
@@ -617,8 +727,9 @@ impl Recorder {
                 }
             }
             Change::Link { existing, new } => {
+                // A file outside the scope linked into it: taken from disk below.
                 let (Some(existing), Some(new)) = (
-                    self.normalize(&existing, false),
+                    self.normalize_any(&existing, false),
                     self.normalize(&new, false),
                 ) else {
                     return Ok(());
@@ -761,6 +872,7 @@ impl Recorder {
         time: u64,
         process: Option<Process>,
     ) -> Result<(), RecordError> {
+        self.bring_inside(file);
         // Known by name but not by inode (e.g. a name the baseline saw through another
         // device number): trust the name.
         if let Some(node) = self.writer.node_at(&path) {
@@ -800,16 +912,20 @@ impl Recorder {
         self.cuts_unreported += 1;
     }
 
+    /// A path the kernel reported, if it is one to record.
     fn normalize(&mut self, raw: &[u8], cut: bool) -> Option<RecPath> {
+        self.normalize_any(raw, cut)
+            .filter(|path| self.scope.holds(path))
+    }
+
+    /// A path the kernel reported, whether or not it lies in the scope: for the changes that
+    /// cross the scope's edge (rename, link). Never one in a host directory not to record.
+    fn normalize_any(&mut self, raw: &[u8], cut: bool) -> Option<RecPath> {
         let Some(path) = RecPath::normalize(raw).ok().filter(|_| !cut) else {
             self.note_cut();
             return None;
         };
-        let host = self.host_path(&path);
-        if self.excluded.iter().any(|x| host.starts_with(x)) {
-            return None;
-        }
-        Some(path)
+        (!self.is_host_excluded(&path)).then_some(path)
     }
 
     fn rebase_owned(&mut self, from: &RecPath, to: &RecPath) {
@@ -835,6 +951,9 @@ impl Recorder {
         process: Option<Process>,
     ) -> Result<bool, RecordError> {
         let Some(&node) = self.nodes.get(&file) else {
+            if self.outside.contains(&file) {
+                return Ok(true); // not the recording's to read
+            }
             self.rescan_needed = true; // dirty but never named: only a rescan can place it
             return Ok(false);
         };
@@ -935,12 +1054,15 @@ impl Recorder {
             if self.nodes.contains_key(&file) {
                 continue;
             }
-            if let Some(path) = self.normalize(&raw, false) {
-                if self.writer.entry(&path).is_none() {
+            match self.normalize_any(&raw, false) {
+                Some(path) if self.is_excluded(&path) => self.leave_outside(file),
+                Some(path) if self.writer.entry(&path).is_none() => {
                     self.adopt_tree(&path, time, None)?;
                 }
+                _ => {}
             }
         }
+        self.tell_skips(probe);
         Ok(())
     }
 
