@@ -6,9 +6,9 @@
 
 use crate::catalog::{Catalog, LiveViews, Progress};
 use crate::metrics::{ContainerCounts, ContainerLabels, Metrics};
-use diffkeeper_capture::{Event as Captured, Probe, ProbeConfig, RingDrain};
+use diffkeeper_capture::{CgroupSettings, Event as Captured, Probe, ProbeConfig, RingDrain};
 use diffkeeper_locate::dir_size;
-use diffkeeper_recorder::{monotonic_ns, wall_ns, Recorder};
+use diffkeeper_recorder::{monotonic_ns, wall_ns, PathScope, Recorder};
 use diffkeeper_rpc::HistoryError;
 use diffkeeper_store::{
     Event, MarkerKind, Op, RecordingInfo, Store, StoreError, Writer, WriterOptions,
@@ -36,6 +36,11 @@ pub struct Attachment {
     pub lower_dirs: Vec<PathBuf>,
     /// A history the agent was writing when it stopped: continue it, after a gap marker.
     pub resume_after: Option<GapCause>,
+    /// The Recording's `spec.paths`: what is kept of the container's files.
+    pub scope: PathScope,
+    /// The Recording's `spec.maxWriteCapture`: larger writes are read back, not copied. Unset:
+    /// the agent's `--max-write-capture`.
+    pub max_write_capture: Option<u64>,
 }
 
 /// Why a history has a hole the agent knows of.
@@ -69,6 +74,8 @@ const WRITER_CACHE_BYTES: u64 = 16 << 20;
 /// Payload bytes a live history holds before it commits, ahead of the timed flush: a node has
 /// many, so each gets far less than a local recording's.
 const COMMIT_BYTES: u64 = 4 << 20;
+/// The most a Recording's `spec.maxWriteCapture` may be (its schema says so too).
+const MAX_WRITE_CAPTURE: u64 = 1 << 20;
 
 struct Live {
     attachment: Attachment,
@@ -92,6 +99,8 @@ pub struct CaptureLoop {
     unrouted: u64,
     metrics: Arc<Metrics>,
     ring_bytes: u32,
+    /// The largest write copied for a Recording that does not set `spec.maxWriteCapture`.
+    max_write_capture: u64,
     /// The node-wide loss counter as last pushed to the metrics.
     node_lost_seen: u64,
     /// The age of the newest event routed since the last tick, when it was routed.
@@ -104,7 +113,13 @@ impl CaptureLoop {
         catalog: Catalog,
         metrics: Arc<Metrics>,
     ) -> Result<CaptureLoop, crate::AgentError> {
-        let mut probe = Probe::load(config)?;
+        // The agent's --max-write-capture is each Recording's default; a Recording may ask
+        // for up to MAX_WRITE_CAPTURE, so the kernel's own bound is at least that.
+        let kernel = ProbeConfig {
+            max_write_capture: config.max_write_capture.max(MAX_WRITE_CAPTURE),
+            ..config.clone()
+        };
+        let mut probe = Probe::load(&kernel)?;
         let reader = probe.take_reader().expect("a fresh probe has its reader");
         Ok(CaptureLoop {
             ring: Some(RingDrain::start(reader)?),
@@ -116,6 +131,7 @@ impl CaptureLoop {
             unrouted: 0,
             metrics,
             ring_bytes: config.ring_bytes,
+            max_write_capture: config.max_write_capture,
             node_lost_seen: 0,
             lag_ns: 0,
         })
@@ -215,10 +231,19 @@ impl CaptureLoop {
             None => Writer::create_with(&a.store_dir, a.info.clone(), options)?,
         };
         let mut recorder = Recorder::new(writer, a.root.clone(), Vec::new(), a.cgroup_id)
-            .commit_past(COMMIT_BYTES);
+            .commit_past(COMMIT_BYTES)
+            .scoped(a.scope.clone())?;
+        let settings = CgroupSettings {
+            max_write_capture: a
+                .max_write_capture
+                .unwrap_or(self.max_write_capture)
+                .min(MAX_WRITE_CAPTURE),
+            scoped: !a.scope.is_everything(),
+        };
         // Filter first, then look: a change made between the two is seen twice (harmless),
         // never missed.
-        self.probe.record_cgroup(a.cgroup_id, a.cgroup_level)?;
+        self.probe
+            .record_cgroup_with(a.cgroup_id, a.cgroup_level, settings)?;
         self.by_cgroup.insert(a.cgroup_id, a.id.clone());
         if let Some(gap) = &a.resume_after {
             recorder.writer_mut().append(Event {

@@ -21,8 +21,8 @@ use diffkeeper_api::{
 use diffkeeper_locate::{
     find_container_cgroup, init_pid, locate_container, mountinfo, ContainerId,
 };
-use diffkeeper_recorder::{monotonic_ns, wall_ns};
-use diffkeeper_store::{format_wall, RecordingInfo};
+use diffkeeper_recorder::{monotonic_ns, wall_ns, PathScope};
+use diffkeeper_store::{format_wall, RecordingInfo, Scope};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
@@ -302,6 +302,7 @@ impl Control {
                 ("recording".into(), meta.recording.clone()),
             ]),
         };
+        let (scope, max_write_capture) = recording_settings(rec)?;
         let attachment = Attachment {
             id: id.to_string(),
             store_dir: self.catalog.store_dir(id),
@@ -313,6 +314,8 @@ impl Control {
             upper_dir: location.upper_dir,
             lower_dirs: location.lower_dirs,
             resume_after,
+            scope,
+            max_write_capture,
         };
         self.catalog
             .insert(id, meta)
@@ -974,4 +977,25 @@ mod tests {
         );
         assert_eq!(failed.gaps, 1);
     }
+}
+
+/// What a Recording asks of each container's capture: the paths kept (`spec.paths`) and the
+/// largest write copied (`spec.maxWriteCapture`). The operator reports these problems on the
+/// Recording too; here they keep the container from being recorded against its spec.
+fn recording_settings(rec: &Recording) -> Result<(PathScope, Option<u64>), AgentError> {
+    let name = rec.name_any();
+    let paths = &rec.spec.paths;
+    let scope = PathScope::new(Scope {
+        include: paths.include.clone(),
+        exclude: paths.exclude.clone(),
+    })
+    .map_err(|e| AgentError::Config(format!("Recording {name}: spec.paths: {e}")))?;
+    let max_write_capture = rec
+        .spec
+        .max_write_capture
+        .as_ref()
+        .map(parse_bytes)
+        .transpose()
+        .map_err(|e| AgentError::Config(format!("Recording {name}: spec.maxWriteCapture: {e}")))?;
+    Ok((scope, max_write_capture))
 }

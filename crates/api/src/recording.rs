@@ -70,7 +70,7 @@ pub struct RecordingSpec {
     pub snapshot: SnapshotPolicy,
 
     /// The most bytes of one write() kept from the kernel event; larger writes are read back from
-    /// the file. Default 4Ki; at most 1Mi.
+    /// the file. Unset: the agent's --max-write-capture (4Ki as the chart deploys it); at most 1Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).compareTo(quantity('1Mi')) <= 0 && quantity(string(self)).compareTo(quantity('0')) >= 0")
         .message("spec.maxWriteCapture must be a byte quantity between 0 and 1Mi, such as 4Ki"))]

@@ -135,6 +135,13 @@ pub async fn run(cluster: &ClusterArgs, args: Args) -> anyhow::Result<()> {
             },
         );
     }
+    if !summary.scope.is_empty() {
+        eprintln!(
+            "note: the Recording's spec.paths kept {}: other paths were not recorded, so the \
+             export does not hold them",
+            summary.scope
+        );
+    }
     if !summary.inexact.is_empty() {
         eprintln!(
             "warning: {} file(s) are exact only up to a gap in the recording at that moment \
@@ -211,6 +218,7 @@ fn summary_json(
         "symlinks": s.symlinks,
         "bytes": s.bytes,
         "inexact": s.inexact,
+        "scope": s.scope,
     })
 }
 

@@ -371,6 +371,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 fn export_into(view: HistoryView, point: Point, tree: Tree, opts: &ExportOptions, tx: ChunkSender) {
     let mut out = ChunkWriter::new(tx.clone());
     let span = view.store.span();
+    let scope = view.store.scope();
+    let scope = if scope.is_everything() {
+        String::new()
+    } else {
+        scope.to_string()
+    };
     let written = write_tar(&view, point.seq, tree, &mut out, opts);
     // Frees the store (its lock and database) as soon as the export ends, however it ends.
     drop(view);
@@ -396,6 +402,7 @@ fn export_into(view: HistoryView, point: Point, tree: Tree, opts: &ExportOptions
                             .map(|(p, why)| format!("{p}: the recording is damaged here: {why}")),
                     )
                     .collect(),
+                scope,
             };
             let files = summary.files;
             if out.finish(summary).is_err() {

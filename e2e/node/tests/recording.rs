@@ -16,7 +16,11 @@
 //!    went read-only, gets a ContainerRecord in phase Failed saying so, and its Recording
 //!    Degraded=True/AttachFailed and a Warning Event; a container that ends meanwhile has its
 //!    Failed record deleted (nothing of it was recorded); once the state dir is writable again
-//!    the agent attaches and the record is Recording.
+//!    the agent attaches and the record is Recording;
+//! 7. (issue 14) a Recording's `spec.paths` and `spec.maxWriteCapture` hold for its container:
+//!    the export holds exactly the included files, byte-exact, and says what was left out; the
+//!    kernel copied neither the writes of excluded files nor writes above the cap (the agent's
+//!    captured-bytes metric for that container stays far below what it wrote).
 //!
 //! Needs root, BPF, and what `scripts/e2e-apiserver.sh install` and `scripts/e2e-runtime.sh
 //! install` bring, plus the workspace's binaries built (`cargo build --workspace --bins`); it
@@ -1131,8 +1135,96 @@ async fn attach_failure(node: &Node) -> Result<String> {
     Ok(format!("attach failure and recovery {:.1?}", t.elapsed()))
 }
 
+/// 7: a Recording limited to /data (but not /data/cache nor *.tmp), with writes above 4 KiB
+/// read back instead of copied.
+async fn scoped(node: &Node) -> Result<String> {
+    let t = Instant::now();
+    let recordings: Api<Recording> = Api::namespaced(node.client.clone(), NS);
+    recordings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+                "metadata": { "name": "scoped" },
+                "spec": {
+                    "selector": { "matchLabels": { "app": "scoped" } },
+                    "paths": { "include": ["/data"], "exclude": ["/data/cache", "**/*.tmp"] },
+                    "maxWriteCapture": "4Ki",
+                    "snapshot": { "onTermination": false },
+                },
+            }))?,
+        )
+        .await?;
+    // Each excluded file is first written, then, once the agent has seen its name, written
+    // 8 MiB more in 4 KiB writes: what the kernel must stop copying.
+    let script = "mkdir -p /data/cache && echo early > /data/early && sleep 3; \
+        echo kept > /data/kept; echo cached > /data/cache/c; echo x > /data/s.tmp; \
+        echo x > /etc/outside; sleep 1; \
+        dd if=/dev/zero bs=4k count=2048 2>/dev/null >> /etc/outside; \
+        dd if=/dev/zero bs=4k count=2048 2>/dev/null >> /data/s.tmp; \
+        dd if=/dev/urandom of=/data/big bs=64k count=16 2>/dev/null; \
+        echo more >> /data/kept; mv /data/cache/c /data/from-cache; \
+        mkdir -p /truth/final && cp -a /data/. /truth/final/ && \
+        rm -rf /truth/final/cache /truth/final/s.tmp; sleep 1";
+    node.run_pod("scoped", json!({"app": "scoped"}), json!({}), script)
+        .await?;
+    node.wait_phase("scoped", "Succeeded", 2 * MINUTE).await?;
+    let out = node.scratch.path().join("scoped-export");
+    let output = Command::new(binary("kubectl-diffkeeper")?)
+        .args([
+            "export",
+            "pod/scoped",
+            "-n",
+            NS,
+            "--time=end",
+            "--tree=changes",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .arg(format!("--agent-address=127.0.0.1:{}", node.agent_port))
+        .arg("--kubeconfig")
+        .arg(&node.kubeconfig)
+        .output()?;
+    let said = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "kubectl diffkeeper export failed: {said}"
+    );
+    ensure!(
+        said.contains("spec.paths kept only /data; not /data/cache, **/*.tmp"),
+        "the export does not say what the Recording left out: {said}"
+    );
+    same_tree(
+        "scoped's export",
+        &out.join("data"),
+        &node.truth("scoped").join("final"),
+    )?;
+    let top: Vec<_> = std::fs::read_dir(&out)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    ensure!(
+        top == [OsStr::new("data")],
+        "scoped's export holds more than /data: {top:?}"
+    );
+    let metrics = node.scrape_agent()?;
+    let series = [("namespace", NS), ("pod", "scoped"), ("container", "app")];
+    let captured = sample(&metrics, "diffkeeper_captured_bytes_total", &series)?;
+    ensure!(
+        captured < 256.0 * 1024.0,
+        "the kernel copied {captured} bytes for scoped, which wrote 17 MiB outside its scope or \
+         above its maxWriteCapture"
+    );
+    recordings
+        .delete("scoped", &DeleteParams::default())
+        .await?;
+    Ok(format!(
+        "spec.paths ({captured} bytes captured) {:.1?}",
+        t.elapsed()
+    ))
+}
+
 async fn all_scenarios(node: &mut Node) -> Result<Vec<String>> {
-    let mut timings = vec![attach_failure(node).await?];
+    let mut timings = vec![attach_failure(node).await?, scoped(node).await?];
     timings.extend(scenarios(node).await?);
     Ok(timings)
 }
