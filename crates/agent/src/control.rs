@@ -836,6 +836,27 @@ fn time(wall_ns: i128) -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_nanosecond(wall_ns).unwrap_or_default())
 }
 
+/// What a Recording asks of each container's capture: the paths kept (`spec.paths`) and the
+/// largest write copied (`spec.maxWriteCapture`). The operator reports these problems on the
+/// Recording too; here they keep the container from being recorded against its spec.
+fn recording_settings(rec: &Recording) -> Result<(PathScope, Option<u64>), AgentError> {
+    let name = rec.name_any();
+    let paths = &rec.spec.paths;
+    let scope = PathScope::new(Scope {
+        include: paths.include.clone(),
+        exclude: paths.exclude.clone(),
+    })
+    .map_err(|e| AgentError::Config(format!("Recording {name}: spec.paths: {e}")))?;
+    let max_write_capture = rec
+        .spec
+        .max_write_capture
+        .as_ref()
+        .map(parse_bytes)
+        .transpose()
+        .map_err(|e| AgentError::Config(format!("Recording {name}: spec.maxWriteCapture: {e}")))?;
+    Ok((scope, max_write_capture))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -977,25 +998,35 @@ mod tests {
         );
         assert_eq!(failed.gaps, 1);
     }
-}
 
-/// What a Recording asks of each container's capture: the paths kept (`spec.paths`) and the
-/// largest write copied (`spec.maxWriteCapture`). The operator reports these problems on the
-/// Recording too; here they keep the container from being recorded against its spec.
-fn recording_settings(rec: &Recording) -> Result<(PathScope, Option<u64>), AgentError> {
-    let name = rec.name_any();
-    let paths = &rec.spec.paths;
-    let scope = PathScope::new(Scope {
-        include: paths.include.clone(),
-        exclude: paths.exclude.clone(),
-    })
-    .map_err(|e| AgentError::Config(format!("Recording {name}: spec.paths: {e}")))?;
-    let max_write_capture = rec
-        .spec
-        .max_write_capture
-        .as_ref()
-        .map(parse_bytes)
-        .transpose()
-        .map_err(|e| AgentError::Config(format!("Recording {name}: spec.maxWriteCapture: {e}")))?;
-    Ok((scope, max_write_capture))
+    #[test]
+    fn a_recordings_paths_and_cap_reach_the_capture_or_say_what_is_wrong() {
+        let recording = |spec: serde_json::Value| -> Recording {
+            serde_json::from_value(json!({
+                "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+                "metadata": { "name": "rec", "namespace": "shop" },
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        let (scope, cap) = recording_settings(&recording(json!({
+            "selector": {},
+            "paths": { "include": ["/data"], "exclude": ["**/*.tmp"] },
+            "maxWriteCapture": "4Ki",
+        })))
+        .unwrap();
+        assert_eq!(cap, Some(4096));
+        assert_eq!(scope.scope().to_string(), "only /data; not **/*.tmp");
+        let (scope, cap) = recording_settings(&recording(json!({ "selector": {} }))).unwrap();
+        assert!(scope.is_everything() && cap.is_none());
+        let bad = recording_settings(&recording(json!({
+            "selector": {}, "paths": { "exclude": ["/tmp/[a"] },
+        })))
+        .unwrap_err();
+        assert!(
+            bad.to_string()
+                .starts_with("Recording rec: spec.paths: path glob \"/tmp/[a\" does not compile"),
+            "{bad}"
+        );
+    }
 }
