@@ -31,7 +31,8 @@ struct Args {
     /// Scale every size down (smoke test of the driver, not a measurement).
     #[arg(long)]
     quick: bool,
-    /// Only these sections (micro, outside, workloads, storage, export, ingest); default all.
+    /// Only these sections (micro, outside, scope, workloads, storage, export, ingest); default
+    /// all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to put the scratch files (default: $TMPDIR).
@@ -487,6 +488,83 @@ impl Bench {
                 ));
             }
         }
+        Ok(())
+    }
+
+    // 1c. writes outside a recording's scope -----------------------------------------------
+
+    fn scope(&mut self) -> Result<()> {
+        let count: u64 = if self.args.quick { 25_000 } else { 250_000 };
+        self.t
+            .section("1c. 4 KiB writes to a file outside the recording's scope (record --exclude)");
+        let dir = fresh(&self.root.join("scope"))?;
+        let out = dir.join("out");
+        fs::create_dir_all(&out)?;
+        let exclude = format!("--exclude={}", out.display());
+        let (mut plain, mut all, mut scoped) = (vec![], vec![], vec![]);
+        let (mut captured_all, mut captured_scoped) = (0, 0);
+        for rep in 0..self.args.micro_reps {
+            let file = out.join("w.bin");
+            let (cs, ss) = (count.to_string(), "4096".to_string());
+            let argv = [self.w(), &cs, &ss, file.to_str().unwrap()];
+            let r = run(&mut self.plain(&dir, &argv), None)?.check("dk-writer")?;
+            plain.push(r.ns_per_write()?);
+            fs::remove_file(&file)?;
+            let state = self.root.join("scope-state");
+            for scoped_run in [false, true] {
+                let _ = fs::remove_dir_all(&state);
+                let mut c = Command::new(&self.dk);
+                c.arg("record")
+                    .arg(format!("--state-dir={}", state.display()))
+                    .args(scoped_run.then_some(&exclude))
+                    .arg("--")
+                    .args(argv)
+                    .current_dir(&dir);
+                let r = run(&mut c, None)?.check("recorded")?;
+                let s = r.summary()?;
+                if scoped_run {
+                    scoped.push(r.ns_per_write()?);
+                    captured_scoped += s.captured;
+                } else {
+                    all.push(r.ns_per_write()?);
+                    captured_all += s.captured;
+                }
+                fs::remove_file(&file)?;
+            }
+            let _ = fs::remove_dir_all(&state);
+            eprintln!(
+                "scope rep {rep}: plain {:.0} ns, recorded {:.0} ns, outside the scope {:.0} ns",
+                plain[rep], all[rep], scoped[rep]
+            );
+            self.t
+                .sample(serde_json::json!({"bench": "scope", "count": count,
+                "plain_ns": plain[rep], "recorded_ns": all[rep], "outside_scope_ns": scoped[rep]}));
+        }
+        let reps = self.args.micro_reps.max(1) as u64;
+        let label = format!("{count} × 4 KiB writes");
+        self.t.row(
+            &format!("{label}: recorded/not"),
+            &fmt_stats(ratio(&all, &plain), "x"),
+            "",
+            None,
+        );
+        let r = ratio(&scoped, &plain);
+        self.t.row(
+            &format!("{label}: outside the scope/not"),
+            &fmt_stats(r, "x"),
+            "<= recorded",
+            verdict(r.med <= ratio(&all, &plain).med),
+        );
+        self.t.row(
+            "bytes copied per run: recorded / outside the scope",
+            &format!(
+                "{} / {}",
+                fmt_num((captured_all / reps) as f64, "MB"),
+                fmt_num((captured_scoped / reps) as f64, "MB")
+            ),
+            "",
+            None,
+        );
         Ok(())
     }
 
@@ -1408,6 +1486,9 @@ fn main() -> Result<()> {
     }
     if b.want("outside") {
         b.outside()?;
+    }
+    if b.want("scope") {
+        b.scope()?;
     }
     if b.want("workloads") {
         b.workloads()?;
