@@ -20,7 +20,11 @@
 //! 7. (issue 14) a Recording's `spec.paths` and `spec.maxWriteCapture` hold for its container:
 //!    the export holds exactly the included files, byte-exact, and says what was left out; the
 //!    kernel copied neither the writes of excluded files nor writes above the cap (the agent's
-//!    captured-bytes metric for that container stays far below what it wrote).
+//!    captured-bytes metric for that container stays far below what it wrote);
+//! 8. (issue 14) six recorded containers and two unrecorded ones write at once through a ring
+//!    far too small for them: records are lost, yet each recorded container's export equals its
+//!    own copy of its files (healed from its own files, nobody else's), and the agent's metrics
+//!    count the losses per container.
 //!
 //! Needs root, BPF, and what `scripts/e2e-apiserver.sh install` and `scripts/e2e-runtime.sh
 //! install` bring, plus the workspace's binaries built (`cargo build --workspace --bins`); it
@@ -296,6 +300,10 @@ impl Node {
     }
 
     fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with(&[])
+    }
+
+    fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
         let port = self.agent_port;
         let mut agent = Command::new(binary("diffkeeper")?);
         agent
@@ -308,7 +316,8 @@ impl Node {
             ))
             .arg("--state-dir")
             .arg(self.scratch.path().join("agent"))
-            .args(["--ca-secret", "diffkeeper/diffkeeper-ca"]);
+            .args(["--ca-secret", "diffkeeper/diffkeeper-ca"])
+            .args(extra);
         diffkeeper_test_cluster::pass_listener(&mut agent, &self.agent_listener);
         self.agent = Some(self.daemon("the agent", "agent", &mut agent)?);
         Ok(())
@@ -1223,9 +1232,107 @@ async fn scoped(node: &Node) -> Result<String> {
     ))
 }
 
+/// 8: many containers at once through a small ring. Runs last: it restarts the agent with a
+/// 128 KiB ring (the default is 64 MiB).
+async fn crowd(node: &mut Node) -> Result<String> {
+    const RECORDED: [&str; 6] = [
+        "crowd-1", "crowd-2", "crowd-3", "crowd-4", "crowd-5", "crowd-6",
+    ];
+    const UNRECORDED: [&str; 2] = ["aside-1", "aside-2"];
+    let t = Instant::now();
+    node.agent
+        .as_mut()
+        .context("agent")?
+        .stop(libc::SIGTERM, Duration::from_secs(20))?;
+    node.start_agent_with(&["--ring-size", "131072"])?;
+    let recordings: Api<Recording> = Api::namespaced(node.client.clone(), NS);
+    recordings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+                "metadata": { "name": "crowd" },
+                "spec": {
+                    "selector": { "matchLabels": { "app": "crowd" } },
+                    "snapshot": { "onTermination": false },
+                },
+            }))?,
+        )
+        .await?;
+    // Every container writes the same paths, with its own bytes: a history holding another
+    // container's file differs from its truth. Bursts of 4 KiB writes overrun the ring; the
+    // pause at the end lets the agent heal from the container's files while they exist.
+    let script = |name: &str| {
+        format!(
+            "mkdir -p /data && sleep 4; i=0; while [ $i -lt 40 ]; do \
+               dd if=/dev/urandom of=/data/f$((i % 8)) bs=4k count=32 conv=notrunc 2>/dev/null; \
+               echo \"{name} $i\" >> /data/log; i=$((i+1)); \
+             done; echo {name} > /data/who; \
+             mkdir -p /truth/final && cp -a /data/. /truth/final/; sleep 4"
+        )
+    };
+    for name in RECORDED {
+        node.run_pod(name, json!({"app": "crowd"}), json!({}), &script(name))
+            .await?;
+    }
+    for name in UNRECORDED {
+        node.run_pod(name, json!({"app": "aside"}), json!({}), &script(name))
+            .await?;
+    }
+    for name in RECORDED.iter().chain(&UNRECORDED) {
+        node.wait_phase(name, "Succeeded", 3 * MINUTE).await?;
+    }
+    let metrics = node.scrape_agent()?;
+    let mut lost = Vec::new();
+    for name in RECORDED {
+        let out = node.scratch.path().join(format!("{name}-export"));
+        let output = Command::new(binary("kubectl-diffkeeper")?)
+            .args(["export", &format!("pod/{name}"), "-n", NS])
+            .args(["--time=end", "--tree=changes", "--out"])
+            .arg(&out)
+            .arg(format!("--agent-address=127.0.0.1:{}", node.agent_port))
+            .arg("--kubeconfig")
+            .arg(&node.kubeconfig)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "kubectl diffkeeper export pod/{name} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        same_tree(
+            &format!("{name}'s export"),
+            &out.join("data"),
+            &node.truth(name).join("final"),
+        )?;
+        let series = [("namespace", NS), ("pod", name), ("container", "app")];
+        lost.push(sample(&metrics, "diffkeeper_records_lost_total", &series)?);
+    }
+    let total: f64 = lost.iter().sum();
+    ensure!(
+        total > 0.0,
+        "no records were lost through a 128 KiB ring, so nothing was healed: {lost:?}"
+    );
+    for name in UNRECORDED {
+        ensure!(
+            node.records_of(name).await?.is_empty(),
+            "{name} was recorded"
+        );
+        ensure!(
+            !metrics.contains(&format!("pod=\"{name}\"")),
+            "the agent's metrics have a series of unrecorded {name}"
+        );
+    }
+    recordings.delete("crowd", &DeleteParams::default()).await?;
+    Ok(format!(
+        "6 containers through a 128 KiB ring ({total} records lost: {lost:?}) {:.1?}",
+        t.elapsed()
+    ))
+}
+
 async fn all_scenarios(node: &mut Node) -> Result<Vec<String>> {
     let mut timings = vec![attach_failure(node).await?, scoped(node).await?];
     timings.extend(scenarios(node).await?);
+    timings.push(crowd(node).await?);
     Ok(timings)
 }
 
