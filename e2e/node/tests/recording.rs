@@ -1353,3 +1353,146 @@ async fn records_and_snapshots_real_containers_on_a_node() -> Result<()> {
         Err(error) => Err(node.explain(error)),
     }
 }
+
+/// What the agent costs on a node with many recorded containers (issue 14's benchmark row):
+/// RSS and CPU of the agent alone, then while it records 50 idle-ish containers and 6 busy ones.
+/// A benchmark, not a check of behaviour: `scripts/bench-agent.sh` runs it explicitly (it takes
+/// minutes) and docs/benchmarks.md keeps its figures. Needs what the test above needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark; run by scripts/bench-agent.sh"]
+async fn agent_footprint_with_many_containers() -> Result<()> {
+    let mut node = Node::start().await?;
+    match footprint(&mut node).await {
+        Ok(table) => {
+            node.shut_down().await?;
+            println!("{table}");
+            Ok(())
+        }
+        Err(error) => Err(node.explain(error)),
+    }
+}
+
+/// The agent's VmRSS and VmHWM (KiB) and its CPU time (s) so far.
+fn agent_usage(node: &Node) -> Result<(u64, u64, f64)> {
+    let pid = node.agent.as_ref().context("agent")?.child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .with_context(|| format!("{key} in /proc/{pid}/status"))
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((kib("VmRSS:")?, kib("VmHWM:")?, ticks / hz))
+}
+
+/// CPU share of one core and RSS over `window`.
+async fn measure(node: &Node, window: Duration) -> Result<(u64, u64, f64)> {
+    let (_, _, cpu0) = agent_usage(node)?;
+    let t = Instant::now();
+    let mut rss_max = 0;
+    while t.elapsed() < window {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_max = rss_max.max(agent_usage(node)?.0);
+    }
+    let (_, hwm, cpu1) = agent_usage(node)?;
+    Ok((rss_max, hwm, (cpu1 - cpu0) / t.elapsed().as_secs_f64()))
+}
+
+async fn footprint(node: &mut Node) -> Result<String> {
+    const IDLE: usize = 50;
+    const BUSY: usize = 6;
+    const WINDOW: Duration = Duration::from_secs(30);
+    let alone = measure(node, WINDOW).await?;
+    let recordings: Api<Recording> = Api::namespaced(node.client.clone(), NS);
+    recordings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "diffkeeper.io/v1alpha1", "kind": "Recording",
+                "metadata": { "name": "fleet" },
+                "spec": {
+                    "selector": { "matchLabels": { "app": "fleet" } },
+                    "snapshot": { "onTermination": false },
+                },
+            }))?,
+        )
+        .await?;
+    // Idle-ish: a heartbeat file every 5 s. Busy: 1 MiB of 4 KiB writes every second.
+    let idle = "mkdir -p /data; while true; do date > /data/now; sleep 5; done";
+    let busy = "mkdir -p /data; while true; do \
+                dd if=/dev/urandom of=/data/busy bs=4k count=256 conv=notrunc 2>/dev/null; \
+                echo tick >> /data/log; sleep 1; done";
+    for i in 0..IDLE {
+        node.run_pod(
+            &format!("idle-{i}"),
+            json!({"app": "fleet"}),
+            json!({}),
+            idle,
+        )
+        .await?;
+    }
+    for i in 0..BUSY {
+        node.run_pod(
+            &format!("busy-{i}"),
+            json!({"app": "fleet"}),
+            json!({}),
+            busy,
+        )
+        .await?;
+    }
+    let started = Instant::now();
+    wait_for("56 containers recorded", 10 * MINUTE, async || {
+        let said = kubectl(
+            node,
+            &[
+                "get",
+                "containerrecords",
+                "-l",
+                "diffkeeper.io/recording=fleet",
+                "-ojsonpath={range .items[*]}{.status.phase}{\"\\n\"}{end}",
+            ],
+        )?;
+        let recording = said.lines().filter(|l| *l == "Recording").count();
+        Ok((recording == IDLE + BUSY).then_some(()))
+    })
+    .await?;
+    let attach_all = started.elapsed();
+    let loaded = measure(node, WINDOW).await?;
+    let ring_mib = 64;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    Ok(format!(
+        "agent footprint ({} s windows; ring {ring_mib} MiB):\n\
+         | | RSS max | VmHWM | CPU (share of one core) |\n|---|---|---|---|\n\
+         | no container recorded | {:.1} MiB | {:.1} MiB | {:.1}% |\n\
+         | {IDLE} idle + {BUSY} busy recorded | {:.1} MiB | {:.1} MiB | {:.1}% |\n\
+         ratio loaded/alone: RSS {:.2}x; all {} attached in {attach_all:.1?}; \
+         target RSS <= 64 MiB + ring = {} MiB: {}",
+        WINDOW.as_secs(),
+        mib(alone.0),
+        mib(alone.1),
+        alone.2 * 100.0,
+        mib(loaded.0),
+        mib(loaded.1),
+        loaded.2 * 100.0,
+        loaded.0 as f64 / alone.0.max(1) as f64,
+        IDLE + BUSY,
+        64 + ring_mib,
+        if mib(loaded.1) <= (64 + ring_mib) as f64 {
+            "MET"
+        } else {
+            "MISSED"
+        },
+    ))
+}
