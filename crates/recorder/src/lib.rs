@@ -13,7 +13,7 @@ pub use cgroup::{cgroup2_mount, CgroupError, RecordingCgroup};
 pub use local::{
     record_local, LocalOptions, LocalOutcome, StoppedEarly, DEFAULT_CWD_BASELINE_LIMIT,
 };
-pub use translate::{Recorder, RecorderStats, COMMIT_BYTES};
+pub use translate::{Recorder, RecorderStats, COMMIT_BYTES, READ_BACK_CHUNK};
 
 use std::path::PathBuf;
 

@@ -17,6 +17,7 @@ use diffkeeper_store::{
 };
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,13 @@ pub struct RecorderStats {
 /// Payload bytes past which a recorder commits what it appended, by default: at full speed a
 /// second of writes (the timed flush) would otherwise sit in memory.
 pub const COMMIT_BYTES: u64 = 32 << 20;
+
+/// The most bytes one read-back op holds. A larger file is read back as a Resync of its first
+/// chunk and then Writes of the rest at their offsets, all at the same moment: healing a
+/// 245 MB file then holds a few chunks (until the writer seals them into a block) instead of
+/// the whole file, and the copies the store makes of it, in freshly faulted memory. Readers need
+/// nothing new: these are the ops a writer of that file would have made.
+pub const READ_BACK_CHUNK: usize = 1 << 20;
 
 /// Translates events of one recording into store appends.
 pub struct Recorder {
@@ -329,23 +337,23 @@ impl Recorder {
                     path: path.clone(),
                 },
             )?;
-            if let Ok(data) = self.root_dir.read_file(who, path, key) {
-                self.append(time, process.clone(), Op::Resync { node, data })?;
+            if let Ok(file) = self.root_dir.open_read_back(who, path, key) {
+                self.read_back_into(file, key, node, time, process.as_ref())?;
             }
             self.update_meta(path, disk_meta, time, process.as_ref())?;
             return Ok(1);
         }
         let node = self.writer.new_node();
         self.nodes.insert(key, node);
-        match self.root_dir.read_file(who, path, key) {
-            Ok(data) => {
+        match self.root_dir.open_read_back(who, path, key) {
+            Ok(file) => {
                 let op = Op::Create {
                     node,
                     path: path.clone(),
                     mode,
                 };
                 self.append(time, process.clone(), op)?;
-                self.append(time, process.clone(), Op::Resync { node, data })?;
+                self.read_back_into(file, key, node, time, process.as_ref())?;
                 self.update_meta(path, disk_meta, time, process.as_ref())?;
                 self.refresh_xattrs(path, time, process.as_ref())?;
             }
@@ -841,37 +849,84 @@ impl Recorder {
         let Some(path) = self.writer.path_of(node) else {
             return Ok(true); // unlinked: no name left to export, nothing to heal
         };
+        let reason = self.dirty.get(&file).copied();
         let who = self.reader_for(process.as_ref(), Some(node));
-        match self.root_dir.read_file(who, &path, file) {
-            Ok(data) => {
-                self.stats.resyncs += 1;
-                if self.dirty.get(&file) == Some(&DirtyReason::Lost) {
-                    self.stats.drops_healed += 1;
-                }
-                self.append(time, process.clone(), Op::Resync { node, data })?;
-                // The bytes are the disk's now, and so is their mtime: a Resync stamps its own
-                // moment, while the file may have had its times set (cp -p copies with
-                // copy_file_range, which is read back, then sets them).
-                if let Ok(meta) = self.root_dir.metadata(who, &path) {
-                    if meta.dev() == file.dev && meta.ino() == file.ino {
-                        let update = MetaUpdate {
-                            mtime_ns: Some(
-                                i128::from(meta.mtime()) * 1_000_000_000
-                                    + i128::from(meta.mtime_nsec()),
-                            ),
-                            ..Default::default()
-                        };
-                        self.update_meta(&path, update, time, process.as_ref())?;
-                    }
-                }
-                Ok(true)
-            }
+        let whole = match self.root_dir.open_read_back(who, &path, file) {
+            Ok(f) => self.read_back_into(f, file, node, time, process.as_ref())?,
             Err(e) => {
                 tracing::debug!(%path, "read-back failed: {e}");
-                self.rescan_needed = true;
-                Ok(false)
+                false
+            }
+        };
+        if !whole {
+            self.rescan_needed = true;
+            return Ok(false);
+        }
+        self.stats.resyncs += 1;
+        if reason == Some(DirtyReason::Lost) {
+            self.stats.drops_healed += 1;
+        }
+        // The bytes are the disk's now, and so is their mtime: a Resync stamps its own
+        // moment, while the file may have had its times set (cp -p copies with
+        // copy_file_range, which is read back, then sets them).
+        if let Ok(meta) = self.root_dir.metadata(who, &path) {
+            if meta.dev() == file.dev && meta.ino() == file.ino {
+                let update = MetaUpdate {
+                    mtime_ns: Some(
+                        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+                    ),
+                    ..Default::default()
+                };
+                self.update_meta(&path, update, time, process.as_ref())?;
             }
         }
+        Ok(true)
+    }
+
+    /// Appends what `file` (opened by `open_read_back`) holds as `node`'s content, in chunks of
+    /// [`READ_BACK_CHUNK`]. Returns whether it read to the end. A read error cuts it short: the
+    /// log then has only the first part, and the file is marked (`key`), so the end of the
+    /// recording reads it again.
+    fn read_back_into(
+        &mut self,
+        file: fs::File,
+        key: FileKey,
+        node: NodeId,
+        time: u64,
+        process: Option<&Process>,
+    ) -> Result<bool, RecordError> {
+        let mut file = file.take(0);
+        let mut at = 0u64;
+        loop {
+            // Read straight into the buffer the op will own: a buffer reused here would only
+            // add a copy, since the store keeps each op's bytes until it seals them into a
+            // block, and the allocator hands the chunks it frees then to the next ones.
+            let mut chunk = Vec::with_capacity(READ_BACK_CHUNK);
+            file.set_limit(READ_BACK_CHUNK as u64);
+            if let Err(e) = file.read_to_end(&mut chunk) {
+                tracing::debug!(node, at, "read-back cut short: {e}");
+                self.mark_dirty(key, DirtyReason::Fault);
+                return Ok(false);
+            }
+            let n = chunk.len() as u64;
+            // The first op replaces what the log had, even when the file is empty now.
+            let op = match at {
+                0 => Op::Resync { node, data: chunk },
+                _ if n == 0 => break,
+                offset => Op::Write {
+                    node,
+                    offset,
+                    data: chunk,
+                },
+            };
+            self.append(time, process.cloned(), op)?;
+            at += n;
+            // read_to_end stops short of the limit only at the end of the file.
+            if n < READ_BACK_CHUNK as u64 {
+                break;
+            }
+        }
+        Ok(true)
     }
 
     /// Notices records lost to a full ring buffer since the last call: writes a gap marker and
@@ -1138,9 +1193,8 @@ impl Recorder {
         match &entry.kind {
             EntryKind::File { size } => {
                 if *size != meta.len() || !entry.exact {
-                    if let Ok(data) = self.root_dir.read_file(who, path, key) {
-                        let node = entry.node;
-                        self.append(time, None, Op::Resync { node, data })?;
+                    if let Ok(file) = self.root_dir.open_read_back(who, path, key) {
+                        self.read_back_into(file, key, entry.node, time, None)?;
                         fixed = true;
                     }
                 } else if meta.len() <= OUTSIDE_CHECK_MAX_BYTES
