@@ -67,6 +67,15 @@ pub struct Recorder {
     pub(crate) root_dir: RootDir,
     pub(crate) nodes: HashMap<FileKey, NodeId>,
     dirty: HashMap<FileKey, DirtyReason>,
+    /// Files read back since their last mark, with the cgroup's lost-record count taken just
+    /// before that read-back began. While the count stays the same, every change the kernel
+    /// could not capture would have marked the file again (which removes it here), so the log
+    /// still holds its content and another read-back would only read the same bytes again.
+    read_back_at: HashMap<FileKey, u64>,
+    /// The process of the latest event naming each file: at a process's exit only the dirty
+    /// files it (or no live process) touched last are read back; another's are read at its own
+    /// close or exit, when it is done with them.
+    last_toucher: HashMap<FileKey, u32>,
     /// Directories every name of which belongs to the recording (baseline roots, directories
     /// the workload made): a rescan adopts names found there that the log lacks.
     pub(crate) owned_dirs: BTreeSet<RecPath>,
@@ -115,6 +124,8 @@ impl Recorder {
             root,
             nodes: HashMap::new(),
             dirty: HashMap::new(),
+            read_back_at: HashMap::new(),
+            last_toucher: HashMap::new(),
             owned_dirs: BTreeSet::new(),
             excluded,
             overlay: false,
@@ -428,9 +439,13 @@ impl Recorder {
             } => Some(*file),
             _ => None,
         };
+        let pid = process.pid;
         self.apply_to_store(change, time, Some(process), probe)?;
-        if let Some(&node) = touched.and_then(|file| self.nodes.get(&file)) {
-            self.node_ids.insert(node, ids);
+        if let Some(file) = touched {
+            self.last_toucher.insert(file, pid);
+            if let Some(&node) = self.nodes.get(&file) {
+                self.node_ids.insert(node, ids);
+            }
         }
         Ok(())
     }
@@ -682,13 +697,17 @@ impl Recorder {
                 None => self.rescan_needed = true,
             },
             Change::Close { file } => {
-                let read = self.resync(file, time, process)?;
-                // A shared mapping outlives close: keep reading it back until the end. A failed
-                // read-back (the name moved on disk before we got here) keeps the mark, so the
-                // file is read back at the end under its final name.
-                if read && self.dirty.get(&file) != Some(&DirtyReason::Mmap) {
-                    self.dirty.remove(&file);
+                // A shared mapping outlives close: keep reading it back until the end. Any
+                // other mark is cleared before the read-back, not after: a record of the file
+                // lost in between marks it again, where clearing afterwards would erase that.
+                let mapped = self.dirty.get(&file) == Some(&DirtyReason::Mmap);
+                if !mapped {
                     let _ = probe.clear_dirty(file);
+                }
+                // A failed read-back (the name moved on disk before we got here) keeps our own
+                // mark, so the file is read back at the end under its final name.
+                if self.resync(file, time, process, probe)? && !mapped {
+                    self.dirty.remove(&file);
                 }
             }
             Change::Sync => {
@@ -699,14 +718,25 @@ impl Recorder {
                     .map(|(k, _)| *k)
                     .collect();
                 for file in mapped {
-                    self.resync(file, time, process.clone())?;
+                    self.resync(file, time, process.clone(), probe)?;
                 }
             }
             Change::Exit { .. } => {
-                // A quiescent point for whatever this process left dirty.
-                let all: Vec<FileKey> = self.dirty.keys().copied().collect();
-                for file in all {
-                    self.resync(file, time, process.clone())?;
+                // A quiescent point for whatever this process left dirty. A file another live
+                // process touched last may be mid-write (a 245 MB file another writer is still
+                // filling): it is read back when that one closes it or exits, or at the end.
+                let exiting = process.as_ref().map(|p| p.pid);
+                let left: Vec<FileKey> = self
+                    .dirty
+                    .keys()
+                    .filter(|file| match self.last_toucher.get(file) {
+                        Some(pid) => Some(*pid) == exiting || !self.pid_ids.contains_key(pid),
+                        None => true,
+                    })
+                    .copied()
+                    .collect();
+                for file in left {
+                    self.resync(file, time, process.clone(), probe)?;
                 }
             }
             Change::NamespaceLost => self.note_cut(),
@@ -793,6 +823,7 @@ impl Recorder {
     }
 
     fn mark_dirty(&mut self, file: FileKey, reason: DirtyReason) {
+        self.read_back_at.remove(&file);
         // Mmap wins: it must be read back until the end, whatever else happened.
         let entry = self.dirty.entry(file).or_insert(reason);
         if reason == DirtyReason::Mmap {
@@ -835,12 +866,14 @@ impl Recorder {
         }
     }
 
-    /// Reads a file's whole content back into the log. Returns whether it could.
+    /// Reads a file's whole content back into the log, unless the log holds it already (see
+    /// `read_back_at`). Returns whether the log has the disk's content now.
     fn resync(
         &mut self,
         file: FileKey,
         time: u64,
         process: Option<Process>,
+        probe: &Probe,
     ) -> Result<bool, RecordError> {
         let Some(&node) = self.nodes.get(&file) else {
             self.rescan_needed = true; // dirty but never named: only a rescan can place it
@@ -850,6 +883,20 @@ impl Recorder {
             return Ok(true); // unlinked: no name left to export, nothing to heal
         };
         let reason = self.dirty.get(&file).copied();
+        // Taken before reading: what was lost before is on disk by then, and a record lost from
+        // here on raises the count, so the next request reads the file again.
+        let lost = probe
+            .cgroup_losses(self.cgroup)
+            .ok()
+            .flatten()
+            .map(|c| c.lost);
+        // Writes through a shared mapping are never captured, so a mapped file is always read.
+        if reason != Some(DirtyReason::Mmap)
+            && lost.is_some()
+            && self.read_back_at.get(&file) == lost.as_ref()
+        {
+            return Ok(true);
+        }
         let who = self.reader_for(process.as_ref(), Some(node));
         let whole = match self.root_dir.open_read_back(who, &path, file) {
             Ok(f) => self.read_back_into(f, file, node, time, process.as_ref())?,
@@ -861,6 +908,9 @@ impl Recorder {
         if !whole {
             self.rescan_needed = true;
             return Ok(false);
+        }
+        if let Some(lost) = lost {
+            self.read_back_at.insert(file, lost);
         }
         self.stats.resyncs += 1;
         if reason == Some(DirtyReason::Lost) {
@@ -1006,7 +1056,7 @@ impl Recorder {
         self.check_losses(probe, time)?;
         let dirty: Vec<FileKey> = self.dirty.keys().copied().collect();
         for file in dirty {
-            self.resync(file, time, None)?;
+            self.resync(file, time, None, probe)?;
         }
         self.dirty.clear();
         self.reconcile(time)
