@@ -182,7 +182,9 @@ impl Run {
             .ok();
         let state_dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
         let cgroup = RecordingCgroup::create(&format!("rec-{}", std::process::id()))?;
-        let mut rec = Recorder::new(writer, "/".into(), vec![state_dir], cgroup.id());
+        // `finish` reads back whatever is still dirty while the files are still there.
+        let mut rec = Recorder::new(writer, "/".into(), vec![state_dir], cgroup.id())
+            .defer_heals_while_losing(true);
         probe.record_cgroup(cgroup.id(), cgroup.level())?;
 
         let mut baselines = opts.baselines.clone();

@@ -76,6 +76,13 @@ pub struct Recorder {
     /// files it (or no live process) touched last are read back; another's are read at its own
     /// close or exit, when it is done with them.
     last_toucher: HashMap<FileKey, u32>,
+    /// Whether read-backs due at a close or an exit wait while the ring is overflowing (see
+    /// [`Recorder::defer_heals_while_losing`]), and the ones waiting, with the process whose
+    /// ids read them.
+    defer_heals: bool,
+    deferred: HashMap<FileKey, Option<Process>>,
+    /// The last loss check found records lost since the one before.
+    losing: bool,
     /// Directories every name of which belongs to the recording (baseline roots, directories
     /// the workload made): a rescan adopts names found there that the log lacks.
     pub(crate) owned_dirs: BTreeSet<RecPath>,
@@ -126,6 +133,9 @@ impl Recorder {
             dirty: HashMap::new(),
             read_back_at: HashMap::new(),
             last_toucher: HashMap::new(),
+            defer_heals: false,
+            deferred: HashMap::new(),
+            losing: false,
             owned_dirs: BTreeSet::new(),
             excluded,
             overlay: false,
@@ -147,6 +157,17 @@ impl Recorder {
     /// many recordings gives each less.
     pub fn commit_past(mut self, bytes: u64) -> Self {
         self.commit_bytes = bytes;
+        self
+    }
+
+    /// Makes read-backs due at a close or an exit wait while the ring buffer is overflowing
+    /// (the last loss check found new losses) until a check finds none, or the end. A heal of a
+    /// large file takes long, and the ring is not emptied meanwhile, so healing while another
+    /// writer still overruns the ring loses it more records (and more read-backs). Only for a
+    /// recording whose end reads back whatever is still dirty while the files are still there
+    /// ([`Recorder::finish_healing`]): a container's root can be gone before the next check.
+    pub fn defer_heals_while_losing(mut self, defer: bool) -> Self {
+        self.defer_heals = defer;
         self
     }
 
@@ -704,6 +725,10 @@ impl Recorder {
                 if !mapped {
                     let _ = probe.clear_dirty(file);
                 }
+                if !mapped && self.defer_heals && self.losing {
+                    self.deferred.insert(file, process);
+                    return Ok(());
+                }
                 // A failed read-back (the name moved on disk before we got here) keeps our own
                 // mark, so the file is read back at the end under its final name.
                 if self.resync(file, time, process, probe)? && !mapped {
@@ -736,7 +761,11 @@ impl Recorder {
                     .copied()
                     .collect();
                 for file in left {
-                    self.resync(file, time, process.clone(), probe)?;
+                    if self.defer_heals && self.losing {
+                        self.deferred.entry(file).or_insert_with(|| process.clone());
+                    } else {
+                        self.resync(file, time, process.clone(), probe)?;
+                    }
                 }
             }
             Change::NamespaceLost => self.note_cut(),
@@ -995,12 +1024,12 @@ impl Recorder {
             };
             self.append(time, None, op)?;
         }
-        let Ok(Some(c)) = probe.cgroup_losses(self.cgroup) else {
-            return Ok(());
+        let counts = probe.cgroup_losses(self.cgroup).ok().flatten();
+        let Some(c) = counts.filter(|c| c.lost > self.lost_seen) else {
+            self.losing = false;
+            return self.heal_deferred(probe, time);
         };
-        if c.lost <= self.lost_seen {
-            return Ok(());
-        }
+        self.losing = true;
         let (lost, lost_ns) = (
             c.lost - self.lost_seen,
             c.lost_namespace - self.lost_ns_seen,
@@ -1030,6 +1059,17 @@ impl Recorder {
         )
     }
 
+    /// The read-backs that waited for the ring to stop overflowing.
+    fn heal_deferred(&mut self, probe: &Probe, time: u64) -> Result<(), RecordError> {
+        for (file, process) in std::mem::take(&mut self.deferred) {
+            let mapped = self.dirty.get(&file) == Some(&DirtyReason::Mmap);
+            if self.resync(file, time, process, probe)? && !mapped {
+                self.dirty.remove(&file);
+            }
+        }
+        Ok(())
+    }
+
     /// Files whose naming record was lost: the kernel kept their names aside. Taken from
     /// disk (read back whole), so they are exact from here on.
     fn adopt_unsent(&mut self, probe: &mut Probe, time: u64) -> Result<(), RecordError> {
@@ -1054,6 +1094,7 @@ impl Recorder {
     /// last moment is exact even after losses.
     pub fn finish_healing(&mut self, probe: &mut Probe, time: u64) -> Result<(), RecordError> {
         self.check_losses(probe, time)?;
+        self.deferred.clear(); // all dirty still, and read back below
         let dirty: Vec<FileKey> = self.dirty.keys().copied().collect();
         for file in dirty {
             self.resync(file, time, None, probe)?;
