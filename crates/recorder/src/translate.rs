@@ -1027,9 +1027,11 @@ impl Recorder {
         let counts = probe.cgroup_losses(self.cgroup).ok().flatten();
         let Some(c) = counts.filter(|c| c.lost > self.lost_seen) else {
             self.losing = false;
+            self.writer.hurry(false);
             return self.heal_deferred(probe, time);
         };
         self.losing = true;
+        self.writer.hurry(true);
         let (lost, lost_ns) = (
             c.lost - self.lost_seen,
             c.lost_namespace - self.lost_ns_seen,
