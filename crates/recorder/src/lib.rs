@@ -15,7 +15,7 @@ pub use local::{
     record_local, LocalOptions, LocalOutcome, StoppedEarly, DEFAULT_CWD_BASELINE_LIMIT,
 };
 pub use scope::{PathScope, ScopeError};
-pub use translate::{Recorder, RecorderStats, COMMIT_BYTES};
+pub use translate::{Recorder, RecorderStats, COMMIT_BYTES, READ_BACK_CHUNK};
 
 use std::path::PathBuf;
 

@@ -185,8 +185,10 @@ impl Run {
             .ok();
         let state_dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
         let cgroup = RecordingCgroup::create(&format!("rec-{}", std::process::id()))?;
+        // `finish` reads back whatever is still dirty while the files are still there.
         let mut rec = Recorder::new(writer, "/".into(), vec![state_dir], cgroup.id())
-            .scoped(opts.scope.clone())?;
+            .scoped(opts.scope.clone())?
+            .defer_heals_while_losing(true);
         let settings = CgroupSettings {
             scoped: !opts.scope.is_everything(),
             ..CgroupSettings::default()

@@ -138,22 +138,34 @@ impl RootDir {
         Ok(File::from(self.open_entry(who, path, flags)?))
     }
 
-    /// A regular file's bytes, if it is still the inode `expect` (dev, ino): a rename may have
-    /// put another file at that name.
+    /// A regular file opened for a read-back, if it is still the inode `expect` (dev, ino): a
+    /// rename may have put another file at that name.
+    pub(crate) fn open_read_back(
+        &self,
+        who: FsIds,
+        path: &RecPath,
+        expect: FileKey,
+    ) -> io::Result<File> {
+        use std::os::unix::fs::MetadataExt;
+        // Opened as `who`; reading an open file checks nothing more.
+        let f = self.open_file(who, path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() || meta.dev() != expect.dev || meta.ino() != expect.ino {
+            return Err(io::Error::other("another file is at this path now"));
+        }
+        Ok(f)
+    }
+
+    /// A regular file's bytes, whole (see [`Self::open_read_back`]): only for files known to be
+    /// small, since it holds them in memory.
     pub(crate) fn read_file(
         &self,
         who: FsIds,
         path: &RecPath,
         expect: FileKey,
     ) -> io::Result<Vec<u8>> {
-        use std::os::unix::fs::MetadataExt;
-        // Opened as `who`; reading an open file checks nothing more.
-        let mut f = self.open_file(who, path)?;
-        let meta = f.metadata()?;
-        if !meta.is_file() || meta.dev() != expect.dev || meta.ino() != expect.ino {
-            return Err(io::Error::other("another file is at this path now"));
-        }
-        let mut data = Vec::with_capacity(meta.len() as usize);
+        let mut f = self.open_read_back(who, path, expect)?;
+        let mut data = Vec::with_capacity(f.metadata()?.len() as usize);
         f.read_to_end(&mut data)?;
         Ok(data)
     }

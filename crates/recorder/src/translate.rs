@@ -18,6 +18,7 @@ use diffkeeper_store::{
 };
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,13 @@ pub struct RecorderStats {
 /// second of writes (the timed flush) would otherwise sit in memory.
 pub const COMMIT_BYTES: u64 = 32 << 20;
 
+/// The most bytes one read-back op holds. A larger file is read back as a Resync of its first
+/// chunk and then Writes of the rest at their offsets, all at the same moment: healing a
+/// 245 MB file then holds a few chunks (until the writer seals them into a block) instead of
+/// the whole file, and the copies the store makes of it, in freshly faulted memory. Readers need
+/// nothing new: these are the ops a writer of that file would have made.
+pub const READ_BACK_CHUNK: usize = 1 << 20;
+
 /// Translates events of one recording into store appends.
 pub struct Recorder {
     pub(crate) writer: Writer,
@@ -60,6 +68,22 @@ pub struct Recorder {
     pub(crate) root_dir: RootDir,
     pub(crate) nodes: HashMap<FileKey, NodeId>,
     dirty: HashMap<FileKey, DirtyReason>,
+    /// Files read back since their last mark, with the cgroup's lost-record count taken just
+    /// before that read-back began. While the count stays the same, every change the kernel
+    /// could not capture would have marked the file again (which removes it here), so the log
+    /// still holds its content and another read-back would only read the same bytes again.
+    read_back_at: HashMap<FileKey, u64>,
+    /// The process of the latest event naming each file: at a process's exit only the dirty
+    /// files it (or no live process) touched last are read back; another's are read at its own
+    /// close or exit, when it is done with them.
+    last_toucher: HashMap<FileKey, u32>,
+    /// Whether read-backs due at a close or an exit wait while the ring is overflowing (see
+    /// [`Recorder::defer_heals_while_losing`]), and the ones waiting, with the process whose
+    /// ids read them.
+    defer_heals: bool,
+    deferred: HashMap<FileKey, Option<Process>>,
+    /// The last loss check found records lost since the one before.
+    losing: bool,
     /// Directories every name of which belongs to the recording (baseline roots, directories
     /// the workload made): a rescan adopts names found there that the log lacks.
     pub(crate) owned_dirs: BTreeSet<RecPath>,
@@ -115,6 +139,11 @@ impl Recorder {
             root,
             nodes: HashMap::new(),
             dirty: HashMap::new(),
+            read_back_at: HashMap::new(),
+            last_toucher: HashMap::new(),
+            defer_heals: false,
+            deferred: HashMap::new(),
+            losing: false,
             owned_dirs: BTreeSet::new(),
             excluded,
             scope: PathScope::everything(),
@@ -148,6 +177,17 @@ impl Recorder {
     /// many recordings gives each less.
     pub fn commit_past(mut self, bytes: u64) -> Self {
         self.commit_bytes = bytes;
+        self
+    }
+
+    /// Makes read-backs due at a close or an exit wait while the ring buffer is overflowing
+    /// (the last loss check found new losses) until a check finds none, or the end. A heal of a
+    /// large file takes long, and the ring is not emptied meanwhile, so healing while another
+    /// writer still overruns the ring loses it more records (and more read-backs). Only for a
+    /// recording whose end reads back whatever is still dirty while the files are still there
+    /// ([`Recorder::finish_healing`]): a container's root can be gone before the next check.
+    pub fn defer_heals_while_losing(mut self, defer: bool) -> Self {
+        self.defer_heals = defer;
         self
     }
 
@@ -360,8 +400,8 @@ impl Recorder {
                     path: path.clone(),
                 },
             )?;
-            if let Ok(data) = self.root_dir.read_file(who, path, key) {
-                self.append(time, process.clone(), Op::Resync { node, data })?;
+            if let Ok(file) = self.root_dir.open_read_back(who, path, key) {
+                self.read_back_into(file, key, node, time, process.as_ref())?;
             }
             self.update_meta(path, disk_meta, time, process.as_ref())?;
             return Ok(1);
@@ -369,15 +409,15 @@ impl Recorder {
         let node = self.writer.new_node();
         self.nodes.insert(key, node);
         self.bring_inside(key);
-        match self.root_dir.read_file(who, path, key) {
-            Ok(data) => {
+        match self.root_dir.open_read_back(who, path, key) {
+            Ok(file) => {
                 let op = Op::Create {
                     node,
                     path: path.clone(),
                     mode,
                 };
                 self.append(time, process.clone(), op)?;
-                self.append(time, process.clone(), Op::Resync { node, data })?;
+                self.read_back_into(file, key, node, time, process.as_ref())?;
                 self.update_meta(path, disk_meta, time, process.as_ref())?;
                 self.refresh_xattrs(path, time, process.as_ref())?;
             }
@@ -511,9 +551,13 @@ impl Recorder {
             } => Some(*file),
             _ => None,
         };
+        let pid = process.pid;
         self.apply_to_store(change, time, Some(process), probe)?;
-        if let Some(&node) = touched.and_then(|file| self.nodes.get(&file)) {
-            self.node_ids.insert(node, ids);
+        if let Some(file) = touched {
+            self.last_toucher.insert(file, pid);
+            if let Some(&node) = self.nodes.get(&file) {
+                self.node_ids.insert(node, ids);
+            }
         }
         Ok(())
     }
@@ -785,13 +829,21 @@ impl Recorder {
                 None => self.rescan_needed = true,
             },
             Change::Close { file } => {
-                let read = self.resync(file, time, process)?;
-                // A shared mapping outlives close: keep reading it back until the end. A failed
-                // read-back (the name moved on disk before we got here) keeps the mark, so the
-                // file is read back at the end under its final name.
-                if read && self.dirty.get(&file) != Some(&DirtyReason::Mmap) {
-                    self.dirty.remove(&file);
+                // A shared mapping outlives close: keep reading it back until the end. Any
+                // other mark is cleared before the read-back, not after: a record of the file
+                // lost in between marks it again, where clearing afterwards would erase that.
+                let mapped = self.dirty.get(&file) == Some(&DirtyReason::Mmap);
+                if !mapped {
                     let _ = probe.clear_dirty(file);
+                }
+                if !mapped && self.defer_heals && self.losing {
+                    self.deferred.insert(file, process);
+                    return Ok(());
+                }
+                // A failed read-back (the name moved on disk before we got here) keeps our own
+                // mark, so the file is read back at the end under its final name.
+                if self.resync(file, time, process, probe)? && !mapped {
+                    self.dirty.remove(&file);
                 }
             }
             Change::Sync => {
@@ -802,14 +854,29 @@ impl Recorder {
                     .map(|(k, _)| *k)
                     .collect();
                 for file in mapped {
-                    self.resync(file, time, process.clone())?;
+                    self.resync(file, time, process.clone(), probe)?;
                 }
             }
             Change::Exit { .. } => {
-                // A quiescent point for whatever this process left dirty.
-                let all: Vec<FileKey> = self.dirty.keys().copied().collect();
-                for file in all {
-                    self.resync(file, time, process.clone())?;
+                // A quiescent point for whatever this process left dirty. A file another live
+                // process touched last may be mid-write (a 245 MB file another writer is still
+                // filling): it is read back when that one closes it or exits, or at the end.
+                let exiting = process.as_ref().map(|p| p.pid);
+                let left: Vec<FileKey> = self
+                    .dirty
+                    .keys()
+                    .filter(|file| match self.last_toucher.get(file) {
+                        Some(pid) => Some(*pid) == exiting || !self.pid_ids.contains_key(pid),
+                        None => true,
+                    })
+                    .copied()
+                    .collect();
+                for file in left {
+                    if self.defer_heals && self.losing {
+                        self.deferred.entry(file).or_insert_with(|| process.clone());
+                    } else {
+                        self.resync(file, time, process.clone(), probe)?;
+                    }
                 }
             }
             Change::NamespaceLost => self.note_cut(),
@@ -897,6 +964,7 @@ impl Recorder {
     }
 
     fn mark_dirty(&mut self, file: FileKey, reason: DirtyReason) {
+        self.read_back_at.remove(&file);
         // Mmap wins: it must be read back until the end, whatever else happened.
         let entry = self.dirty.entry(file).or_insert(reason);
         if reason == DirtyReason::Mmap {
@@ -943,12 +1011,14 @@ impl Recorder {
         }
     }
 
-    /// Reads a file's whole content back into the log. Returns whether it could.
+    /// Reads a file's whole content back into the log, unless the log holds it already (see
+    /// `read_back_at`). Returns whether the log has the disk's content now.
     fn resync(
         &mut self,
         file: FileKey,
         time: u64,
         process: Option<Process>,
+        probe: &Probe,
     ) -> Result<bool, RecordError> {
         let Some(&node) = self.nodes.get(&file) else {
             if self.outside.contains(&file) {
@@ -960,37 +1030,101 @@ impl Recorder {
         let Some(path) = self.writer.path_of(node) else {
             return Ok(true); // unlinked: no name left to export, nothing to heal
         };
+        let reason = self.dirty.get(&file).copied();
+        // Taken before reading: what was lost before is on disk by then, and a record lost from
+        // here on raises the count, so the next request reads the file again.
+        let lost = probe
+            .cgroup_losses(self.cgroup)
+            .ok()
+            .flatten()
+            .map(|c| c.lost);
+        // Writes through a shared mapping are never captured, so a mapped file is always read.
+        if reason != Some(DirtyReason::Mmap)
+            && lost.is_some()
+            && self.read_back_at.get(&file) == lost.as_ref()
+        {
+            return Ok(true);
+        }
         let who = self.reader_for(process.as_ref(), Some(node));
-        match self.root_dir.read_file(who, &path, file) {
-            Ok(data) => {
-                self.stats.resyncs += 1;
-                if self.dirty.get(&file) == Some(&DirtyReason::Lost) {
-                    self.stats.drops_healed += 1;
-                }
-                self.append(time, process.clone(), Op::Resync { node, data })?;
-                // The bytes are the disk's now, and so is their mtime: a Resync stamps its own
-                // moment, while the file may have had its times set (cp -p copies with
-                // copy_file_range, which is read back, then sets them).
-                if let Ok(meta) = self.root_dir.metadata(who, &path) {
-                    if meta.dev() == file.dev && meta.ino() == file.ino {
-                        let update = MetaUpdate {
-                            mtime_ns: Some(
-                                i128::from(meta.mtime()) * 1_000_000_000
-                                    + i128::from(meta.mtime_nsec()),
-                            ),
-                            ..Default::default()
-                        };
-                        self.update_meta(&path, update, time, process.as_ref())?;
-                    }
-                }
-                Ok(true)
-            }
+        let whole = match self.root_dir.open_read_back(who, &path, file) {
+            Ok(f) => self.read_back_into(f, file, node, time, process.as_ref())?,
             Err(e) => {
                 tracing::debug!(%path, "read-back failed: {e}");
-                self.rescan_needed = true;
-                Ok(false)
+                false
+            }
+        };
+        if !whole {
+            self.rescan_needed = true;
+            return Ok(false);
+        }
+        if let Some(lost) = lost {
+            self.read_back_at.insert(file, lost);
+        }
+        self.stats.resyncs += 1;
+        if reason == Some(DirtyReason::Lost) {
+            self.stats.drops_healed += 1;
+        }
+        // The bytes are the disk's now, and so is their mtime: a Resync stamps its own
+        // moment, while the file may have had its times set (cp -p copies with
+        // copy_file_range, which is read back, then sets them).
+        if let Ok(meta) = self.root_dir.metadata(who, &path) {
+            if meta.dev() == file.dev && meta.ino() == file.ino {
+                let update = MetaUpdate {
+                    mtime_ns: Some(
+                        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+                    ),
+                    ..Default::default()
+                };
+                self.update_meta(&path, update, time, process.as_ref())?;
             }
         }
+        Ok(true)
+    }
+
+    /// Appends what `file` (opened by `open_read_back`) holds as `node`'s content, in chunks of
+    /// [`READ_BACK_CHUNK`]. Returns whether it read to the end. A read error cuts it short: the
+    /// log then has only the first part, and the file is marked (`key`), so the end of the
+    /// recording reads it again.
+    fn read_back_into(
+        &mut self,
+        file: fs::File,
+        key: FileKey,
+        node: NodeId,
+        time: u64,
+        process: Option<&Process>,
+    ) -> Result<bool, RecordError> {
+        let mut file = file.take(0);
+        let mut at = 0u64;
+        loop {
+            // Read straight into the buffer the op will own: a buffer reused here would only
+            // add a copy, since the store keeps each op's bytes until it seals them into a
+            // block, and the allocator hands the chunks it frees then to the next ones.
+            let mut chunk = Vec::with_capacity(READ_BACK_CHUNK);
+            file.set_limit(READ_BACK_CHUNK as u64);
+            if let Err(e) = file.read_to_end(&mut chunk) {
+                tracing::debug!(node, at, "read-back cut short: {e}");
+                self.mark_dirty(key, DirtyReason::Fault);
+                return Ok(false);
+            }
+            let n = chunk.len() as u64;
+            // The first op replaces what the log had, even when the file is empty now.
+            let op = match at {
+                0 => Op::Resync { node, data: chunk },
+                _ if n == 0 => break,
+                offset => Op::Write {
+                    node,
+                    offset,
+                    data: chunk,
+                },
+            };
+            self.append(time, process.cloned(), op)?;
+            at += n;
+            // read_to_end stops short of the limit only at the end of the file.
+            if n < READ_BACK_CHUNK as u64 {
+                break;
+            }
+        }
+        Ok(true)
     }
 
     /// Notices records lost to a full ring buffer since the last call: writes a gap marker and
@@ -1009,12 +1143,14 @@ impl Recorder {
             };
             self.append(time, None, op)?;
         }
-        let Ok(Some(c)) = probe.cgroup_losses(self.cgroup) else {
-            return Ok(());
+        let counts = probe.cgroup_losses(self.cgroup).ok().flatten();
+        let Some(c) = counts.filter(|c| c.lost > self.lost_seen) else {
+            self.losing = false;
+            self.writer.hurry(false);
+            return self.heal_deferred(probe, time);
         };
-        if c.lost <= self.lost_seen {
-            return Ok(());
-        }
+        self.losing = true;
+        self.writer.hurry(true);
         let (lost, lost_ns) = (
             c.lost - self.lost_seen,
             c.lost_namespace - self.lost_ns_seen,
@@ -1044,6 +1180,17 @@ impl Recorder {
         )
     }
 
+    /// The read-backs that waited for the ring to stop overflowing.
+    fn heal_deferred(&mut self, probe: &Probe, time: u64) -> Result<(), RecordError> {
+        for (file, process) in std::mem::take(&mut self.deferred) {
+            let mapped = self.dirty.get(&file) == Some(&DirtyReason::Mmap);
+            if self.resync(file, time, process, probe)? && !mapped {
+                self.dirty.remove(&file);
+            }
+        }
+        Ok(())
+    }
+
     /// Files whose naming record was lost: the kernel kept their names aside. Taken from
     /// disk (read back whole), so they are exact from here on.
     fn adopt_unsent(&mut self, probe: &mut Probe, time: u64) -> Result<(), RecordError> {
@@ -1071,9 +1218,10 @@ impl Recorder {
     /// last moment is exact even after losses.
     pub fn finish_healing(&mut self, probe: &mut Probe, time: u64) -> Result<(), RecordError> {
         self.check_losses(probe, time)?;
+        self.deferred.clear(); // all dirty still, and read back below
         let dirty: Vec<FileKey> = self.dirty.keys().copied().collect();
         for file in dirty {
-            self.resync(file, time, None)?;
+            self.resync(file, time, None, probe)?;
         }
         self.dirty.clear();
         self.reconcile(time)
@@ -1260,9 +1408,8 @@ impl Recorder {
         match &entry.kind {
             EntryKind::File { size } => {
                 if *size != meta.len() || !entry.exact {
-                    if let Ok(data) = self.root_dir.read_file(who, path, key) {
-                        let node = entry.node;
-                        self.append(time, None, Op::Resync { node, data })?;
+                    if let Ok(file) = self.root_dir.open_read_back(who, path, key) {
+                        self.read_back_into(file, key, entry.node, time, None)?;
                         fixed = true;
                     }
                 } else if meta.len() <= OUTSIDE_CHECK_MAX_BYTES

@@ -677,6 +677,9 @@ const DELTA: u8 = 2;
 /// Below this, a zstd frame header costs more than it saves.
 const MIN_COMPRESS: usize = 64;
 pub(crate) const ZSTD_LEVEL: i32 = 3;
+/// The level of segment blocks while the writer is told to hurry ([`crate::Writer::hurry`]):
+/// any level decodes the same, so readers never know.
+pub(crate) const FAST_ZSTD_LEVEL: i32 = 1;
 /// The deepest delta chain a reader follows; deeper ones can only come from damage, and the
 /// recursion that decodes a chain must stay well within a thread's stack.
 pub(crate) const MAX_DELTA_DEPTH: u32 = 256;

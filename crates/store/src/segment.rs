@@ -185,6 +185,8 @@ pub(crate) struct SegmentLog {
     unsynced: bool,
     /// Bytes in sealed segments, for size reports.
     sealed_bytes: u64,
+    /// The zstd level of the blocks appended from now on.
+    pub(crate) level: i32,
 }
 
 impl SegmentLog {
@@ -224,6 +226,7 @@ impl SegmentLog {
         Ok(SegmentLog {
             dir,
             seal_bytes: seal_bytes.max(1),
+            level: crate::codec::ZSTD_LEVEL,
             id,
             file,
             len: end,
@@ -243,6 +246,7 @@ impl SegmentLog {
         Ok(SegmentLog {
             dir,
             seal_bytes: seal_bytes.max(1),
+            level: crate::codec::ZSTD_LEVEL,
             id,
             file,
             len: FILE_MAGIC.len() as u64,
@@ -255,7 +259,7 @@ impl SegmentLog {
     /// is durable only after [`Self::sync`].
     pub(crate) fn append(&mut self, raw: &[u8], compress: bool) -> Result<BlockAddr, StoreError> {
         let packed = compress
-            .then(|| zstd::bulk::compress(raw, crate::codec::ZSTD_LEVEL).ok())
+            .then(|| zstd::bulk::compress(raw, self.level).ok())
             .flatten()
             .filter(|p| p.len() < raw.len() - (raw.len() >> MIN_SAVING_SHIFT));
         let (encoding, stored): (u8, &[u8]) = match &packed {

@@ -716,6 +716,17 @@ impl Writer {
         Ok(())
     }
 
+    /// Compresses the data blocks written from now on at a faster zstd level while `hurry`
+    /// holds: for a recorder that is falling behind its ring buffer, where the time saved keeps
+    /// records from being lost, and a somewhat larger store is the lesser cost.
+    pub fn hurry(&mut self, hurry: bool) {
+        self.segments.level = if hurry {
+            codec::FAST_ZSTD_LEVEL
+        } else {
+            codec::ZSTD_LEVEL
+        };
+    }
+
     /// Commits and makes everything committed durable on disk.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         self.commit()?;
