@@ -858,16 +858,24 @@ impl Recorder {
                 }
             }
             Change::Exit { .. } => {
-                // A quiescent point for whatever this process left dirty. A file another live
+                // A quiescent point for whatever this process left dirty. With heals deferred
+                // (`record`, which reads everything back at its end), a file another live
                 // process touched last may be mid-write (a 245 MB file another writer is still
                 // filling): it is read back when that one closes it or exits, or at the end.
+                // Otherwise (the agent) every dirty file is read now: a container's end comes
+                // after its files are gone, and a lost Close or Exit record would leave it stale.
                 let exiting = process.as_ref().map(|p| p.pid);
+                let selective = self.defer_heals;
                 let left: Vec<FileKey> = self
                     .dirty
                     .keys()
                     .filter(|file| match self.last_toucher.get(file) {
-                        Some(pid) => Some(*pid) == exiting || !self.pid_ids.contains_key(pid),
-                        None => true,
+                        // Alive by /proc, not by the events seen: an Exit record can be lost.
+                        Some(pid) if selective => {
+                            Some(*pid) == exiting
+                                || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                        }
+                        _ => true,
                     })
                     .copied()
                     .collect();
