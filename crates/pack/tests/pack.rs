@@ -118,7 +118,7 @@ fn a_packed_recording_unpacks_to_the_same_recording() {
 fn a_live_recording_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("rec");
-    let writer = Writer::create(&dir, RecordingInfo::default()).unwrap();
+    let mut writer = Writer::create(&dir, RecordingInfo::default()).unwrap();
     let err = pack(&dir, Vec::new()).unwrap_err();
     assert!(
         matches!(

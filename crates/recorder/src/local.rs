@@ -175,7 +175,7 @@ impl Run {
         // keeps the umask it was given.
         let umask = unsafe { libc::umask(0o077) };
         let made_dir = make_private_dir(&opts.state_dir)?;
-        let writer = Writer::create(&opts.state_dir, info)?;
+        let mut writer = Writer::create(&opts.state_dir, info)?;
         // Reading a live recording is a convenience: recording goes on without it.
         let live = writer
             .serve_live()

@@ -82,7 +82,12 @@ impl LiveServer {
     /// Only root and the recorder's own user may connect: the index names every file the
     /// workload touched. The socket is the owner's alone (0600) and each peer's credentials are
     /// checked as well, in case the dir was made reachable to others.
-    pub(crate) fn start(dir: &Path, db: sled::Db) -> Result<LiveServer, StoreError> {
+    /// `lease` keeps the writer from letting go of `db` while this serves (see `Writer::rest`).
+    pub(crate) fn start(
+        dir: &Path,
+        db: sled::Db,
+        lease: Arc<()>,
+    ) -> Result<LiveServer, StoreError> {
         let path = dir.join(LIVE_SOCKET);
         match std::fs::remove_file(&path) {
             Ok(()) => debug!(path = %path.display(), "removed a stale live socket"),
@@ -96,7 +101,10 @@ impl LiveServer {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("live-reads".into())
-                .spawn(move || serve(listener, &db, &stop))?
+                .spawn(move || {
+                    let _lease = lease;
+                    serve(listener, &db, &stop)
+                })?
         };
         Ok(LiveServer {
             dir: dir.to_path_buf(),

@@ -31,6 +31,9 @@ pub struct Store {
     /// The pid of the recorder still writing this recording, for a view it served to another
     /// process (see `live`).
     live: Option<u32>,
+    /// For a view a live writer lent out: keeps that writer from letting go of the database
+    /// this view reads (see `Writer::rest`).
+    pub(crate) lease: Option<Arc<()>>,
 }
 
 impl Store {
@@ -108,6 +111,7 @@ impl Store {
             index_copy,
             _lock: lock,
             live: None,
+            lease: None,
         })
     }
 
@@ -121,6 +125,7 @@ impl Store {
             self._lock.clone(),
         )?;
         view.live = self.live;
+        view.lease = self.lease.clone();
         Ok(view)
     }
 

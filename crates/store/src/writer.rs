@@ -125,12 +125,44 @@ struct Run {
     data: PayloadBlock,
 }
 
+/// The sled half of a writer. An open sled database holds about 3 MiB of page table whatever it
+/// stores, and a node agent keeps a writer per recorded container, most of them idle: an idle
+/// writer lets go of its index (`Writer::rest`) and reopens it when it next needs it.
+struct Index {
+    db: sled::Db,
+    records: Records,
+}
+
+impl Index {
+    /// `slot`'s index, reopened first if its writer rested. A free function so that callers can
+    /// keep borrowing the writer's other fields.
+    fn woken<'a>(
+        slot: &'a mut Option<Index>,
+        dir: &Path,
+        cache_bytes: u64,
+        committed: Seq,
+    ) -> Result<&'a mut Index, StoreError> {
+        if slot.is_none() {
+            let db = open_db(dir, cache_bytes)?;
+            let records = Records::new((*db).clone(), committed, Arc::new(SegmentFiles::new(dir)));
+            debug!(dir = %dir.display(), "index reopened");
+            *slot = Some(Index { db, records });
+        }
+        Ok(slot.as_mut().expect("filled above"))
+    }
+}
+
 pub struct Writer {
     dir: PathBuf,
-    db: sled::Db,
+    /// None while the writer rests (see `rest`).
+    index: Option<Index>,
+    /// The index's size on disk when the writer last rested.
+    resting_index_bytes: u64,
+    /// Shared with every view `reader` lent: while one lives, its database is open and the
+    /// writer cannot rest (sled opens a database once per process).
+    lent: Arc<()>,
     segments: SegmentLog,
     packer: Packer,
-    records: Records,
     opts: WriterOptions,
     clock: Clock,
     ns: Namespace,
@@ -218,24 +250,24 @@ impl Writer {
             started_mono_ns: meta.info.started_mono_ns,
         };
         let mut w = Self::assemble(dir, db, segments, opts, clock, lock);
-        w.records.set_committed(meta.committed);
+        w.index()?.records.set_committed(meta.committed);
         w.last_seq = meta.committed;
         w.stats.committed_seq = meta.committed;
         w.stats.events = meta.committed;
         w.next_node = meta.next_node;
-        w.ns = w.records.namespace_at(meta.committed, clock)?;
+        w.ns = w.index()?.records.namespace_at(meta.committed, clock)?;
         if meta.committed > 0 {
-            w.last_time = Some(w.records.header(meta.committed)?.time);
+            w.last_time = Some(w.index()?.records.header(meta.committed)?.time);
         }
         w.events_since_checkpoint = meta.committed - w.last_checkpoint_seq()?;
         w.since_keyframe = w.measure_since_keyframes()?;
         if meta.end_mono_ns.is_some() {
             // The recording goes on, so it is no longer finished.
-            w.db.remove(codec::META_END)?;
+            w.index()?.db.remove(codec::META_END)?;
         }
         if meta.format < codec::FORMAT_VERSION {
             // What this writer adds may use encodings the older format lacks.
-            w.db.insert(
+            w.index()?.db.insert(
                 codec::META_FORMAT,
                 &codec::u64_value(codec::FORMAT_VERSION.into()),
             )?;
@@ -252,17 +284,15 @@ impl Writer {
         clock: Clock,
         lock: DirLock,
     ) -> Writer {
-        let limits = DeltaLimits {
-            max_file_bytes: opts.delta_file_bytes,
-            budget_bytes: opts.delta_memory_bytes,
-            max_depth: opts.max_delta_depth.min(codec::MAX_DELTA_DEPTH),
-            chain_bytes: opts.delta_chain_bytes,
-        };
         Writer {
             dir: dir.to_path_buf(),
-            references: References::new(limits),
-            records: Records::new((*db).clone(), 0, Arc::new(SegmentFiles::new(dir))),
-            db,
+            references: References::new(delta_limits(&opts)),
+            index: Some(Index {
+                records: Records::new((*db).clone(), 0, Arc::new(SegmentFiles::new(dir))),
+                db,
+            }),
+            resting_index_bytes: 0,
+            lent: Arc::new(()),
             segments,
             packer: Packer::default(),
             opts,
@@ -284,10 +314,22 @@ impl Writer {
         }
     }
 
-    fn last_checkpoint_seq(&self) -> Result<Seq, StoreError> {
+    /// The open index, reopened first if the writer rested.
+    fn index(&mut self) -> Result<&mut Index, StoreError> {
+        Index::woken(
+            &mut self.index,
+            &self.dir,
+            self.opts.cache_bytes,
+            self.stats.committed_seq,
+        )
+    }
+
+    fn last_checkpoint_seq(&mut self) -> Result<Seq, StoreError> {
+        let last = self.last_seq;
         let found = self
+            .index()?
             .db
-            .range(codec::checkpoint_key(0)..=codec::checkpoint_key(self.last_seq))
+            .range(codec::checkpoint_key(0)..=codec::checkpoint_key(last))
             .next_back()
             .transpose()?;
         found.map_or(Ok(0), |(key, _)| codec::key_seq(&key))
@@ -295,15 +337,17 @@ impl Writer {
 
     /// Recomputes, for each live file, the replay work since its last keyframe, so a resumed
     /// writer keeps the same bound on rebuild cost as one that never stopped.
-    fn measure_since_keyframes(&self) -> Result<HashMap<NodeId, SinceKeyframe>, StoreError> {
+    fn measure_since_keyframes(&mut self) -> Result<HashMap<NodeId, SinceKeyframe>, StoreError> {
         let mut out = HashMap::new();
-        for node in self.ns.live_nodes() {
-            let from = self
-                .records
-                .last_keyframe_seq(node, self.last_seq)?
+        let last = self.last_seq;
+        let nodes: Vec<NodeId> = self.ns.live_nodes().collect();
+        let records = &self.index()?.records;
+        for node in nodes {
+            let from = records
+                .last_keyframe_seq(node, last)?
                 .map_or(0, |seq| seq + 1);
             let mut since = SinceKeyframe::default();
-            for (_, op) in self.records.content_ops(node, from, self.last_seq)? {
+            for (_, op) in records.content_ops(node, from, last)? {
                 since = since_after(since, &op);
             }
             if since.ops > 0 {
@@ -604,8 +648,10 @@ impl Writer {
             );
             batch.insert(&codec::checkpoint_key(self.last_seq), packed);
         }
-        self.db.apply_batch(batch)?;
-        self.records.set_committed(self.last_seq);
+        let last = self.last_seq;
+        let index = self.index()?;
+        index.db.apply_batch(batch)?;
+        index.records.set_committed(last);
         self.stats.committed_seq = self.last_seq;
         self.pending_events = 0;
         self.committed_payload_bytes = self.stats.payload_bytes;
@@ -664,10 +710,10 @@ impl Writer {
             return;
         }
         // Bodies first, durably; then the index records that point at them.
-        let indexed = self
-            .segments
-            .sync()
-            .and_then(|()| self.db.apply_batch(batch).map_err(StoreError::from));
+        let indexed = self.segments.sync().and_then(|()| {
+            let index = self.index()?;
+            index.db.apply_batch(batch).map_err(StoreError::from)
+        });
         match indexed {
             Ok(()) => {
                 for node in made {
@@ -683,8 +729,9 @@ impl Writer {
 
     /// Writes `node`'s keyframe body to a segment and returns the index record for it.
     fn write_keyframe(&mut self, node: NodeId) -> Result<([u8; 17], Vec<u8>), StoreError> {
-        let seq = self.records.committed();
-        let rebuilt = content::content_at(&self.records, node, seq, true)?;
+        let records = &self.index()?.records;
+        let seq = records.committed();
+        let rebuilt = content::content_at(records, node, seq, true)?;
         let policy = KeyframePolicy {
             full_every: self.opts.full_keyframe_every.max(1),
             max_diff_bytes: self.opts.max_diff_bytes,
@@ -712,7 +759,9 @@ impl Writer {
     /// Limits the recording to `scope` (readers say what lay outside it). Set once, before
     /// anything is recorded; a resumed recording keeps the one it had.
     pub fn set_scope(&mut self, scope: &crate::Scope) -> Result<(), StoreError> {
-        self.db.insert(codec::META_SCOPE, codec::encode(scope))?;
+        self.index()?
+            .db
+            .insert(codec::META_SCOPE, codec::encode(scope))?;
         Ok(())
     }
 
@@ -730,8 +779,41 @@ impl Writer {
     /// Commits and makes everything committed durable on disk.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         self.commit()?;
-        self.db.flush()?;
+        // A resting index was flushed when it was let go.
+        if let Some(index) = &self.index {
+            index.db.flush()?;
+        }
         Ok(())
+    }
+
+    /// Makes everything appended durable, then lets go of the index until the next commit or
+    /// read needs it, with the caches that only speed up writing (delta references, buffers).
+    /// For a writer that expects to stay idle a while: reopening costs a few milliseconds.
+    /// Returns false, and keeps the index, while a view lent by `reader` is still alive.
+    pub fn rest(&mut self) -> Result<bool, StoreError> {
+        if self.index.is_none() && self.pending_events == 0 {
+            return Ok(true);
+        }
+        if Arc::strong_count(&self.lent) > 1 {
+            return Ok(false);
+        }
+        self.flush()?;
+        if let Some(index) = self.index.take() {
+            self.resting_index_bytes = index.db.size_on_disk().unwrap_or(0);
+        }
+        // The next version of a file is then stored whole rather than as a delta, as after a
+        // resume: a little more disk for a history that is idle anyway.
+        self.references = References::new(delta_limits(&self.opts));
+        self.packer = Packer::default();
+        self.block = OpenBlock::default();
+        self.touched.shrink_to_fit();
+        self.since_keyframe.shrink_to_fit();
+        Ok(true)
+    }
+
+    /// Whether the writer has let go of its index (see `rest`).
+    pub fn is_resting(&self) -> bool {
+        self.index.is_none()
     }
 
     pub fn node_at(&self, path: &RecPath) -> Option<NodeId> {
@@ -773,7 +855,9 @@ impl Writer {
 
     pub fn stats(&self) -> WriterStats {
         WriterStats {
-            store_bytes: self.db.size_on_disk().unwrap_or(0) + self.segments.size_on_disk(),
+            store_bytes: self.index.as_ref().map_or(self.resting_index_bytes, |i| {
+                i.db.size_on_disk().unwrap_or(0)
+            }) + self.segments.size_on_disk(),
             ..self.stats
         }
     }
@@ -789,22 +873,29 @@ impl Writer {
 
     /// A read view of everything committed so far, for serving a recording that is still being
     /// written (the dir's lock keeps any other process out, so readers must come from here).
-    pub fn reader(&self) -> Result<crate::Store, StoreError> {
-        crate::Store::over(&self.dir, self.db.clone(), None, None)
+    pub fn reader(&mut self) -> Result<crate::Store, StoreError> {
+        let lease = self.lent.clone();
+        let db = self.index()?.db.clone();
+        let mut store = crate::Store::over(&self.dir, db, None, None)?;
+        store.lease = Some(lease);
+        Ok(store)
     }
 
     /// Serves what this writer has committed to readers in other processes until the returned
     /// server is dropped (see `live`): `Store::open` there then works on the live recording.
-    pub fn serve_live(&self) -> Result<crate::LiveServer, StoreError> {
-        crate::LiveServer::start(&self.dir, self.db.clone())
+    pub fn serve_live(&mut self) -> Result<crate::LiveServer, StoreError> {
+        let lease = self.lent.clone();
+        let db = self.index()?.db.clone();
+        crate::LiveServer::start(&self.dir, db, lease)
     }
 
     /// Records the end of the recording, flushes, and releases the state dir.
     pub fn finish(mut self, end_mono_ns: u64) -> Result<(), StoreError> {
         self.commit()?;
         let end = self.last_time.map_or(end_mono_ns, |t| t.max(end_mono_ns));
-        self.db.insert(codec::META_END, &codec::u64_value(end))?;
-        self.db.flush()?;
+        let index = self.index()?;
+        index.db.insert(codec::META_END, &codec::u64_value(end))?;
+        index.db.flush()?;
         self.finished = true;
         info!(dir = %self.dir.display(), events = self.last_seq, "finished recording");
         Ok(())
@@ -816,7 +907,7 @@ impl std::fmt::Debug for Writer {
         f.debug_struct("Writer")
             .field("dir", &self.dir)
             .field("last_seq", &self.last_seq)
-            .field("committed", &self.records.committed())
+            .field("committed", &self.stats.committed_seq)
             .finish_non_exhaustive()
     }
 }
@@ -829,6 +920,15 @@ impl Drop for Writer {
                 warn!(dir = %self.dir.display(), error = %e, "could not flush the recording on drop");
             }
         }
+    }
+}
+
+fn delta_limits(opts: &WriterOptions) -> DeltaLimits {
+    DeltaLimits {
+        max_file_bytes: opts.delta_file_bytes,
+        budget_bytes: opts.delta_memory_bytes,
+        max_depth: opts.max_delta_depth.min(codec::MAX_DELTA_DEPTH),
+        chain_bytes: opts.delta_chain_bytes,
     }
 }
 

@@ -163,7 +163,7 @@ fn a_socket_left_by_a_dead_recorder_is_ignored_and_replaced() {
     drop(std::os::unix::net::UnixListener::bind(dir.join(LIVE_SOCKET)).unwrap());
     assert!(dir.join(LIVE_SOCKET).exists());
 
-    let writer = Writer::resume(&dir).unwrap();
+    let mut writer = Writer::resume(&dir).unwrap();
     let err = Store::open(&dir).unwrap_err();
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     let server = writer.serve_live().unwrap();
@@ -186,7 +186,7 @@ fn another_user_is_refused_by_the_live_server() {
         "this test runs a reader as another user: run it as root"
     );
     let tmp = tempfile::tempdir().unwrap();
-    let writer = Writer::create(tmp.path(), RecordingInfo::default()).unwrap();
+    let mut writer = Writer::create(tmp.path(), RecordingInfo::default()).unwrap();
     let _server = writer.serve_live().unwrap();
     let socket = tmp.path().join(LIVE_SOCKET);
     assert_eq!(
