@@ -69,17 +69,26 @@ pub enum Command {
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// The kernel wakes us only past a data threshold; this bounds the latency below it.
 const POLL_EVERY: Duration = Duration::from_millis(20);
-/// Sled's page cache per live history: the agent keeps many stores open at once.
-const WRITER_CACHE_BYTES: u64 = 16 << 20;
+/// Sled's page cache per live history: the agent keeps many stores open at once, and since
+/// format 4 an index holds only headers and payload locations (a few MiB per GiB recorded).
+const WRITER_CACHE_BYTES: u64 = 4 << 20;
 /// Payload bytes a live history holds before it commits, ahead of the timed flush: a node has
 /// many, so each gets far less than a local recording's.
 const COMMIT_BYTES: u64 = 4 << 20;
 /// The most a Recording's `spec.maxWriteCapture` may be (its schema says so too).
 const MAX_WRITE_CAPTURE: u64 = 1 << 20;
 
+/// How long a history gets no event before its store rests (see `Live::last_event`).
+const QUIET_BEFORE_REST: Duration = Duration::from_secs(30);
+
 struct Live {
     attachment: Attachment,
     recorder: Recorder,
+    /// Events were routed to it since the last tick.
+    busy: bool,
+    /// When it last got an event: a history quiet for `QUIET_BEFORE_REST` lets go of its
+    /// store's index until its next event (see `Writer::rest`).
+    last_event: Instant,
     /// Its series in the metrics, and the counts last pushed there.
     labels: ContainerLabels,
     counted: ContainerCounts,
@@ -189,10 +198,10 @@ impl CaptureLoop {
             }
             Command::End { id, note } => self.end(&id, &note),
             Command::View { id, reply } => {
-                let view = match self.live.get(&id) {
+                let view = match self.live.get_mut(&id) {
                     Some(live) => live
                         .recorder
-                        .writer()
+                        .writer_mut()
                         .reader()
                         .map_err(|e| format!("reading the live history: {e}")),
                     None => Err(format!("{id} is not being recorded")),
@@ -283,6 +292,8 @@ impl CaptureLoop {
             a.id.clone(),
             Live {
                 labels,
+                busy: true,
+                last_event: Instant::now(),
                 counted: counts_of(&recorder, &a),
                 attachment: a,
                 recorder,
@@ -328,6 +339,7 @@ impl CaptureLoop {
         let Some(live) = self.live.get_mut(id) else {
             return;
         };
+        live.busy = true;
         if let Err(e) = live.recorder.record(ev, &mut self.probe) {
             tracing::error!(id = %live.attachment.id, error = %e, "recording an event");
         }
@@ -343,7 +355,18 @@ impl CaptureLoop {
             if let Err(e) = live.recorder.check_losses(&mut self.probe, now) {
                 tracing::error!(%id, error = %e, "noting lost records");
             }
-            if let Err(e) = live.recorder.writer_mut().flush() {
+            // Most containers of a node write now and then: one quiet for a while costs next to
+            // no memory until it writes again. Not at once: a container writing every few
+            // seconds would reopen its index each time and start its deltas afresh.
+            if std::mem::take(&mut live.busy) {
+                live.last_event = Instant::now();
+            }
+            let settled = if live.last_event.elapsed() < QUIET_BEFORE_REST {
+                live.recorder.writer_mut().flush().map(|()| false)
+            } else {
+                live.recorder.writer_mut().rest()
+            };
+            if let Err(e) = settled {
                 tracing::error!(%id, error = %e, "flushing a history");
             }
             if !populated(&live.attachment.cgroup_dir) {

@@ -117,17 +117,16 @@ fn open_store(state: &StateDir) -> anyhow::Result<diffkeeper_store::Store> {
         .with_context(|| format!("opening recording {}", state.state_dir.display()))
 }
 
-/// Says on stderr when a recording has no end: either it is still being recorded (read through
-/// its live recorder, as of now), or its recorder was killed (kill -9, OOM, a node lost) before
-/// it finished, so the history stops at its last commit and nothing after that moment was
-/// recorded.
-/// Says what a recording does not hold: paths outside its scope, and the end of a recording
-/// that is still running or was cut short.
+/// Says on stderr what a recording does not hold: paths outside its scope, and the end of a
+/// recording that is still being recorded (read through its live recorder, as of now) or whose
+/// recorder was killed (kill -9, OOM, a node lost) before it finished, so the history stops at
+/// its last commit.
 fn note_what_is_missing(store: &diffkeeper_store::Store) {
     let scope = store.scope();
     if !scope.is_everything() {
         eprintln!(
-            "diffkeeper: note: this recording kept {scope}: other paths were not recorded, so              they are not shown"
+            "diffkeeper: note: this recording kept {scope}: other paths were not recorded, so \
+             they are not shown"
         );
     }
     let span = store.span();
