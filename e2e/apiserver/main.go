@@ -40,6 +40,7 @@ import (
 	"k8s.io/apiserver/pkg/admission/plugin/namespace/lifecycle"
 	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
 	genericapiserver "k8s.io/apiserver/pkg/server"
+	genericfilters "k8s.io/apiserver/pkg/server/filters"
 	genericoptions "k8s.io/apiserver/pkg/server/options"
 	utilopenapi "k8s.io/apiserver/pkg/util/openapi"
 	"k8s.io/apiserver/pkg/util/proxy"
@@ -110,6 +111,12 @@ func run(ctx context.Context, etcdServers []string, bind string, port int, certF
 		return err
 	}
 	serverConfig.ExternalAddress = net.JoinHostPort(bind, strconv.Itoa(port))
+	// kube-apiserver's list: a port-forward (or exec, attach, log) stream is not cut at the
+	// request timeout, and only a request outside the timeout filter can be hijacked.
+	serverConfig.LongRunningFunc = genericfilters.BasicLongRunningRequestCheck(
+		sets.NewString("watch", "proxy"),
+		sets.NewString("attach", "exec", "proxy", "log", "portforward"),
+	)
 	serverConfig.MergedResourceConfig = apiextensionsapiserver.DefaultAPIResourceConfigSource()
 
 	// Informers over this very server, through its loopback client (kube-apiserver does the

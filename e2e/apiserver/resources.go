@@ -96,7 +96,7 @@ var builtinResources = []*resource{
 }
 
 // installBuiltins installs the built-in groups on s. extra adds storage that is not a plain
-// store (reviews, pods/binding, serviceaccounts/token), keyed by group then resource path.
+// store (reviews, pods/binding, pods/portforward, serviceaccounts/token), keyed by group then resource path.
 func installBuiltins(s *genericapiserver.GenericAPIServer, etcd *genericoptions.EtcdOptions, auth *authState) error {
 	byGroup := map[string]map[string]rest.Storage{}
 	stores := map[string]*genericregistry.Store{}
@@ -118,6 +118,7 @@ func installBuiltins(s *genericapiserver.GenericAPIServer, etcd *genericoptions.
 	binding := &bindingREST{store: stores["/pods"]}
 	byGroup[""]["pods/binding"] = binding
 	byGroup[""]["bindings"] = &legacyBindingREST{binding}
+	byGroup[""]["pods/portforward"] = &portForwardREST{pods: stores["/pods"], nodes: stores["/nodes"], authz: auth.authz}
 	byGroup[""]["serviceaccounts/token"] = &tokenRequestREST{sa: stores["/serviceaccounts"], auth: auth}
 	byGroup[authenticationv1.GroupName] = map[string]rest.Storage{
 		"tokenreviews":       &tokenReviewREST{auth: auth},

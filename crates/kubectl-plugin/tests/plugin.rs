@@ -420,8 +420,9 @@ async fn an_unreachable_agent_is_said_with_the_node_that_keeps_the_history() {
     );
 
     // With node-a's agent pod running, the plugin asks the API server for a port-forward to it.
-    // The test API server has no kubelet to forward to (a real cluster has no node-a): refused,
-    // and said so with the way around it.
+    // The API server forwards to the kubelet of the pod's node, and there is no Node node-a:
+    // refused, saying why, with the way around it. (The path that succeeds, through a node's
+    // kubelet, is e2e/node's scenario 9.)
     agent_pod(&client, &agents.name, "diffkeeper-agent-a", "node-a").await;
     let err = fails(&through_api);
     assert_says(
@@ -432,6 +433,7 @@ async fn an_unreachable_agent_is_said_with_the_node_that_keeps_the_history() {
                 agents.name
             ),
             "--direct or --agent-address",
+            "nodes \"node-a\" not found",
             "lives only on node node-a",
         ],
     );
