@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
             _ = int.recv() => tracing::info!("SIGINT"),
         }
     };
-    Kubelet::new(client, runtime, config, api)
+    Kubelet::new(client, runtime, config, api)?
         .run(shutdown)
         .await?;
     tracing::info!("stopped");

@@ -1,7 +1,8 @@
 //! kubelet's part on one simulated node, against a real API server: the Node and its heartbeat
 //! ([`node`]), the pods bound to it (watched by `spec.nodeName`) run through containerd's CRI
 //! ([`crate::runtime`]) with their volumes ([`volumes`]), environment and mounts ([`spec`]),
-//! their status reported back and their deletion carried out ([`worker`]).
+//! their status reported back and their deletion carried out ([`worker`]); its streaming
+//! port-forward endpoint, which the API server's `pods/portforward` reaches ([`port_forward`]).
 //!
 //! What it leaves out (see e2e/node/README.md): probes, resource limits (every pod is
 //! BestEffort), image pulls (images are mapped to the runtime's, [`images`]), CNI (pods use the
@@ -11,12 +12,14 @@ pub mod clock;
 pub mod events;
 pub mod images;
 pub mod node;
+pub mod port_forward;
 pub mod spec;
 pub mod volumes;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +64,9 @@ pub struct KubeletConfig {
     pub max_retry_interval: Duration,
     /// The most a pod gets to stop when the simulator shuts down.
     pub shutdown_grace: Duration,
+    /// Where kubelet's streaming endpoint (port-forward) listens; the Node reports its port in
+    /// `status.daemonEndpoints.kubeletEndpoint`.
+    pub streaming_address: SocketAddr,
 }
 
 impl KubeletConfig {
@@ -78,6 +84,7 @@ impl KubeletConfig {
             retry_interval: Duration::from_secs(1),
             max_retry_interval: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            streaming_address: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -130,6 +137,8 @@ pub struct Ctx {
     pub config: KubeletConfig,
     pub api: ApiServerInfo,
     pub facts: NodeFacts,
+    /// The streaming endpoint's port, as bound.
+    pub streaming_port: u16,
 }
 
 impl Ctx {
@@ -177,6 +186,7 @@ struct Worker {
 /// The simulated kubelet.
 pub struct Kubelet {
     ctx: Arc<Ctx>,
+    streaming: std::net::TcpListener,
 }
 
 impl Kubelet {
@@ -185,24 +195,35 @@ impl Kubelet {
         runtime: Runtime,
         config: KubeletConfig,
         api: ApiServerInfo,
-    ) -> Kubelet {
+    ) -> anyhow::Result<Kubelet> {
         let facts = NodeFacts::gather(&config.state_dir);
         let runtime = runtime.with_log_root(config.state_dir.join("logs"));
-        Kubelet {
+        // Bound before the Node is registered, so the port it reports is already served.
+        let streaming = std::net::TcpListener::bind(config.streaming_address)
+            .with_context(|| format!("listening on {}", config.streaming_address))?;
+        streaming.set_nonblocking(true)?;
+        let streaming_port = streaming.local_addr()?.port();
+        Ok(Kubelet {
             ctx: Arc::new(Ctx {
                 client,
                 runtime,
                 config,
                 api,
                 facts,
+                streaming_port,
             }),
-        }
+            streaming,
+        })
     }
 
     /// Registers the node, resynchronizes with the runtime, then runs the node's pods until
     /// `shutdown` completes; then stops and removes every pod and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let ctx = self.ctx;
+        let streaming = tokio::spawn(port_forward::serve(
+            ctx.clone(),
+            tokio::net::TcpListener::from_std(self.streaming)?,
+        ));
         let config = &ctx.config;
         for dir in [&config.state_dir, &config.volumes_dir, &ctx.pod_dir("")] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -245,6 +266,7 @@ impl Kubelet {
             }
         }
         heartbeat.abort();
+        streaming.abort();
         result
     }
 }

@@ -127,7 +127,7 @@ pub fn node_status(ctx: &Ctx, runtime_version: &str, ready_since: &str, now: &st
         ],
         "capacity": resources,
         "allocatable": resources,
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": ctx.streaming_port}},
         "nodeInfo": {
             "machineID": facts.machine_id,
             "systemUUID": facts.machine_id,
