@@ -25,6 +25,11 @@
 //!    far too small for them: records are lost, yet each recorded container's export equals its
 //!    own copy of its files (healed from its own files, nobody else's), and the agent's metrics
 //!    count the losses per container.
+//! 9. (issue 14) the plugin's default way to the agent: the real `kubectl` finds
+//!    `kubectl-diffkeeper` on PATH, and `kubectl diffkeeper log` and `export` reach the agent
+//!    through the API server's `pods/portforward`, which the API server hands to the node's
+//!    kubelet streaming endpoint (the simulator's), which dials the agent pod's port; a user
+//!    with `get` but not `create pods/portforward` is refused, saying what is missing.
 //!
 //! Needs root, BPF, and what `scripts/e2e-apiserver.sh install` and `scripts/e2e-runtime.sh
 //! install` bring, plus the workspace's binaries built (`cargo build --workspace --bins`); it
@@ -1232,6 +1237,193 @@ async fn scoped(node: &Node) -> Result<String> {
     ))
 }
 
+/// The chart's DaemonSet pod of this node, as the plugin looks for it. The agent under test runs
+/// as a process on the host, not under the simulator; pods share the host's network here, as
+/// the chart's agent pod (hostNetwork) does on a real node, so a port-forward into this pod's
+/// `grpc` port reaches that agent exactly as it would reach the DaemonSet's.
+async fn agent_pod(node: &Node) -> Result<String> {
+    let name = format!("diffkeeper-agent-{NODE}");
+    let pods: Api<Pod> = Api::namespaced(node.client.clone(), "diffkeeper");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "labels": {
+                "app.kubernetes.io/name": "diffkeeper",
+                "app.kubernetes.io/component": "agent",
+                "app.kubernetes.io/instance": "diffkeeper",
+            },
+        },
+        "spec": {
+            "nodeName": NODE,
+            "hostNetwork": true,
+            "containers": [{
+                "name": "agent", "image": "busybox",
+                "command": ["sleep", "3600"],
+                "ports": [{ "name": "grpc", "containerPort": node.agent_port }],
+            }],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait_for(
+        &format!("agent pod {name} Running"),
+        2 * MINUTE,
+        async || {
+            let pod = pods.get(&name).await?;
+            let phase = pod.status.and_then(|s| s.phase);
+            Ok((phase.as_deref() == Some("Running")).then_some(()))
+        },
+    )
+    .await?;
+    Ok(name)
+}
+
+/// `kubectl diffkeeper ARGS` run by the real kubectl, with the plugin found on PATH and
+/// KUBECONFIG naming `kubeconfig`, as a user types it.
+fn kubectl_plugin(node: &Node, kubeconfig: &Path, args: &[&str]) -> Result<std::process::Output> {
+    let plugin = binary("kubectl-diffkeeper")?;
+    let dir = plugin.parent().context("the plugin's directory")?;
+    let path = std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
+    Command::new(&node.api_env["DK_E2E_KUBECTL"])
+        .arg("diffkeeper")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .context("running kubectl")
+}
+
+/// 9: the plugin's default path, through `pods/portforward`.
+async fn port_forward(node: &Node) -> Result<String> {
+    let t = Instant::now();
+    let agent = agent_pod(node).await?;
+    let listed = kubectl_plugin(node, &node.kubeconfig, &["--help"])?;
+    ensure!(
+        listed.status.success(),
+        "kubectl does not find the plugin on PATH: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+
+    let log = kubectl_plugin(node, &node.kubeconfig, &["log", "pod/noted", "-n", NS])?;
+    let said = String::from_utf8_lossy(&log.stdout);
+    ensure!(
+        log.status.success() && said.contains("/data/f1") && said.contains("/data/f2"),
+        "kubectl diffkeeper log pod/noted through the port-forward: {}\n{said}",
+        String::from_utf8_lossy(&log.stderr)
+    );
+    let out = node.scratch.path().join("port-forward-export");
+    let tunnelled = Instant::now();
+    let export = kubectl_plugin(
+        node,
+        &node.kubeconfig,
+        &[
+            "export",
+            "pod/noted",
+            "-n",
+            NS,
+            "--time=end",
+            "--out",
+            out.to_str().context("scratch path")?,
+        ],
+    )?;
+    ensure!(
+        export.status.success(),
+        "kubectl diffkeeper export pod/noted through the port-forward: {}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let tunnelled = tunnelled.elapsed();
+    same_tree(
+        "noted's export through the port-forward",
+        &out.join("data"),
+        &node.truth("noted").join("final"),
+    )?;
+    // The same export straight to the agent's port, for what the tunnel costs.
+    let direct_out = node.scratch.path().join("direct-export");
+    let direct = Instant::now();
+    let export = kubectl_plugin(
+        node,
+        &node.kubeconfig,
+        &[
+            "export",
+            "pod/noted",
+            "-n",
+            NS,
+            "--time=end",
+            "--out",
+            direct_out.to_str().context("scratch path")?,
+            &format!("--agent-address=127.0.0.1:{}", node.agent_port),
+        ],
+    )?;
+    ensure!(
+        export.status.success(),
+        "kubectl diffkeeper export pod/noted --agent-address: {}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let direct = direct.elapsed();
+    // The simulator's kubelet carried them: nothing else could have, with no address given.
+    let sim_log = node.sim.as_ref().context("the simulator")?.log_text();
+    ensure!(
+        sim_log
+            .lines()
+            .any(|l| l.contains("port-forward opened") && l.contains(&agent)),
+        "the node's streaming endpoint never forwarded to {agent}:\n{}",
+        node.sim.as_ref().map(|d| d.log_tail()).unwrap_or_default()
+    );
+
+    // alice may find the agent pod and `get` its port-forward, but not `create` it: what kube
+    // 1.35+ asks of a WebSocket port-forward (a GET), so the API server refuses the upgrade.
+    let role: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": "e2e-half-portforward" },
+        "rules": [
+            { "apiGroups": ["diffkeeper.io"], "resources": ["containerrecords", "recordings"],
+              "verbs": ["get", "list"] },
+            { "apiGroups": [""], "resources": ["configmaps", "pods"], "verbs": ["get", "list"] },
+            { "apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get"] },
+        ],
+    }))?;
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "e2e-half-portforward" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "e2e-half-portforward" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice" }],
+    }))?;
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(node.client.clone())
+        .create(&PostParams::default(), &role)
+        .await?;
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(node.client.clone())
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let alice = PathBuf::from(&node.api_env["DK_E2E_KUBECONFIG_ALICE"]);
+    let want = format!(
+        "you may not port-forward to the agent pod diffkeeper/{agent}: you need `create \
+         pods/portforward` in namespace diffkeeper"
+    );
+    // RBAC is read from informers: the binding takes a moment to count.
+    let refused = wait_for(
+        "alice's port-forward refused for the missing verb",
+        MINUTE,
+        async || {
+            let out = kubectl_plugin(node, &alice, &["log", "pod/noted", "-n", NS])?;
+            let said = String::from_utf8_lossy(&out.stderr).into_owned();
+            Ok((!out.status.success() && said.contains(&want)).then_some(said))
+        },
+    )
+    .await?;
+    ensure!(
+        refused.contains("cannot create resource \"pods/portforward\""),
+        "the refusal does not carry the API server's reason: {refused}"
+    );
+    Api::<Pod>::namespaced(node.client.clone(), "diffkeeper")
+        .delete(&agent, &DeleteParams::default())
+        .await?;
+    Ok(format!(
+        "plugin through pods/portforward {:.1?} (export {tunnelled:.2?} tunnelled, {direct:.2?} \
+         direct)",
+        t.elapsed()
+    ))
+}
+
 /// 8: many containers at once through a small ring. Runs last: it restarts the agent with a
 /// 128 KiB ring (the default is 64 MiB).
 async fn crowd(node: &mut Node) -> Result<String> {
@@ -1332,6 +1524,7 @@ async fn crowd(node: &mut Node) -> Result<String> {
 async fn all_scenarios(node: &mut Node) -> Result<Vec<String>> {
     let mut timings = vec![attach_failure(node).await?, scoped(node).await?];
     timings.extend(scenarios(node).await?);
+    timings.push(port_forward(node).await?);
     timings.push(crowd(node).await?);
     Ok(timings)
 }
