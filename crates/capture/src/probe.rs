@@ -170,15 +170,25 @@ pub struct RingReader {
 
 impl RingReader {
     /// Waits up to `timeout` for records (the kernel wakes us only past a threshold, so callers
-    /// poll on a short timer anyway). Returns whether the ring signalled data.
-    pub fn wait(&self, timeout: Duration) -> Result<bool, CaptureError> {
-        let mut pfd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
+    /// poll on a short timer anyway), or until `also` (another descriptor, such as an eventfd a
+    /// consumer signals) is readable. Returns whether either signalled.
+    pub fn wait(
+        &self,
+        timeout: Duration,
+        also: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<bool, CaptureError> {
+        let pfd = |fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         };
+        let mut pfds = [pfd(self.ring.as_raw_fd()), pfd(-1)];
+        if let Some(fd) = also {
+            pfds[1].fd = fd.as_raw_fd();
+        }
+        let count = if also.is_some() { 2 } else { 1 };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), count, ms) };
         if n < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -227,23 +237,66 @@ impl Probe {
             return Err(CaptureError::NoBtf);
         }
         check_wire_version(OBJECT)?;
+        let started = std::time::Instant::now();
         let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "kernel BTF read");
         let mut ebpf = EbpfLoader::new()
+            // The loader would otherwise parse the kernel's BTF a second time (tens of ms).
+            .btf(Some(&btf))
             .override_global("max_write_capture", &cfg.max_write_capture, true)
             .override_global("wakeup_bytes", &cfg.wakeup_bytes, true)
             .map_max_entries(maps::EVENTS, cfg.ring_bytes)
             .load(OBJECT)
             .map_err(CaptureError::Load)?;
-        for (program, tracepoint) in PROGRAMS {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .expect("program is in the object")
-                .try_into()
-                .expect("program is tp_btf");
-            prog.load(tracepoint, &btf)
-                .and_then(|()| prog.attach().map(drop))
+        // Start-up is mostly this function (issue 15): say where it goes.
+        tracing::debug!(elapsed = ?started.elapsed(), "object relocated, maps created");
+        // Each program is verified in a thread of its own: privileged loads do not share the
+        // verifier's lock, so on a node with cores to spare start-up is the largest program's
+        // verification, not the sum of all five (issue 15).
+        let mut programs: Vec<(&'static str, &'static str, &mut BtfTracePoint)> = ebpf
+            .programs_mut()
+            .filter_map(|(name, prog)| {
+                let (program, tracepoint) = PROGRAMS.iter().find(|(p, _)| *p == name)?;
+                let prog: &mut BtfTracePoint = prog.try_into().expect("program is tp_btf");
+                Some((*program, *tracepoint, prog))
+            })
+            .collect();
+        assert_eq!(
+            programs.len(),
+            PROGRAMS.len(),
+            "every program is in the object"
+        );
+        let btf = &btf;
+        std::thread::scope(|scope| {
+            let loads: Vec<_> = programs
+                .iter_mut()
+                .map(|(program, tracepoint, prog)| {
+                    let (program, tracepoint) = (*program, *tracepoint);
+                    scope.spawn(move || {
+                        let loading = std::time::Instant::now();
+                        prog.load(tracepoint, btf)
+                            .map_err(|source| CaptureError::Program { program, source })?;
+                        let verified = prog.info().ok().and_then(|i| i.verified_instruction_count());
+                        tracing::debug!(program, elapsed = ?loading.elapsed(), ?verified, "program verified");
+                        Ok::<(), CaptureError>(())
+                    })
+                })
+                .collect();
+            loads
+                .into_iter()
+                .try_for_each(|load| load.join().expect("a program's load panicked"))
+        })?;
+        // Attached in one order, once all are verified: fork and exit tracking start together
+        // with the syscalls.
+        for (program, _) in PROGRAMS {
+            let (_, _, prog) = programs
+                .iter_mut()
+                .find(|(p, _, _)| *p == program)
+                .expect("collected above");
+            prog.attach()
                 .map_err(|source| CaptureError::Program { program, source })?;
         }
+        tracing::debug!(elapsed = ?started.elapsed(), "all programs verified and attached");
         let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).expect("events map")).map_err(
             |source| CaptureError::Map {
                 map: maps::EVENTS,
