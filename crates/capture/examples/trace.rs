@@ -30,7 +30,7 @@ fn main() {
     let mut reader = probe.take_reader().expect("a fresh probe has its reader");
     let mut child = cmd.spawn().expect("spawn");
     loop {
-        reader.wait(Duration::from_millis(20)).unwrap();
+        reader.wait(Duration::from_millis(20), None).unwrap();
         reader.drain(|ev| println!("{ev:?}"));
         if child.try_wait().unwrap().is_some() {
             std::thread::sleep(Duration::from_millis(50));
