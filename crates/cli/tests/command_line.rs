@@ -145,6 +145,44 @@ fn a_command_that_cannot_start_exits_as_in_a_shell_and_leaves_nothing() {
     record_sh(&state, tmp.path(), "true");
 }
 
+/// The command is forked before the probe loads and parked in its cgroup (start-up, issue 15):
+/// when the recording cannot start after that, it must never run, and its cgroup must go.
+#[test]
+fn a_recording_that_cannot_start_never_runs_the_parked_command_nor_leaves_its_cgroup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let not_a_dir = tmp.path().join("a-file");
+    fs::write(&not_a_dir, "not a state dir").unwrap();
+    let ran = tmp.path().join("ran");
+    let child = Command::new(DK)
+        .args([
+            "record",
+            &format!("--state-dir={}", not_a_dir.display()),
+            "--",
+        ])
+        .args(["touch", ran.to_str().unwrap()])
+        .current_dir(tmp.path())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cgroup = diffkeeper_recorder::cgroup2_mount()
+        .unwrap()
+        .join(format!("diffkeeper/rec-{}", child.id()));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot access the state dir"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !ran.exists(),
+        "the command ran although recording never started"
+    );
+    assert!(!cgroup.exists(), "{} was left behind", cgroup.display());
+    assert_eq!(fs::read_to_string(&not_a_dir).unwrap(), "not a state dir");
+}
+
 #[test]
 fn a_working_directory_too_large_to_be_the_project_is_refused_before_anything_is_made() {
     let tmp = tempfile::tempdir().unwrap();

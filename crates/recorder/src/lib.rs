@@ -3,6 +3,7 @@
 
 mod cgroup;
 mod fs_ids;
+mod launch;
 mod local;
 mod metadata;
 mod overlay;

@@ -2,13 +2,14 @@
 //! descendant has exited.
 
 use crate::cgroup::RecordingCgroup;
+use crate::launch::Launch;
 use crate::scope::PathScope;
 use crate::translate::{Recorder, RecorderStats};
 use crate::{monotonic_ns, wall_ns, RecordError};
 use diffkeeper_capture::{CgroupSettings, Counters, Probe, ProbeConfig, RingDrain};
 use diffkeeper_store::{Event, LiveServer, MarkerKind, Op, RecordingInfo, Writer};
 use std::ffi::OsString;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,8 +98,28 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
     let started = Instant::now();
     let (program, cwd) = preflight(opts)?;
-    let mut run = Run::prepare(opts, cwd)?;
-    let mut child = match run.spawn(opts, program) {
+    let mut cgroup = Some(RecordingCgroup::create(&format!(
+        "rec-{}",
+        std::process::id()
+    ))?);
+    let mut command = Command::new(program);
+    command.args(&opts.command[1..]);
+    let launch = Launch::fork(cgroup.as_ref().expect("just made"), command).map_err(|cause| {
+        RecordError::Spawn {
+            command: program.to_string_lossy().into_owned(),
+            cause,
+        }
+    })?;
+    let mut run = match Run::prepare(opts, cwd, &mut cgroup) {
+        Ok(run) => run,
+        Err(error) => {
+            // The parked command gives up first, so its cgroup is empty when it goes.
+            drop(launch);
+            drop(cgroup);
+            return Err(error);
+        }
+    };
+    let mut child = match launch.go() {
         Ok(child) => child,
         Err(cause) => {
             // Gone or changed since it was checked: still leave nothing behind (the store is
@@ -149,14 +170,22 @@ struct Run {
     /// Lets `log`, `export`, `mount`... in other processes read the recording while it runs;
     /// dropped before the store is finished, after which they open it directly.
     live: Option<LiveServer>,
-    /// The umask the command gets back (the recorder's own is 077).
-    umask: libc::mode_t,
     made_dir: bool,
 }
 
 impl Run {
-    /// Loads the probe, creates the private store and the cgroup, and snapshots the baselines.
-    fn prepare(opts: &LocalOptions, cwd: PathBuf) -> Result<Run, RecordError> {
+    /// Loads the probe, creates the private store, and snapshots the baselines. `cgroup` is
+    /// taken into the run only once all of that worked: on an error it stays with the caller,
+    /// whose parked command must leave it before it can be removed.
+    fn prepare(
+        opts: &LocalOptions,
+        cwd: PathBuf,
+        cgroup: &mut Option<RecordingCgroup>,
+    ) -> Result<Run, RecordError> {
+        let (cgroup_id, cgroup_level) = {
+            let cgroup = cgroup.as_ref().expect("the caller's cgroup");
+            (cgroup.id(), cgroup.level())
+        };
         let mut probe = Probe::load(&opts.probe)?;
         let info = RecordingInfo {
             command: opts
@@ -172,8 +201,8 @@ impl Run {
         let start_mono = info.started_mono_ns;
         // The recording holds copies of whatever the workload wrote: private to its owner, as
         // the files the store creates (now and later, e.g. sled's segments) are. The workload
-        // keeps the umask it was given.
-        let umask = unsafe { libc::umask(0o077) };
+        // keeps the umask it was given: it was forked before this.
+        unsafe { libc::umask(0o077) };
         let made_dir = make_private_dir(&opts.state_dir)?;
         let mut writer = Writer::create(&opts.state_dir, info)?;
         // Reading a live recording is a convenience: recording goes on without it.
@@ -184,16 +213,15 @@ impl Run {
             })
             .ok();
         let state_dir = std::fs::canonicalize(&opts.state_dir).unwrap_or(opts.state_dir.clone());
-        let cgroup = RecordingCgroup::create(&format!("rec-{}", std::process::id()))?;
         // `finish` reads back whatever is still dirty while the files are still there.
-        let mut rec = Recorder::new(writer, "/".into(), vec![state_dir], cgroup.id())
+        let mut rec = Recorder::new(writer, "/".into(), vec![state_dir], cgroup_id)
             .scoped(opts.scope.clone())?
             .defer_heals_while_losing(true);
         let settings = CgroupSettings {
             scoped: !opts.scope.is_everything(),
             ..CgroupSettings::default()
         };
-        probe.record_cgroup_with(cgroup.id(), cgroup.level(), settings)?;
+        probe.record_cgroup_with(cgroup_id, cgroup_level, settings)?;
 
         let mut baselines = opts.baselines.clone();
         if !opts.no_cwd_baseline {
@@ -210,35 +238,10 @@ impl Run {
         Ok(Run {
             probe,
             rec,
-            cgroup,
+            cgroup: cgroup.take().expect("the caller's cgroup"),
             live,
-            umask,
             made_dir,
         })
-    }
-
-    /// Starts the command inside the cgroup: it moves itself in before exec, so not one of its
-    /// syscalls escapes the filter.
-    fn spawn(
-        &mut self,
-        opts: &LocalOptions,
-        program: &std::ffi::OsStr,
-    ) -> std::io::Result<std::process::Child> {
-        let procs = self
-            .cgroup
-            .procs_handle()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let umask = self.umask;
-        let mut cmd = Command::new(program);
-        cmd.args(&opts.command[1..]);
-        // SAFETY: join_from_child only calls write(2), and umask(2) is async-signal-safe too.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::umask(umask);
-                RecordingCgroup::join_from_child(&procs)
-            });
-        }
-        cmd.spawn()
     }
 
     /// Records until the command and everything it started have exited; passes signals on.
