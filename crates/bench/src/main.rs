@@ -825,6 +825,9 @@ impl Bench {
         let mut sqlite_store = vec![];
         for w in &list {
             let (mut a, mut b, mut c) = (vec![], vec![], vec![]);
+            // Timed from inside: the workload's own wall time, without the recorder's start-up
+            // and finish, as a pod sees it under an agent that attached long ago.
+            let (mut inner_plain, mut inner_recorded) = (vec![], vec![]);
             let mut lost = 0;
             for rep in 0..self.args.reps {
                 // Start-up, interleaved with the workloads.
@@ -837,7 +840,7 @@ impl Bench {
                 fs::remove_dir_all(&state)?;
 
                 let argv: Vec<&str> = w.argv.iter().map(String::as_str).collect();
-                for variant in 0..3 {
+                for variant in 0..5 {
                     if w.cwd != cargo_cwd {
                         fresh(&w.cwd)?;
                     }
@@ -875,6 +878,35 @@ impl Bench {
                             }
                             r
                         }
+                        3 | 4 => {
+                            let timefile = self.root.join("inner.ns");
+                            let _ = fs::remove_file(&timefile);
+                            let mut wrapped = vec![
+                                "sh",
+                                "-c",
+                                "a=$(date +%s%N); \"$@\"; s=$?; b=$(date +%s%N); \
+                                 echo $((b - a)) > \"$DK_TIMEFILE\"; exit $s",
+                                "sh",
+                            ];
+                            wrapped.extend(argv.iter().copied());
+                            let mut cmd = if variant == 3 {
+                                self.plain(&w.cwd, &wrapped)
+                            } else {
+                                self.record(&state, &w.cwd, &wrapped)
+                            };
+                            cmd.env("DK_TIMEFILE", &timefile);
+                            if let Some(t) = &target {
+                                cmd.env("CARGO_TARGET_DIR", t);
+                            }
+                            let r = run(&mut cmd, None)?.check(w.name)?;
+                            let ns: f64 = fs::read_to_string(&timefile)
+                                .with_context(|| format!("{}: the inner timing", w.name))?
+                                .trim()
+                                .parse()
+                                .with_context(|| format!("{}: the inner timing", w.name))?;
+                            [&mut inner_plain, &mut inner_recorded][variant - 3].push(ns / 1e9);
+                            r
+                        }
                         _ => {
                             let mut cmd = self.strace(&w.cwd, &argv);
                             if let Some(t) = &target {
@@ -883,19 +915,23 @@ impl Bench {
                             run(&mut cmd, None)?.check(w.name)?
                         }
                     };
-                    [&mut a, &mut b, &mut c][variant].push(r.secs);
+                    if variant < 3 {
+                        [&mut a, &mut b, &mut c][variant].push(r.secs);
+                    }
                     let _ = fs::remove_dir_all(&state);
                     if let Some(t) = &target {
                         let _ = fs::remove_dir_all(t);
                     }
                 }
                 eprintln!(
-                    "{} rep {rep}: plain {:.3}s recorded {:.3}s strace {:.3}s",
-                    w.name, a[rep], b[rep], c[rep]
+                    "{} rep {rep}: plain {:.3}s recorded {:.3}s strace {:.3}s; timed inside: \
+                     plain {:.3}s recorded {:.3}s",
+                    w.name, a[rep], b[rep], c[rep], inner_plain[rep], inner_recorded[rep]
                 );
                 self.t
                     .sample(serde_json::json!({"bench": "workload", "name": w.name,
-                    "plain_s": a[rep], "recorded_s": b[rep], "strace_s": c[rep]}));
+                    "plain_s": a[rep], "recorded_s": b[rep], "strace_s": c[rep],
+                    "inner_plain_s": inner_plain[rep], "inner_recorded_s": inner_recorded[rep]}));
             }
             let su = stats(&self.startup).med;
             let rb = ratio(&b, &a);
@@ -928,6 +964,13 @@ impl Bench {
                 &fmt_stats(rbm, "x"),
                 "(derived)",
                 None,
+            );
+            let inner = ratio(&inner_recorded, &inner_plain);
+            self.t.row(
+                "  timed inside, programs attached: recorded/not",
+                &fmt_stats(inner, "x"),
+                "<= 1.03x",
+                verdict(inner.med <= 1.03),
             );
             self.t
                 .row("  ratio strace/not", &fmt_stats(rc, "x"), "", None);
