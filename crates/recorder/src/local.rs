@@ -119,6 +119,9 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
             return Err(error);
         }
     };
+    // Caught from before the command can run: a SIGINT or SIGTERM that comes between its exec
+    // and the watch below is passed on there, rather than killing the recorder.
+    let signals = Signals::catch();
     let mut child = match launch.go() {
         Ok(child) => child,
         Err(cause) => {
@@ -133,7 +136,7 @@ pub fn record_local(opts: &LocalOptions) -> Result<LocalOutcome, RecordError> {
             });
         }
     };
-    let status = match run.watch(&mut child) {
+    let status = match run.watch(&mut child, &signals) {
         Ok(status) => status,
         Err(error) => return run.abandon(opts, child, error, started),
     };
@@ -159,6 +162,26 @@ fn preflight(opts: &LocalOptions) -> Result<(&std::ffi::OsStr, PathBuf), RecordE
         }
     }
     Ok((program, cwd))
+}
+
+/// SIGINT and SIGTERM sent to the recorder, noted to be passed on to the command.
+struct Signals {
+    interrupted: Arc<AtomicBool>,
+    terminated: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn catch() -> Signals {
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let terminated = Arc::new(AtomicBool::new(false));
+        // Registration fails only for forbidden signals; INT and TERM are not.
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, terminated.clone());
+        Signals {
+            interrupted,
+            terminated,
+        }
+    }
 }
 
 /// One local recording from its store's creation to its end: the probe, the recorder over the
@@ -245,12 +268,15 @@ impl Run {
     }
 
     /// Records until the command and everything it started have exited; passes signals on.
-    fn watch(&mut self, child: &mut std::process::Child) -> Result<ExitStatus, RecordError> {
-        let interrupted = Arc::new(AtomicBool::new(false));
-        let terminated = Arc::new(AtomicBool::new(false));
-        // Registration fails only for forbidden signals; INT and TERM are not.
-        let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
-        let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, terminated.clone());
+    fn watch(
+        &mut self,
+        child: &mut std::process::Child,
+        signals: &Signals,
+    ) -> Result<ExitStatus, RecordError> {
+        let Signals {
+            interrupted,
+            terminated,
+        } = signals;
         let from_terminal = unsafe { libc::isatty(0) } == 1;
 
         let reader = self
