@@ -1294,6 +1294,23 @@ fn kubectl_plugin(node: &Node, kubeconfig: &Path, args: &[&str]) -> Result<std::
         .context("running kubectl")
 }
 
+/// `kubectl diffkeeper export pod/noted --time=end` into `out` (plus `extra`), as the admin;
+/// how long it took.
+fn export_noted(node: &Node, out: &Path, extra: &[&str]) -> Result<Duration> {
+    let started = Instant::now();
+    let mut args = vec!["export", "pod/noted", "-n", NS, "--time=end", "--out"];
+    args.push(out.to_str().context("scratch path")?);
+    args.extend_from_slice(extra);
+    let export = kubectl_plugin(node, &node.kubeconfig, &args)?;
+    ensure!(
+        export.status.success(),
+        "kubectl diffkeeper {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&export.stderr)
+    );
+    Ok(started.elapsed())
+}
+
 /// 9: the plugin's default path, through `pods/portforward`.
 async fn port_forward(node: &Node) -> Result<String> {
     let t = Instant::now();
@@ -1313,54 +1330,18 @@ async fn port_forward(node: &Node) -> Result<String> {
         String::from_utf8_lossy(&log.stderr)
     );
     let out = node.scratch.path().join("port-forward-export");
-    let tunnelled = Instant::now();
-    let export = kubectl_plugin(
-        node,
-        &node.kubeconfig,
-        &[
-            "export",
-            "pod/noted",
-            "-n",
-            NS,
-            "--time=end",
-            "--out",
-            out.to_str().context("scratch path")?,
-        ],
-    )?;
-    ensure!(
-        export.status.success(),
-        "kubectl diffkeeper export pod/noted through the port-forward: {}",
-        String::from_utf8_lossy(&export.stderr)
-    );
-    let tunnelled = tunnelled.elapsed();
+    let tunnelled = export_noted(node, &out, &[])?;
     same_tree(
         "noted's export through the port-forward",
         &out.join("data"),
         &node.truth("noted").join("final"),
     )?;
     // The same export straight to the agent's port, for what the tunnel costs.
-    let direct_out = node.scratch.path().join("direct-export");
-    let direct = Instant::now();
-    let export = kubectl_plugin(
+    let direct = export_noted(
         node,
-        &node.kubeconfig,
-        &[
-            "export",
-            "pod/noted",
-            "-n",
-            NS,
-            "--time=end",
-            "--out",
-            direct_out.to_str().context("scratch path")?,
-            &format!("--agent-address=127.0.0.1:{}", node.agent_port),
-        ],
+        &node.scratch.path().join("direct-export"),
+        &[&format!("--agent-address=127.0.0.1:{}", node.agent_port)],
     )?;
-    ensure!(
-        export.status.success(),
-        "kubectl diffkeeper export pod/noted --agent-address: {}",
-        String::from_utf8_lossy(&export.stderr)
-    );
-    let direct = direct.elapsed();
     // The simulator's kubelet carried them: nothing else could have, with no address given.
     let sim_log = node.sim.as_ref().context("the simulator")?.log_text();
     ensure!(
