@@ -182,13 +182,13 @@ impl RingReader {
             events: libc::POLLIN,
             revents: 0,
         };
-        let mut pfds = [pfd(self.ring.as_raw_fd()), pfd(-1)];
-        if let Some(fd) = also {
-            pfds[1].fd = fd.as_raw_fd();
-        }
-        let count = if also.is_some() { 2 } else { 1 };
+        // poll(2) skips an entry whose descriptor is negative.
+        let mut pfds = [
+            pfd(self.ring.as_raw_fd()),
+            pfd(also.map_or(-1, |fd| fd.as_raw_fd())),
+        ];
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), count, ms) };
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
         if n < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
