@@ -9,7 +9,9 @@
 //! DATA is `letters` (xorshift letters: compresses about as well as text, the default),
 //! `random` (incompressible) or `text` (the files under /usr/share/doc, cycled).
 
-use diffkeeper_store::{Event, Op, RecPath, RecordingInfo, Writer, WriterOptions};
+use diffkeeper_store::{
+    EntryKind, Event, Op, RecPath, RecordingInfo, Store, Writer, WriterOptions,
+};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Instant;
@@ -188,5 +190,22 @@ fn main() {
         "store {store} B on disk ({index} B of them the sled index) for {written} B written: \
          {:.3}x",
         store as f64 / written as f64
+    );
+    // What reading it all back costs, as an export of the end does (without the writes).
+    let started = Instant::now();
+    let store = Store::open(dir.path()).unwrap();
+    let tree = store.tree_at(store.span().last_seq).unwrap();
+    let mut read = 0;
+    for entry in tree.entries.values() {
+        if let EntryKind::File { .. } = entry.kind {
+            read += store.read_content(entry.node, tree.seq).unwrap().len() as u64;
+        }
+    }
+    assert_eq!(read, written, "every byte written reads back");
+    println!(
+        "read back {} entries, {read} B, in {:.1?} ({} records read)",
+        tree.entries.len(),
+        started.elapsed(),
+        store.read_stats().records_read
     );
 }

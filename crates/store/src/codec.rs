@@ -16,6 +16,8 @@
 //! | `p` node first          | payload(bincode(Vec<(seq, data)>)): Write/Resync data naming node; format 4: [`SEGMENT`] + [`SegRef`] to that payload |
 //! | `k` node seq            | [`Keyframe`]: node's content right after seq; format 4: its body is [`KEYFRAME_IN_SEGMENT`] + [`SegRef`] |
 //! | `c` seq                 | zstd(bincode(name space)) right after seq                    |
+//! | `N` group first         | zstd(bincode([`GroupedOps`])): `n` records of the nodes born in block `first` (format 6) |
+//! | `P` group first         | zstd(bincode([`GroupedPayloads`])): their `p` records (format 6) |
 //!
 //! Headers, content ops and data are kept apart so that `log` and name-space replay never read
 //! data bytes, and rebuilding a file reads only that file's ops and data.
@@ -25,6 +27,14 @@
 //! node may have several `p` records per block, because data after a reset can be stored as a
 //! delta against a reference content (see [`encode_payload_delta`]), and a delta must only refer
 //! to content from before its record's first seq.
+//!
+//! Since format 6 a node born in a block (its id handed out since the block before was sealed)
+//! that changes in few ops there keeps that block's `n` and `p` records in one `N` and one `P`
+//! record shared with the other nodes of its group ([`GROUP_NODES`] consecutive ids). sled costs
+//! about 200 bytes on disk per record whatever its size, so a file created and written once
+//! cost two of them, ten times its index entries' own bytes; grouped, a small file costs a few
+//! dozen. Each node is born in one block only, so a group has at most [`GROUP_NODES`] grouped
+//! records in a whole history, and a read of one node decodes a bounded number of neighbours'.
 
 use crate::error::StoreError;
 use crate::model::{
@@ -40,10 +50,11 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// ([`SEGMENT`], [`KEYFRAME_IN_SEGMENT`]); format 5, owners and set times: the ops
 /// [`OpHeader::Chown`] and [`OpHeader::SetTimes`] (appended variants, which older stores never
 /// hold), [`OpHeader::SetXattrs`], and entries with an owner and xattrs in name-space
-/// checkpoints ([`CHECKPOINT_WITH_XATTRS`]).
+/// checkpoints ([`CHECKPOINT_WITH_XATTRS`]); format 6, grouped records of nodes born in a block
+/// ([`GroupedOps`], [`GroupedPayloads`]).
 /// Everything older formats wrote reads unchanged, and every value says how it is encoded, so a
 /// store resumed by a newer build may mix them.
-pub(crate) const FORMAT_VERSION: u32 = 5;
+pub(crate) const FORMAT_VERSION: u32 = 6;
 pub(crate) const OLDEST_READABLE_FORMAT: u32 = 1;
 
 pub(crate) const META_INFO: &[u8] = b"minfo";
@@ -62,6 +73,52 @@ pub(crate) const PAYLOAD: u8 = b'p';
 const CONTENT: u8 = b'n';
 pub(crate) const KEYFRAME: u8 = b'k';
 const CHECKPOINT: u8 = b'c';
+const GROUPED_CONTENT: u8 = b'N';
+pub(crate) const GROUPED_PAYLOAD: u8 = b'P';
+
+/// Consecutive node ids that share grouped records.
+pub(crate) const GROUP_NODES: NodeId = 64;
+/// A node born in a block is grouped if it changed in at most this many ops there: the files
+/// that a record of their own costs most for, and what bounds the neighbours a read decodes.
+pub(crate) const GROUP_MAX_OPS: usize = 8;
+
+/// The content ops of the nodes of one group born in one block: (node, its ops).
+pub(crate) type GroupedOps = Vec<(NodeId, Vec<(Seq, ContentOp)>)>;
+/// Their payload records: (node, the record's first seq, the value a `p` record would hold).
+pub(crate) type GroupedPayloads = Vec<(NodeId, Seq, Vec<u8>)>;
+
+/// A grouped record's value: its entries repeat much (neighbouring seqs, one segment block), so
+/// compressed they take a third. One frame with its size in the header, so that a reader can
+/// decode it with a context it keeps: creating a zstd context costs more than decoding a group.
+pub(crate) fn encode_group<T: Serialize>(group: &T) -> Vec<u8> {
+    zstd::bulk::compress(&encode(group), ZSTD_LEVEL).expect("zstd into memory cannot fail")
+}
+
+/// Grouped records hold the index entries of at most [`GROUP_NODES`] nodes' first block.
+const MAX_GROUP_BYTES: u64 = 64 << 20;
+
+pub(crate) fn decode_group<T: DeserializeOwned>(
+    what: &str,
+    value: &[u8],
+    zstd: &mut zstd::bulk::Decompressor<'static>,
+) -> Result<T, StoreError> {
+    let unreadable = |why: String| StoreError::corrupt(format!("{what} are unreadable: {why}"));
+    let size = zstd::zstd_safe::get_frame_content_size(value)
+        .ok()
+        .flatten()
+        .filter(|size| *size <= MAX_GROUP_BYTES)
+        .ok_or_else(|| unreadable("no plausible size in its header".into()))?;
+    let raw = zstd
+        .decompress(value, size as usize)
+        .map_err(|e| unreadable(e.to_string()))?;
+    decode(what, &raw)
+}
+
+/// Whether `node`, with `ops` content ops in a block whose nodes from `born_from` on are new,
+/// keeps that block's records in its group's.
+pub(crate) fn is_grouped(node: NodeId, born_from: NodeId, ops: usize) -> bool {
+    node >= born_from && node & crate::model::IMPLICIT_DIR_NODE_BIT == 0 && ops <= GROUP_MAX_OPS
+}
 
 /// Payload records of a commit smaller than [`PACKED_RECORD_BYTES`] are packed into segment
 /// blocks of about this many bytes: compressed together, small files share one zstd context and
@@ -191,6 +248,16 @@ pub(crate) fn content_key(node: NodeId, first: Seq) -> [u8; 17] {
 
 pub(crate) fn payload_key(node: NodeId, first: Seq) -> [u8; 17] {
     node_seq_key(PAYLOAD, node, first)
+}
+
+/// The key of the `N` record of `node`'s group for block `first`; `first` 0 starts the group.
+pub(crate) fn grouped_content_key(node: NodeId, first: Seq) -> [u8; 17] {
+    node_seq_key(GROUPED_CONTENT, node / GROUP_NODES, first)
+}
+
+/// The key of the `P` record of `node`'s group for block `first`.
+pub(crate) fn grouped_payload_key(node: NodeId, first: Seq) -> [u8; 17] {
+    node_seq_key(GROUPED_PAYLOAD, node / GROUP_NODES, first)
 }
 
 pub(crate) fn keyframe_key(node: NodeId, seq: Seq) -> [u8; 17] {

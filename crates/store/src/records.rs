@@ -37,6 +37,37 @@ pub(crate) struct Records {
     /// Recently decoded segment blocks, oldest first: the payloads of one commit share one, and
     /// a rebuild reads them in order.
     blocks: Mutex<VecDeque<(BlockAddr, Arc<Vec<u8>>)>>,
+    /// Recently decoded grouped records, oldest first: the files of a group are read one after
+    /// another. Committed records are never rewritten, so these never go stale.
+    op_groups: GroupCache<codec::GroupedOps>,
+    payload_groups: GroupCache<codec::GroupedPayloads>,
+    group_zstd: Mutex<zstd::bulk::Decompressor<'static>>,
+}
+
+/// Decoded grouped records by key.
+type GroupCache<T> = Mutex<VecDeque<(sled::IVec, Arc<T>)>>;
+
+const GROUP_CACHE_ENTRIES: usize = 128;
+
+/// The decoded value of the grouped record `key`, from `cache` if it is there.
+fn decoded_group<T: serde::de::DeserializeOwned>(
+    cache: &GroupCache<T>,
+    zstd: &Mutex<zstd::bulk::Decompressor<'static>>,
+    what: &str,
+    key: sled::IVec,
+    value: &[u8],
+) -> Result<Arc<T>, StoreError> {
+    let mut cache = cache.lock().expect("group cache lock");
+    if let Some((_, group)) = cache.iter().find(|(k, _)| *k == key) {
+        return Ok(group.clone());
+    }
+    let mut zstd = zstd.lock().expect("zstd context lock");
+    let group: Arc<T> = Arc::new(codec::decode_group(what, value, &mut zstd)?);
+    cache.push_back((key, group.clone()));
+    if cache.len() > GROUP_CACHE_ENTRIES {
+        cache.pop_front();
+    }
+    Ok(group)
 }
 
 const BLOCK_CACHE_BYTES: usize = 4 << 20;
@@ -73,6 +104,11 @@ impl Records {
             references: Mutex::new(VecDeque::new()),
             segments,
             blocks: Mutex::new(VecDeque::new()),
+            op_groups: Mutex::new(VecDeque::new()),
+            payload_groups: Mutex::new(VecDeque::new()),
+            group_zstd: Mutex::new(
+                zstd::bulk::Decompressor::new().expect("a zstd context (allocation only)"),
+            ),
         }
     }
 
@@ -113,6 +149,27 @@ impl Records {
             Ok(codec::parse_segment_ref(&what, codec::SEGMENT, &value)?
                 .map(|r| (SegmentUse::Data, node, seq, r)))
         });
+        let grouped = self.tree.scan_prefix([codec::GROUPED_PAYLOAD]).flat_map(
+            |item| -> Vec<Result<_, StoreError>> {
+                let entries = item.map_err(StoreError::from).and_then(|(_, value)| {
+                    let mut zstd = self.group_zstd.lock().expect("zstd context lock");
+                    let group: codec::GroupedPayloads =
+                        codec::decode_group("grouped payload records", &value, &mut zstd)?;
+                    Ok(group)
+                });
+                match entries {
+                    Err(e) => vec![Err(e)],
+                    Ok(group) => group
+                        .into_iter()
+                        .map(|(node, seq, value)| {
+                            let what = format!("data of node {node} at @seq:{seq}");
+                            Ok(codec::parse_segment_ref(&what, codec::SEGMENT, &value)?
+                                .map(|r| (SegmentUse::Data, node, seq, r)))
+                        })
+                        .collect(),
+                }
+            },
+        );
         let keyframes = self.tree.scan_prefix([codec::KEYFRAME]).map(|item| {
             let (key, value) = item?;
             let (node, seq) = codec::key_node_seq(&key)?;
@@ -124,6 +181,7 @@ impl Records {
             )
         });
         payloads
+            .chain(grouped)
             .chain(keyframes)
             .filter_map(Result::transpose)
             .filter(move |item| !matches!(item, Ok((_, _, seq, _)) if *seq > self.committed))
@@ -314,10 +372,23 @@ impl Records {
         node: NodeId,
         seq: Seq,
     ) -> Result<(Seq, sled::IVec), StoreError> {
-        let (key, value) = self
+        let own = self
             .newest_at_or_before(&codec::payload_key(node, 0), &codec::payload_key(node, seq))?
-            .ok_or_else(|| StoreError::corrupt(format!("data of @seq:{seq} is missing")))?;
-        let first = codec::key_seq(&key)?;
+            .map(|(key, value)| Ok::<_, StoreError>((codec::key_seq(&key)?, value)))
+            .transpose()?;
+        let grouped = self.grouped_payload(node, seq)?;
+        let (first, value) = match (own, grouped) {
+            (Some(own), Some(grouped)) => {
+                if grouped.0 > own.0 {
+                    grouped
+                } else {
+                    own
+                }
+            }
+            (own, grouped) => own
+                .or(grouped)
+                .ok_or_else(|| StoreError::corrupt(format!("data of @seq:{seq} is missing")))?,
+        };
         let what = format!("data of @seq:{seq}");
         let Some(r) = codec::parse_segment_ref(&what, codec::SEGMENT, &value)? else {
             return Ok((first, value));
@@ -329,6 +400,65 @@ impl Records {
             )));
         }
         Ok((first, bytes.into()))
+    }
+
+    /// `node`'s newest grouped payload record at or before `seq`, with its first seq: at most
+    /// [`codec::GROUP_NODES`] group records to look through, one per block a node of the group
+    /// was born in.
+    fn grouped_payload(
+        &self,
+        node: NodeId,
+        seq: Seq,
+    ) -> Result<Option<(Seq, sled::IVec)>, StoreError> {
+        let mut newest: Option<(Seq, sled::IVec)> = None;
+        for item in self
+            .tree
+            .range(codec::grouped_payload_key(node, 0)..=codec::grouped_payload_key(node, seq))
+        {
+            let (key, value) = item?;
+            self.count(&key, &value);
+            let group = decoded_group(
+                &self.payload_groups,
+                &self.group_zstd,
+                "grouped payload records",
+                key,
+                &value,
+            )?;
+            for (n, first, value) in group.iter() {
+                if *n == node && *first <= seq && newest.as_ref().is_none_or(|(f, _)| first > f) {
+                    newest = Some((*first, value.as_slice().into()));
+                }
+            }
+        }
+        Ok(newest)
+    }
+
+    /// `node`'s grouped content ops in `from..=to`.
+    fn grouped_ops(
+        &self,
+        node: NodeId,
+        from: Seq,
+        to: Seq,
+    ) -> Result<Vec<(Seq, ContentOp)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .tree
+            .range(codec::grouped_content_key(node, 0)..=codec::grouped_content_key(node, to))
+        {
+            let (key, value) = item?;
+            self.count(&key, &value);
+            let group = decoded_group(
+                &self.op_groups,
+                &self.group_zstd,
+                "grouped content ops",
+                key,
+                &value,
+            )?;
+            for (_, ops) in group.iter().filter(|(n, _)| *n == node) {
+                out.extend(ops.iter().filter(|(s, _)| (from..=to).contains(s)).cloned());
+            }
+        }
+        Ok(out)
     }
 
     /// A reference content decoded earlier, if it is still cached.
@@ -385,6 +515,12 @@ impl Records {
             self.count(&key, &value);
             let ops: Vec<(Seq, ContentOp)> = codec::decode("content ops", &value)?;
             out.extend(ops.into_iter().filter(|(s, _)| (from..=to).contains(s)));
+        }
+        let grouped = self.grouped_ops(node, from, to)?;
+        if !grouped.is_empty() {
+            // A node's grouped ops are those of its first block, before any of its own.
+            out.splice(0..0, grouped);
+            debug_assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
         }
         Ok(out)
     }

@@ -103,10 +103,35 @@ struct SinceKeyframe {
 #[derive(Default)]
 struct OpenBlock {
     first: Seq,
+    /// Nodes from this id on were handed out since the block before was sealed, so no earlier
+    /// record names them (see [`codec::is_grouped`]).
+    born_from: NodeId,
     headers: Vec<EventHeader>,
     ops: BTreeMap<NodeId, Vec<(Seq, ContentOp)>>,
     payloads: BTreeMap<NodeId, Vec<Run>>,
     payload_bytes: usize,
+}
+
+impl OpenBlock {
+    fn opened(next_node: NodeId) -> OpenBlock {
+        OpenBlock {
+            born_from: next_node,
+            ..OpenBlock::default()
+        }
+    }
+}
+
+/// Where a payload record goes once its segment reference is known.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// A `p` record of its own, under this key.
+    Own([u8; 17]),
+    /// An entry of its group's `P` record for block `block`.
+    Grouped {
+        node: NodeId,
+        first: Seq,
+        block: Seq,
+    },
 }
 
 /// Payload records waiting to be written as one segment block, with the keys that will refer
@@ -114,7 +139,7 @@ struct OpenBlock {
 #[derive(Default)]
 struct Packer {
     buf: Vec<u8>,
-    pieces: Vec<([u8; 17], u64, u64)>,
+    pieces: Vec<(Slot, u64, u64)>,
 }
 
 /// Consecutive data of one node in a block, stored as one record keyed by its first seq.
@@ -171,6 +196,9 @@ pub struct Writer {
     next_node: NodeId,
     /// Sealed blocks not yet committed.
     pending: sled::Batch,
+    /// Entries of grouped payload records of the sealed blocks, by key: they go into `pending`
+    /// at commit, once every packed piece has its segment reference.
+    pending_groups: BTreeMap<[u8; 17], codec::GroupedPayloads>,
     pending_events: u64,
     /// `stats.payload_bytes` at the last commit.
     committed_payload_bytes: u64,
@@ -255,6 +283,7 @@ impl Writer {
         w.stats.committed_seq = meta.committed;
         w.stats.events = meta.committed;
         w.next_node = meta.next_node;
+        w.block = OpenBlock::opened(meta.next_node);
         w.ns = w.index()?.records.namespace_at(meta.committed, clock)?;
         if meta.committed > 0 {
             w.last_time = Some(w.index()?.records.header(meta.committed)?.time);
@@ -302,9 +331,10 @@ impl Writer {
             last_time: None,
             next_node: 1,
             pending: sled::Batch::default(),
+            pending_groups: BTreeMap::new(),
             pending_events: 0,
             committed_payload_bytes: 0,
-            block: OpenBlock::default(),
+            block: OpenBlock::opened(1),
             since_keyframe: HashMap::new(),
             touched: HashSet::new(),
             events_since_checkpoint: 0,
@@ -534,21 +564,45 @@ impl Writer {
 
     /// Turns the open block into records of the pending batch, its data into segment blocks.
     fn seal_block(&mut self) -> Result<(), StoreError> {
-        let block = std::mem::take(&mut self.block);
+        let block = std::mem::replace(&mut self.block, OpenBlock::opened(self.next_node));
         if block.headers.is_empty() {
             return Ok(());
         }
         let first = block.first;
         let headers = codec::zstd_bytes(&codec::encode(&block.headers));
         self.pending.insert(&codec::event_block_key(first), headers);
+        let grouped = |node: NodeId| {
+            let ops = block.ops.get(&node).map_or(0, Vec::len);
+            codec::is_grouped(node, block.born_from, ops)
+        };
+        let mut groups: BTreeMap<[u8; 17], codec::GroupedOps> = BTreeMap::new();
         for (node, ops) in &block.ops {
-            self.pending
-                .insert(&codec::content_key(*node, first), codec::encode(ops));
+            if grouped(*node) {
+                groups
+                    .entry(codec::grouped_content_key(*node, first))
+                    .or_default()
+                    .push((*node, ops.clone()));
+            } else {
+                self.pending
+                    .insert(&codec::content_key(*node, first), codec::encode(ops));
+            }
+        }
+        for (key, group) in groups {
+            self.pending.insert(&key, codec::encode_group(&group));
         }
         for (node, runs) in &block.payloads {
             for run in runs {
                 let Some((run_first, _)) = run.data.first() else {
                     continue;
+                };
+                let slot = if grouped(*node) {
+                    Slot::Grouped {
+                        node: *node,
+                        first: *run_first,
+                        block: first,
+                    }
+                } else {
+                    Slot::Own(codec::payload_key(*node, *run_first))
                 };
                 let raw = codec::encode_payload_block(&run.data);
                 let value = match &run.reference {
@@ -564,8 +618,7 @@ impl Writer {
                         if delta.len() < codec::encode_payload(&raw).len() {
                             if delta.len() <= codec::INLINE_DELTA_BYTES {
                                 // A reference to it in a segment would cost half as much again.
-                                self.pending
-                                    .insert(&codec::payload_key(*node, *run_first), delta);
+                                self.index_payload(slot, delta);
                                 continue;
                             }
                             delta
@@ -575,14 +628,26 @@ impl Writer {
                     }
                     None => codec::encode_payload_raw(&raw),
                 };
-                self.pack(codec::payload_key(*node, *run_first), value)?;
+                self.pack(slot, value)?;
             }
         }
         Ok(())
     }
 
+    /// Puts a payload record's value (its bytes or a segment reference) where `slot` says.
+    fn index_payload(&mut self, slot: Slot, value: Vec<u8>) {
+        match slot {
+            Slot::Own(key) => self.pending.insert(&key, value),
+            Slot::Grouped { node, first, block } => self
+                .pending_groups
+                .entry(codec::grouped_payload_key(node, block))
+                .or_default()
+                .push((node, first, value)),
+        }
+    }
+
     /// Queues a payload record for the next segment block; a large one gets a block of its own.
-    fn pack(&mut self, key: [u8; 17], value: Vec<u8>) -> Result<(), StoreError> {
+    fn pack(&mut self, slot: Slot, value: Vec<u8>) -> Result<(), StoreError> {
         if value.len() >= codec::PACKED_RECORD_BYTES {
             let block = self.segments.append(&value, true)?;
             let r = codec::SegRef {
@@ -590,13 +655,12 @@ impl Writer {
                 start: 0,
                 len: value.len() as u64,
             };
-            self.pending
-                .insert(&key, codec::encode_segment_ref(codec::SEGMENT, &r));
+            self.index_payload(slot, codec::encode_segment_ref(codec::SEGMENT, &r));
             return Ok(());
         }
         let start = self.packer.buf.len() as u64;
         self.packer.buf.extend_from_slice(&value);
-        self.packer.pieces.push((key, start, value.len() as u64));
+        self.packer.pieces.push((slot, start, value.len() as u64));
         if self.packer.buf.len() >= codec::PACKED_BLOCK_BYTES {
             self.write_packed()?;
         }
@@ -611,10 +675,9 @@ impl Writer {
         }
         let packer = std::mem::take(&mut self.packer);
         let block = self.segments.append(&packer.buf, true)?;
-        for (key, start, len) in packer.pieces {
+        for (slot, start, len) in packer.pieces {
             let r = codec::SegRef { block, start, len };
-            self.pending
-                .insert(&key, codec::encode_segment_ref(codec::SEGMENT, &r));
+            self.index_payload(slot, codec::encode_segment_ref(codec::SEGMENT, &r));
         }
         // Keep the buffer's capacity for the next block.
         let mut buf = packer.buf;
@@ -634,6 +697,10 @@ impl Writer {
         // The index must never refer to segment bytes a crash could still take.
         self.segments.sync()?;
         let mut batch = std::mem::take(&mut self.pending);
+        for (key, mut group) in std::mem::take(&mut self.pending_groups) {
+            group.sort_by_key(|(node, first, _)| (*node, *first));
+            batch.insert(&key, codec::encode_group(&group));
+        }
         batch.insert(codec::META_SEGMENT_END, codec::encode(&self.segments.end()));
         batch.insert(codec::META_COMMITTED, &codec::u64_value(self.last_seq));
         batch.insert(codec::META_NEXT_NODE, &codec::u64_value(self.next_node));
@@ -805,7 +872,7 @@ impl Writer {
         // resume: a little more disk for a history that is idle anyway.
         self.references = References::new(delta_limits(&self.opts));
         self.packer = Packer::default();
-        self.block = OpenBlock::default();
+        self.block = OpenBlock::opened(self.next_node);
         self.touched.shrink_to_fit();
         self.since_keyframe.shrink_to_fit();
         Ok(true)
