@@ -1108,6 +1108,7 @@ impl Bench {
             );
             fs::remove_dir_all(&state)?;
         }
+        self.small_files_storage(&dir, &state)?;
         if self.sqlite_store.is_empty() {
             self.t.note("(sqlite: run the workloads section too)");
         } else {
@@ -1129,6 +1130,64 @@ impl Bench {
                 None,
             );
         }
+        Ok(())
+    }
+
+    /// Many small files, where what a file costs the index, not its bytes, decides the size:
+    /// a tar of 20,000 text files of 40-200 B unpacked under `record`.
+    fn small_files_storage(&mut self, dir: &Path, state: &Path) -> Result<()> {
+        let files: u64 = if self.args.quick { 2_000 } else { 20_000 };
+        let src = fresh(&self.root.join("small-src"))?;
+        for i in 0..files {
+            let d = src.join(format!("d{:02}", i % 50));
+            if i < 50 {
+                fs::create_dir_all(&d)?;
+            }
+            let line = format!("file {i}: what a small config, source or lock file holds\n");
+            let body = line.repeat(1 + (i as usize % 3));
+            fs::write(d.join(format!("f{i:05}.txt")), body)?;
+        }
+        let tarball = self.root.join("small.tar");
+        let st = Command::new("tar")
+            .arg("cf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()?;
+        if !st.success() {
+            bail!("tar cf {} failed", tarball.display());
+        }
+        fs::remove_dir_all(&src)?;
+        let name = format!("tar -x of {files} small files: index bytes a file");
+        fresh(dir)?;
+        let _ = fs::remove_dir_all(state);
+        let empty = self.root.join("small-empty");
+        let _ = fs::remove_dir_all(&empty);
+        run(&mut self.record(&empty, dir, &["true"]), None)?.check("record -- true")?;
+        let tar = tarball.display().to_string();
+        run(&mut self.record(state, dir, &["tar", "-xf", &tar]), None)?.check(&name)?;
+        let tree = apparent_bytes(dir)?;
+        let du = du_bytes(state)?;
+        let index = du_bytes(&state.join("db"))?.saturating_sub(du_bytes(&empty.join("db"))?);
+        let per_file = index as f64 / files as f64;
+        self.t.row(
+            &name,
+            &format!(
+                "{per_file:.0} B a file on disk; store / tree {} / {} = {:.2}x",
+                fmt_num(du as f64, "MB"),
+                fmt_num(tree as f64, "MB"),
+                du as f64 / tree as f64
+            ),
+            "a few dozen B",
+            verdict(per_file <= 60.0),
+        );
+        self.t.sample(
+            serde_json::json!({"bench": "storage", "name": name, "files": files,
+            "tree": tree, "du": du, "index": index}),
+        );
+        fs::remove_dir_all(state)?;
+        fs::remove_dir_all(&empty)?;
         Ok(())
     }
 
