@@ -329,6 +329,34 @@ fn format3_store_resumes_and_keeps_its_old_moments() {
             w.commit().unwrap();
         }
     }
+    // New small files: their records are grouped (format 6) beside the fixture's own.
+    let mut new_files = Vec::new();
+    for i in 0..3u64 {
+        let file = w.new_node();
+        let data = lines(900 + i, 50 + 40 * i as usize);
+        for op in [
+            Op::Create {
+                node: file,
+                path: path(&format!("/new/{i}")),
+                mode: 0o644,
+            },
+            Op::Write {
+                node: file,
+                offset: 0,
+                data: data.clone(),
+            },
+        ] {
+            time += 1_000;
+            w.append(Event {
+                time,
+                process: None,
+                op,
+            })
+            .unwrap();
+        }
+        new_files.push((file, data));
+    }
+    w.commit().unwrap();
     // New keyframes, some of them patches on the fixture's format-3 keyframes.
     assert!(
         w.stats().keyframes > 0,
@@ -343,4 +371,7 @@ fn format3_store_resumes_and_keeps_its_old_moments() {
     check_moments(&store, &moments);
     let end = store.span().last_seq;
     assert_eq!(store.read_content(node, end).unwrap(), expected);
+    for (file, data) in new_files {
+        assert_eq!(store.read_content(file, end).unwrap(), data);
+    }
 }
