@@ -341,6 +341,37 @@ fn make_doc_tar(tar: &Path, limit: u64) -> Result<u64> {
     Ok(total)
 }
 
+/// A tar of `files` generated files (`file(i)`: the path below `src`, the text) at `tarball`,
+/// made through the scratch dir `src`.
+fn tar_of_files(
+    src: &Path,
+    tarball: &Path,
+    files: u64,
+    file: impl Fn(u64) -> (String, String),
+) -> Result<()> {
+    fresh(src)?;
+    for i in 0..files {
+        let (name, body) = file(i);
+        let path = src.join(name);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(path, body)?;
+    }
+    let st = Command::new("tar")
+        .arg("cf")
+        .arg(tarball)
+        .arg("-C")
+        .arg(src)
+        .arg(".")
+        .status()?;
+    if !st.success() {
+        bail!("tar cf {} failed: {st}", tarball.display());
+    }
+    fs::remove_dir_all(src)?;
+    Ok(())
+}
+
 fn fresh(p: &Path) -> Result<PathBuf> {
     if p.exists() {
         fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
@@ -712,29 +743,13 @@ impl Bench {
         self.gen_crate(&krate)?;
         // (b) a tarball of ~5,000 small files.
         let nfiles = if self.args.quick { 500 } else { 5000 };
-        let src = wl.join("tarsrc");
-        for i in 0..nfiles {
-            let d = src.join(format!("dir{:02}", i % 50));
-            if i < 50 {
-                fs::create_dir_all(&d)?;
-            }
+        let tarball = wl.join("files.tar");
+        tar_of_files(&wl.join("tarsrc"), &tarball, nfiles, |i| {
             let body: String = (0..(200 + (i * 37) % 3000))
                 .map(|j| char::from(b'a' + ((i + j) % 26) as u8))
                 .collect();
-            fs::write(d.join(format!("file{i:05}.txt")), body)?;
-        }
-        let tarball = wl.join("files.tar");
-        let st = Command::new("tar")
-            .arg("cf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&src)
-            .arg(".")
-            .status()?;
-        if !st.success() {
-            bail!("tar cf failed");
-        }
-        fs::remove_dir_all(&src)?;
+            (format!("dir{:02}/file{i:05}.txt", i % 50), body)
+        })?;
         // (c) sqlite: 20,000 inserts in 200 transactions.
         let (tx, per) = if self.args.quick {
             (20, 100)
@@ -1137,28 +1152,14 @@ impl Bench {
     /// a tar of 20,000 text files of 40-200 B unpacked under `record`.
     fn small_files_storage(&mut self, dir: &Path, state: &Path) -> Result<()> {
         let files: u64 = if self.args.quick { 2_000 } else { 20_000 };
-        let src = fresh(&self.root.join("small-src"))?;
-        for i in 0..files {
-            let d = src.join(format!("d{:02}", i % 50));
-            if i < 50 {
-                fs::create_dir_all(&d)?;
-            }
-            let line = format!("file {i}: what a small config, source or lock file holds\n");
-            let body = line.repeat(1 + (i as usize % 3));
-            fs::write(d.join(format!("f{i:05}.txt")), body)?;
-        }
         let tarball = self.root.join("small.tar");
-        let st = Command::new("tar")
-            .arg("cf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&src)
-            .arg(".")
-            .status()?;
-        if !st.success() {
-            bail!("tar cf {} failed", tarball.display());
-        }
-        fs::remove_dir_all(&src)?;
+        tar_of_files(&self.root.join("small-src"), &tarball, files, |i| {
+            let line = format!("file {i}: what a small config, source or lock file holds\n");
+            (
+                format!("d{:02}/f{i:05}.txt", i % 50),
+                line.repeat(1 + (i as usize % 3)),
+            )
+        })?;
         let name = format!("tar -x of {files} small files: index bytes a file");
         fresh(dir)?;
         let _ = fs::remove_dir_all(state);

@@ -6,6 +6,9 @@ use diffkeeper_store::{
     EntryKind, Event, NodeId, Op, RecPath, RecordingInfo, Seq, Store, Target, Writer, WriterOptions,
 };
 use proptest::prelude::*;
+
+mod common;
+use common::du;
 use std::path::Path;
 
 /// xorshift64*, as the benchmark's config writer uses.
@@ -229,30 +232,10 @@ fn truncating_rewrites_rebuild_exactly_across_commits_and_resume() {
     }
 }
 
-fn du(dir: &Path) -> u64 {
-    let out = std::process::Command::new("du")
-        .arg("-sB1")
-        .arg(dir)
-        .output()
-        .expect("du runs");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .expect("du prints a size")
-}
-
 /// What the store's records themselves take: index keys and values (before sled's own
 /// overhead) and the segment files that hold the data.
 fn record_bytes(dir: &Path) -> u64 {
-    let db = sled::open(dir.join("db")).unwrap();
-    let index: u64 = db
-        .iter()
-        .map(|kv| {
-            let (k, v) = kv.unwrap();
-            (k.len() + v.len()) as u64
-        })
-        .sum();
+    let index = common::index_record_bytes(dir);
     let segments: u64 = std::fs::read_dir(dir.join("segments"))
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())

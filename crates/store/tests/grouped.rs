@@ -4,7 +4,9 @@
 
 use diffkeeper_store::{EntryKind, Event, NodeId, Op, RecPath, RecordingInfo, Store, Writer};
 use std::collections::BTreeMap;
-use std::path::Path;
+
+mod common;
+use common::{du, index_record_bytes};
 
 fn path(p: &str) -> RecPath {
     RecPath::normalize(p.as_bytes()).unwrap()
@@ -19,42 +21,6 @@ fn append(writer: &mut Writer, time: &mut u64, op: Op) -> u64 {
             op,
         })
         .unwrap()
-}
-
-/// Bytes a directory takes on disk, as `du` counts them.
-fn du(dir: &Path) -> u64 {
-    let out = std::process::Command::new("du")
-        .arg("-sB1")
-        .arg(dir)
-        .output()
-        .expect("du runs");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .expect("du prints a size")
-}
-
-/// Key and value bytes of the index's records, before sled's own overhead.
-fn record_bytes(db: &Path) -> u64 {
-    // sled lets go of its file lock a moment after the writer that held it is dropped.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let db = loop {
-        match sled::open(db) {
-            Ok(db) => break db,
-            Err(e) if std::time::Instant::now() < deadline => {
-                eprintln!("waiting for sled's lock: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("cannot open {}: {e}", db.display()),
-        }
-    };
-    db.iter()
-        .map(|kv| {
-            let (k, v) = kv.unwrap();
-            (k.len() + v.len()) as u64
-        })
-        .sum()
 }
 
 #[test]
@@ -95,7 +61,7 @@ fn many_small_files_cost_a_few_dozen_bytes_of_index_records_each() {
     w.finish(time + 1).unwrap();
 
     let index = du(&dir.join("db")).saturating_sub(du(&empty.join("db")));
-    let records = record_bytes(&dir.join("db")) - record_bytes(&empty.join("db"));
+    let records = index_record_bytes(&dir) - index_record_bytes(&empty);
     eprintln!(
         "{FILES} small files: {} B of index records a file, {} B on disk a file",
         records / FILES,

@@ -1,0 +1,40 @@
+//! What the size tests measure: bytes on disk, and the bytes of the index's own records.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Bytes a directory takes on disk, as `du` counts them.
+pub fn du(dir: &Path) -> u64 {
+    let out = std::process::Command::new("du")
+        .arg("-sB1")
+        .arg(dir)
+        .output()
+        .expect("du runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("du prints a size")
+}
+
+/// Key and value bytes of the index's records in state dir `dir`, before sled's own overhead.
+pub fn index_record_bytes(dir: &Path) -> u64 {
+    // sled lets go of its file lock a moment after the writer that held it is dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match sled::open(dir.join("db")) {
+            Ok(db) => break db,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for sled's lock: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open the index of {}: {e}", dir.display()),
+        }
+    };
+    db.iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.len() + v.len()) as u64
+        })
+        .sum()
+}
