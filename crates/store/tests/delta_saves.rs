@@ -246,11 +246,7 @@ fn record_bytes(dir: &Path) -> u64 {
 #[test]
 fn atomic_saves_of_a_config_take_a_small_fraction_of_what_was_written() {
     let tmp = tempfile::tempdir().unwrap();
-    let empty = tmp.path().join("empty");
-    Writer::create(&empty, RecordingInfo::default())
-        .unwrap()
-        .finish(1)
-        .unwrap();
+    let empty = common::empty_recording(tmp.path());
     let sled_floor = du(&empty);
 
     let dir = tmp.path().join("rec");

@@ -26,11 +26,7 @@ fn append(writer: &mut Writer, time: &mut u64, op: Op) -> u64 {
 #[test]
 fn many_small_files_cost_a_few_dozen_bytes_of_index_records_each() {
     let tmp = tempfile::tempdir().unwrap();
-    let empty = tmp.path().join("empty");
-    Writer::create(&empty, RecordingInfo::default())
-        .unwrap()
-        .finish(1)
-        .unwrap();
+    let empty = common::empty_recording(tmp.path());
     let dir = tmp.path().join("rec");
     let mut w = Writer::create(&dir, RecordingInfo::default()).unwrap();
     let mut time = 0;

@@ -1,7 +1,18 @@
 //! What the size tests measure: bytes on disk, and the bytes of the index's own records.
 
-use std::path::Path;
+use diffkeeper_store::{RecordingInfo, Writer};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// A recording with nothing in it, at `under/empty`: what every store costs at least.
+pub fn empty_recording(under: &Path) -> PathBuf {
+    let empty = under.join("empty");
+    Writer::create(&empty, RecordingInfo::default())
+        .unwrap()
+        .finish(1)
+        .unwrap();
+    empty
+}
 
 /// Bytes a directory takes on disk, as `du` counts them.
 pub fn du(dir: &Path) -> u64 {
