@@ -376,19 +376,13 @@ impl Records {
             .newest_at_or_before(&codec::payload_key(node, 0), &codec::payload_key(node, seq))?
             .map(|(key, value)| Ok::<_, StoreError>((codec::key_seq(&key)?, value)))
             .transpose()?;
-        let grouped = self.grouped_payload(node, seq)?;
-        let (first, value) = match (own, grouped) {
-            (Some(own), Some(grouped)) => {
-                if grouped.0 > own.0 {
-                    grouped
-                } else {
-                    own
-                }
-            }
-            (own, grouped) => own
-                .or(grouped)
-                .ok_or_else(|| StoreError::corrupt(format!("data of @seq:{seq} is missing")))?,
+        // A node's grouped records are of its first block, older than any record of its own.
+        let found = match own {
+            Some(own) => Some(own),
+            None => self.grouped_payload(node, seq)?,
         };
+        let (first, value) =
+            found.ok_or_else(|| StoreError::corrupt(format!("data of @seq:{seq} is missing")))?;
         let what = format!("data of @seq:{seq}");
         let Some(r) = codec::parse_segment_ref(&what, codec::SEGMENT, &value)? else {
             return Ok((first, value));
@@ -499,13 +493,15 @@ impl Records {
             return Ok(Vec::new());
         }
         // Start at the block holding `from`, which may begin before it.
-        let start = self
+        let own_start = self
             .tree
             .range(codec::content_key(node, 0)..=codec::content_key(node, from))
             .keys()
             .next_back()
             .transpose()?
-            .map_or(Ok(from), |k| codec::key_seq(&k))?;
+            .map(|k| codec::key_seq(&k))
+            .transpose()?;
+        let start = own_start.unwrap_or(from);
         let mut out = Vec::new();
         for item in self
             .tree
@@ -516,9 +512,13 @@ impl Records {
             let ops: Vec<(Seq, ContentOp)> = codec::decode("content ops", &value)?;
             out.extend(ops.into_iter().filter(|(s, _)| (from..=to).contains(s)));
         }
-        let grouped = self.grouped_ops(node, from, to)?;
+        // A node's grouped ops are those of its first block, before any of its own: with a block
+        // of its own at or before `from`, they all lie before `from`.
+        let grouped = match own_start {
+            Some(_) => Vec::new(),
+            None => self.grouped_ops(node, from, to)?,
+        };
         if !grouped.is_empty() {
-            // A node's grouped ops are those of its first block, before any of its own.
             out.splice(0..0, grouped);
             debug_assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
         }
