@@ -221,6 +221,13 @@ fn grouped_and_own_records_of_a_node_read_back_as_one_history() {
     let Run { w, time, expected } = run;
     w.finish(time + 1).unwrap();
 
+    // What the history is meant to hold: records of both kinds for the same nodes.
+    let grouped = common::index_records_of_kind(&dir, b'N');
+    let own = common::index_records_of_kind(&dir, b'n');
+    assert!(
+        grouped > 0 && own > 0,
+        "grouped records {grouped}, own {own}"
+    );
     let store = Store::open(&dir).unwrap();
     for (seq, files) in &expected.versions {
         let tree = store.tree_at(*seq).unwrap();

@@ -30,6 +30,18 @@ pub fn du(dir: &Path) -> u64 {
 
 /// Key and value bytes of the index's records in state dir `dir`, before sled's own overhead.
 pub fn index_record_bytes(dir: &Path) -> u64 {
+    index_records(dir, |_| true).1
+}
+
+/// How many of the index's records have a key starting with `kind` (the record kinds of
+/// `codec`'s table: `n` a node's content ops, `N` a group's).
+#[allow(dead_code)] // not every test binary asks
+pub fn index_records_of_kind(dir: &Path, kind: u8) -> u64 {
+    index_records(dir, |key| key.first() == Some(&kind)).0
+}
+
+/// The count and the key and value bytes of the index records whose key `keep` accepts.
+fn index_records(dir: &Path, keep: impl Fn(&[u8]) -> bool) -> (u64, u64) {
     // sled lets go of its file lock a moment after the writer that held it is dropped.
     let deadline = Instant::now() + Duration::from_secs(10);
     let db = loop {
@@ -43,9 +55,9 @@ pub fn index_record_bytes(dir: &Path) -> u64 {
         }
     };
     db.iter()
-        .map(|kv| {
-            let (k, v) = kv.unwrap();
-            (k.len() + v.len()) as u64
+        .map(|kv| kv.unwrap())
+        .filter(|(k, _)| keep(k))
+        .fold((0, 0), |(n, bytes), (k, v)| {
+            (n + 1, bytes + (k.len() + v.len()) as u64)
         })
-        .sum()
 }
