@@ -3,9 +3,10 @@
  * one ring buffer (wire format in events.h).
  *
  * Why these attach points: on the target kernels fentry/fexit/LSM are refused and kprobes may be
- * absent, while BTF raw tracepoints on sys_enter/sys_exit always load. One program per direction
- * dispatches on the syscall number, so adding a syscall is a case label, not a new attachment,
- * and processes outside the filter cost one switch plus one hash lookup per relevant syscall.
+ * absent, while syscall tracepoints always load (docs/benchmarks.md has why). One program per
+ * direction dispatches on the syscall number, so adding a syscall is a line in syscalls.h, and
+ * processes outside the filter cost one hash lookup per hooked syscall. The per-syscall
+ * tracepoints are preferred: unhooked syscalls then skip the programs (see dk_tp_enter).
  *
  * Bytes are read at syscall exit from the caller's buffer, sized by the return value, so what is
  * recorded is what the kernel accepted. Anything that cannot be captured this way (writes above
@@ -17,6 +18,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "events.h"
+#include "syscalls.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -66,20 +68,12 @@ enum {
 	NR_fchownat = 260, NR_utimensat = 280,
 };
 
-/* The path-based syscalls: entered with strings (sys_enter), completed by a result record
- * (sys_exit). One list, so the two dispatchers cannot disagree. */
-#define PATH_SYSCALLS                                                                        \
-	case NR_rename: case NR_renameat: case NR_renameat2: case NR_unlink: case NR_unlinkat: \
-	case NR_rmdir: case NR_mkdir: case NR_mkdirat: case NR_symlink: case NR_symlinkat:     \
-	case NR_link: case NR_linkat: case NR_chmod: case NR_fchmodat: case NR_fchmodat2:      \
-	case NR_truncate: META_PATH_SYSCALLS
-
-/* Path-based metadata syscalls. Each is also completed at exit by the inode's own metadata when
- * its path names an open file (AT_EMPTY_PATH, /proc/self/fd/N): see meta_through_fd. */
-#define META_PATH_SYSCALLS                                                                   \
-	case NR_chown: case NR_lchown: case NR_fchownat: case NR_setxattr: case NR_lsetxattr:  \
-	case NR_utime: case NR_utimes: case NR_utimensat: case NR_removexattr:                 \
-	case NR_lremovexattr
+/* Case labels made from bpf/syscalls.h: the syscalls each direction hooks. Path-based syscalls
+ * are entered with strings (sys_enter) and completed by a result record (sys_exit). */
+#define SYSCALL_CASE(nr, event) case NR_##nr:
+#define SYSCALL_NONE(nr, event)
+#define ENTER_SYSCALLS DK_SYSCALLS(SYSCALL_CASE, SYSCALL_CASE, SYSCALL_NONE)
+#define EXIT_SYSCALLS DK_SYSCALLS(SYSCALL_CASE, SYSCALL_NONE, SYSCALL_CASE)
 
 struct file_key {
 	__u64 dev;
@@ -108,11 +102,13 @@ struct {
 } recorded_cgroups SEC(".maps");
 
 /* Kept by user space across all recordings, so that a write asks for its recording's settings
- * only when one could apply: the smallest max_write_capture of any, and whether any is scoped. */
+ * only when one could apply: the smallest max_write_capture of any, and whether any is scoped.
+ * generation changes whenever the set of recorded cgroups does: it invalidates filter_cache. */
 struct filter_knobs {
 	__u64 cap_floor;
 	__u32 scoped;
 	__u32 _pad;
+	__u64 generation;
 };
 
 struct {
@@ -122,6 +118,24 @@ struct {
 	__type(value, struct filter_knobs);
 } filter_knobs SEC(".maps");
 
+
+/* Each CPU's last verdict of the filter: the cgroup it was for, the filter_knobs generation it
+ * was made under, and the recorded cgroup that owns it (0: not recorded). Consecutive syscalls
+ * on a CPU mostly come from one cgroup, so most take the verdict from here, with no hash lookup
+ * and no ancestor walk. The programs run with preemption disabled, so no other program on this
+ * CPU writes the entry while one reads it. */
+struct filter_verdict {
+	__u64 cgroup;
+	__u64 generation;
+	__u64 owner;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct filter_verdict);
+} filter_cache SEC(".maps");
 
 /* Bit L set: some recorded cgroup sits at hierarchy level L. Kept by user space. */
 struct {
@@ -277,11 +291,10 @@ static __always_inline __u64 current_cgroup_id(void)
 	return task->cgroups->dfl_cgrp->kn->id;
 }
 
-/* The recorded cgroup the current task is recorded under: its own, or the ancestor that put it
- * in the filter; 0 if none (no cgroup has id 0). */
-static __always_inline __u64 filter_owner(void)
+/* The recorded cgroup the current task's cgroup `id` is recorded under: its own, or the
+ * ancestor that put it in the filter; 0 if none (no cgroup has id 0). */
+static __always_inline __u64 filter_walk(__u64 id)
 {
-	__u64 id = current_cgroup_id();
 	if (bpf_map_lookup_elem(&recorded_cgroups, &id))
 		return id;
 	__u32 zero = 0;
@@ -301,15 +314,31 @@ static __always_inline __u64 filter_owner(void)
 	return 0;
 }
 
-static __always_inline bool in_filter(void)
-{
-	return filter_owner() != 0;
-}
-
-/* Out of line: only the rare paths that tag a map entry with its recording call it. */
+/* filter_walk, through this CPU's last verdict. The generation is read before the walk: a
+ * change of the recorded set that lands during the walk leaves the verdict stored under the
+ * old generation, so the next syscall walks again. A global function: verified once, not at
+ * every call site, and its map keys stay off the callers' stack (which the write path fills). */
 __noinline __u64 recorded_owner(void)
 {
-	return filter_owner();
+	__u64 id = current_cgroup_id();
+	__u32 zero = 0;
+	struct filter_knobs *knobs = bpf_map_lookup_elem(&filter_knobs, &zero);
+	struct filter_verdict *v = bpf_map_lookup_elem(&filter_cache, &zero);
+	if (!knobs || !v)
+		return filter_walk(id);
+	__u64 generation = knobs->generation;
+	if (v->cgroup == id && v->generation == generation)
+		return v->owner;
+	__u64 owner = filter_walk(id);
+	v->cgroup = id;
+	v->generation = generation;
+	v->owner = owner;
+	return owner;
+}
+
+static __always_inline bool in_filter(void)
+{
+	return recorded_owner() != 0;
 }
 
 __noinline int count_loss(__u32 which, __u64 n)
@@ -1267,17 +1296,28 @@ static __always_inline __u32 umask_mode(__u32 mode)
 	return mode & 07777 & ~um;
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(dk_sys_enter, struct pt_regs *regs, long id)
+/* The registers of the current syscall, for the per-syscall tracepoints, whose context lacks
+ * them. Fetched only once the filter matched: processes outside it do not pay for the two
+ * helper calls. */
+static __always_inline struct pt_regs *current_regs(void)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
+/* What a syscall listed for enter does, from either attach point (dk_sys_enter, dk_tp_enter);
+ * regs NULL: fetch them (per-syscall tracepoints). */
+static __always_inline int on_sys_enter(struct pt_regs *regs, long id)
 {
 	switch (id) {
-	PATH_SYSCALLS: case NR_close:
+	ENTER_SYSCALLS
 		break;
 	default:
 		return 0;
 	}
 	if (!in_filter())
 		return 0;
+	if (!regs)
+		regs = current_regs();
 
 	long di = regs->di, si = regs->si, dx = regs->dx, r10 = regs->r10, r8 = regs->r8;
 	const char *s0 = (const char *)di, *s1 = (const char *)si, *s2 = (const char *)dx;
@@ -1381,25 +1421,20 @@ int BPF_PROG(dk_sys_enter, struct pt_regs *regs, long id)
 	return 0;
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
+/* What a syscall listed for exit does, from either attach point (dk_sys_exit, dk_tp_exit);
+ * regs NULL: fetch them (per-syscall tracepoints). */
+static __always_inline int on_sys_exit(struct pt_regs *regs, long id, long ret)
 {
-	/* A direct load from the BTF-typed argument, not a probe read: this runs for every
-	 * syscall of every process on the machine, recorded or not. */
-	long id = regs->orig_ax;
 	switch (id) {
-	case NR_write: case NR_pwrite64: case NR_writev: case NR_pwritev: case NR_pwritev2:
-	case NR_open: case NR_openat: case NR_openat2: case NR_creat: case NR_ftruncate:
-	case NR_fchmod: case NR_fallocate: case NR_copy_file_range: case NR_sendfile:
-	case NR_splice: case NR_mmap: case NR_munmap: case NR_msync: case NR_io_uring_setup:
-	case NR_fchown: case NR_fsetxattr: case NR_fremovexattr:
-	PATH_SYSCALLS:
+	EXIT_SYSCALLS
 		break;
 	default:
 		return 0;
 	}
 	if (!in_filter())
 		return 0;
+	if (!regs)
+		regs = current_regs();
 
 	/* On x86_64 the argument registers in pt_regs are intact at exit (the handler reads them,
 	 * only ax is replaced by the result), which spares an enter->exit map round trip on the
@@ -1539,6 +1574,58 @@ int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
 	r->ret = ret;
 	bpf_ringbuf_submit(r, wake_flags(sizeof(*r)));
 	return 0;
+}
+
+/* The attach points. The loader picks one pair (crates/capture/src/attach.rs):
+ *
+ * - Per-syscall tracepoints (syscalls/sys_enter_NAME, attached once per listed syscall): a
+ *   syscall not listed never reaches a program, so the processes of the node pay for
+ *   DiffKeeper only on the ~50 syscalls it hooks. Needs tracefs. Their context holds the
+ *   syscall number and result but not the registers, which the task's pt_regs gives (at exit
+ *   the argument registers are intact on x86_64).
+ * - Raw syscall tracepoints (tp_btf sys_enter/sys_exit): every syscall of every process runs
+ *   the program, which returns after a switch for the unlisted ones. The fallback where
+ *   tracefs is missing. */
+
+/* The per-syscall tracepoints' context (events/syscalls/sys_enter_NAME/format in tracefs). */
+struct dk_syscall_enter_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 _pad;
+	__u64 args[6];
+};
+
+struct dk_syscall_exit_ctx {
+	__u64 common;
+	__s32 nr;
+	__u32 _pad;
+	__s64 ret;
+};
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int dk_tp_enter(struct dk_syscall_enter_ctx *ctx)
+{
+	return on_sys_enter(NULL, ctx->nr);
+}
+
+SEC("tracepoint/syscalls/sys_exit_write")
+int dk_tp_exit(struct dk_syscall_exit_ctx *ctx)
+{
+	return on_sys_exit(NULL, ctx->nr, ctx->ret);
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(dk_sys_enter, struct pt_regs *regs, long id)
+{
+	return on_sys_enter(regs, id);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(dk_sys_exit, struct pt_regs *regs, long ret)
+{
+	/* A direct load from the BTF-typed argument, not a probe read: this runs for every
+	 * syscall of every process on the machine, recorded or not. */
+	return on_sys_exit(regs, regs->orig_ax, ret);
 }
 
 static __always_inline void send_proc(__u32 op, __u32 pid, __u64 arg)

@@ -26,6 +26,8 @@ fn main() {
         None => dump_vmlinux(&vmlinux),
     }
 
+    hooked_syscalls(&bpf_dir.join("syscalls.h"), &out.join("syscalls.rs"));
+
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
     let obj = out.join("diffkeeper.bpf.o");
     let status = Command::new(&clang)
@@ -81,6 +83,55 @@ fn dump_vmlinux(dest: &Path) {
         ));
     }
     std::fs::write(dest, output.stdout).expect("write vmlinux.h");
+}
+
+/// The tracepoint names bpf/syscalls.h lists for each direction, for the loader to attach the
+/// per-syscall tracepoints to: the C side's dispatch and the attachments come from one list.
+fn hooked_syscalls(header: &Path, dest: &Path) {
+    let text = std::fs::read_to_string(header)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", header.display())));
+    let (mut enter, mut exit) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let line = line.trim().trim_end_matches('\\').trim();
+        let Some((kind, rest)) = line.split_once('(') else {
+            continue;
+        };
+        if !matches!(kind, "PATH" | "ENTER" | "EXIT") {
+            continue;
+        }
+        let args = rest
+            .strip_suffix(')')
+            .unwrap_or_else(|| fail(&format!("{}: cannot parse `{line}`", header.display())));
+        let Some((_, event)) = args.split_once(',') else {
+            fail(&format!("{}: `{line}` needs (nr, event)", header.display()))
+        };
+        let event = event.trim().to_string();
+        if kind != "EXIT" {
+            enter.push(event.clone());
+        }
+        if kind != "ENTER" {
+            exit.push(event);
+        }
+    }
+    if enter.is_empty() || exit.is_empty() {
+        fail(&format!("{} lists no syscalls", header.display()));
+    }
+    let list = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let code = format!(
+        "/// Tracepoints `syscalls/sys_enter_NAME` the enter program hooks (bpf/syscalls.h).\n\
+         pub const ENTER: &[&str] = &[{}];\n\
+         /// Tracepoints `syscalls/sys_exit_NAME` the exit program hooks (bpf/syscalls.h).\n\
+         pub const EXIT: &[&str] = &[{}];\n",
+        list(&enter),
+        list(&exit)
+    );
+    std::fs::write(dest, code).expect("write syscalls.rs");
 }
 
 fn fail(msg: &str) -> ! {

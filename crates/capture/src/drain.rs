@@ -270,6 +270,7 @@ mod tests {
 
     use super::*;
     use crate::probe::{Probe, ProbeConfig};
+    use crate::AttachPoint;
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::process::CommandExt;
@@ -308,6 +309,102 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn pin_to(cpu: usize) -> std::io::Result<()> {
+        // SAFETY: a cpu_set_t on the stack, for the calling thread only.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel keeps each CPU's last filter verdict (filter_cache): a change of the recorded
+    /// set must expire it at once. A shell in the cgroup, pinned to CPU 1 while this thread
+    /// works on CPU 0, writes while recorded, then waits while the cgroup is forgotten, and
+    /// writes again; then it is recorded again and writes a third time. Without the
+    /// generation the second write would be taken from CPU 1's stale verdict, and the third
+    /// lost to the one after it.
+    #[test]
+    fn the_filter_follows_changes_of_the_recorded_set_at_both_attach_points() {
+        assert!(
+            std::thread::available_parallelism().unwrap().get() >= 2,
+            "this test needs two CPUs to keep a verdict on one while the other changes the set"
+        );
+        pin_to(0).unwrap();
+        for point in [AttachPoint::RawSyscalls, AttachPoint::SyscallTracepoints] {
+            let pid = std::process::id();
+            let name = format!("dk-filter-test-{pid}-{point}");
+            let cgroup = cgroup2_mount().join(&name);
+            let dir = std::env::temp_dir().join(&name);
+            std::fs::create_dir(&cgroup).unwrap();
+            std::fs::create_dir(&dir).unwrap();
+            let config = ProbeConfig {
+                attach: Some(point),
+                ..ProbeConfig::default()
+            };
+            let mut probe = Probe::load(&config).unwrap();
+            assert_eq!(probe.attach_point(), point);
+            let id = std::fs::metadata(&cgroup).unwrap().ino();
+            probe.record_cgroup(id, 1).unwrap();
+            let drain = RingDrain::start(probe.take_reader().unwrap()).unwrap();
+
+            let d = dir.display();
+            let script = format!(
+                "echo one > {d}/a; : > {d}/waiting; while [ ! -e {d}/go ]; do :; done; \
+                 echo two > {d}/b"
+            );
+            let shell = spawn_in(&cgroup, &script, 1);
+            let waiting = dir.join("waiting");
+            while !waiting.exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            probe.forget_cgroup(id).unwrap();
+            std::fs::write(dir.join("go"), b"").unwrap();
+            assert!(wait_success(shell));
+            probe.record_cgroup(id, 1).unwrap();
+            assert!(wait_success(spawn_in(
+                &cgroup,
+                &format!("echo three > {d}/c"),
+                1
+            )));
+            let seen = written(drain.finish().unwrap());
+
+            drop(probe);
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir(&cgroup);
+            assert_eq!(
+                seen,
+                [b"one\n".to_vec(), b"three\n".to_vec()],
+                "at the {point} attach point"
+            );
+        }
+    }
+
+    fn spawn_in(cgroup: &Path, script: &str, cpu: usize) -> std::process::Child {
+        let procs = cgroup.join("cgroup.procs");
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(script);
+        // SAFETY: opens and writes a file and sets the affinity, nothing that needs the
+        // parent's locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                pin_to(cpu)?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&procs)?
+                    .write_all(b"0")
+            });
+        }
+        cmd.spawn().unwrap()
+    }
+
+    fn wait_success(mut child: std::process::Child) -> bool {
+        child.wait().unwrap().success()
     }
 
     #[test]

@@ -6,11 +6,13 @@
 
 #![warn(missing_docs)]
 
+mod attach;
 mod drain;
 mod event;
 mod probe;
 mod wire;
 
+pub use attach::{hooked_syscalls, syscall_events_dir, AttachPoint};
 pub use drain::RingDrain;
 pub use event::{Assembler, Change, DirtyReason, Event, FileKey, Origin, Owner, TimeSet};
 pub use probe::{

@@ -1,22 +1,23 @@
 //! Loading, attaching and reading the kernel programs.
 
+use crate::attach::{self, AttachPoint};
 use crate::event::{Assembler, DirtyReason, Event, FileKey};
 use crate::wire::{
     self, cgroup_settings, dirty_mark, file_key, filter_knobs, loss_counts, maps, unsent_key,
     unsent_name,
 };
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::BtfTracePoint;
+use aya::programs::trace_point::TracePointLinkId;
+use aya::programs::{Program, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/diffkeeper.bpf.o"));
 
-/// (program, BTF tracepoint it attaches to)
-const PROGRAMS: [(&str, &str); 5] = [
-    ("dk_sys_enter", "sys_enter"),
-    ("dk_sys_exit", "sys_exit"),
+/// (program, BTF tracepoint it attaches to): the process programs. The syscall programs depend
+/// on the [`AttachPoint`].
+const PROCESS_PROGRAMS: [(&str, &str); 3] = [
     ("dk_fork", "sched_process_fork"),
     ("dk_exec", "sched_process_exec"),
     ("dk_exit", "sched_process_exit"),
@@ -50,6 +51,17 @@ pub enum CaptureError {
         /// Why.
         #[source]
         source: aya::programs::ProgramError,
+    },
+    /// The attach point asked for cannot be used on this machine.
+    #[error(
+        "cannot attach to the {point} syscall tracepoints: {why}; leave the attach point \
+         unset to fall back to the raw syscall tracepoints"
+    )]
+    AttachPoint {
+        /// The one asked for.
+        point: AttachPoint,
+        /// Why not.
+        why: String,
     },
     /// A map could not be used.
     #[error("eBPF map {map}: {source}")]
@@ -87,6 +99,9 @@ pub struct ProbeConfig {
     /// The reader is woken only when this much data waits (it also polls on a short timer):
     /// a wakeup per record was measured to double the cost of small writes.
     pub wakeup_bytes: u64,
+    /// Where the syscall programs attach; None: the per-syscall tracepoints where this machine
+    /// has them, else the raw syscall tracepoints.
+    pub attach: Option<AttachPoint>,
 }
 
 impl Default for ProbeConfig {
@@ -95,6 +110,7 @@ impl Default for ProbeConfig {
             ring_bytes: 64 << 20,
             max_write_capture: 1 << 20,
             wakeup_bytes: 256 << 10,
+            attach: None,
         }
     }
 }
@@ -156,6 +172,20 @@ pub struct Probe {
     reader: Option<RingReader>,
     /// Each recorded cgroup's hierarchy level and settings, to keep the kernel's summaries.
     recorded: std::collections::HashMap<u64, (u32, CgroupSettings)>,
+    /// Where the syscall programs are attached.
+    attach: AttachPoint,
+    /// The last generation written to `filter_knobs` (see [`Probe::write_summaries`]).
+    generation: u64,
+    /// The per-syscall tracepoints' links (none at the raw ones), released at drop.
+    links: Option<SyscallLinks>,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Some(links) = self.links.take() {
+            links.release(&mut self.ebpf);
+        }
+    }
 }
 
 /// The reading end of the ring buffer. It can leave the probe (see [`Probe::take_reader`]) so
@@ -250,53 +280,8 @@ impl Probe {
             .map_err(CaptureError::Load)?;
         // Start-up is mostly this function (issue 15): say where it goes.
         tracing::debug!(elapsed = ?started.elapsed(), "object relocated, maps created");
-        // Each program is verified in a thread of its own: privileged loads do not share the
-        // verifier's lock, so on a node with cores to spare start-up is the largest program's
-        // verification, not the sum of all five (issue 15).
-        let mut programs: Vec<(&'static str, &'static str, &mut BtfTracePoint)> = ebpf
-            .programs_mut()
-            .filter_map(|(name, prog)| {
-                let (program, tracepoint) = PROGRAMS.iter().find(|(p, _)| *p == name)?;
-                let prog: &mut BtfTracePoint = prog.try_into().expect("program is tp_btf");
-                Some((*program, *tracepoint, prog))
-            })
-            .collect();
-        assert_eq!(
-            programs.len(),
-            PROGRAMS.len(),
-            "every program is in the object"
-        );
-        let btf = &btf;
-        std::thread::scope(|scope| {
-            let loads: Vec<_> = programs
-                .iter_mut()
-                .map(|(program, tracepoint, prog)| {
-                    let (program, tracepoint) = (*program, *tracepoint);
-                    scope.spawn(move || {
-                        let loading = std::time::Instant::now();
-                        prog.load(tracepoint, btf)
-                            .map_err(|source| CaptureError::Program { program, source })?;
-                        let verified = prog.info().ok().and_then(|i| i.verified_instruction_count());
-                        tracing::debug!(program, elapsed = ?loading.elapsed(), ?verified, "program verified");
-                        Ok::<(), CaptureError>(())
-                    })
-                })
-                .collect();
-            loads
-                .into_iter()
-                .try_for_each(|load| load.join().expect("a program's load panicked"))
-        })?;
-        // Attached in one order, once all are verified: fork and exit tracking start together
-        // with the syscalls.
-        for (program, _) in PROGRAMS {
-            let (_, _, prog) = programs
-                .iter_mut()
-                .find(|(p, _, _)| *p == program)
-                .expect("collected above");
-            prog.attach()
-                .map_err(|source| CaptureError::Program { program, source })?;
-        }
-        tracing::debug!(elapsed = ?started.elapsed(), "all programs verified and attached");
+        let (attach, links) = attach_programs(&mut ebpf, &btf, cfg.attach)?;
+        tracing::debug!(elapsed = ?started.elapsed(), %attach, "all programs verified and attached");
         let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).expect("events map")).map_err(
             |source| CaptureError::Map {
                 map: maps::EVENTS,
@@ -312,7 +297,15 @@ impl Probe {
                 drained_bytes: 0,
             }),
             recorded: Default::default(),
+            attach,
+            generation: 0,
+            links: Some(links),
         })
+    }
+
+    /// Where the syscall programs are attached.
+    pub fn attach_point(&self) -> AttachPoint {
+        self.attach
     }
 
     /// Records the processes of cgroup v2 `id` (and of its descendants). `level` is the cgroup's
@@ -404,7 +397,9 @@ impl Probe {
     }
 
     /// The kernel's view across recordings: the levels recorded cgroups sit at, and whether any
-    /// recording might want less than every byte of a write (see `filter_knobs`).
+    /// recording might want less than every byte of a write (see `filter_knobs`). Written after
+    /// every change to `recorded_cgroups`, and the knobs last: their new generation expires the
+    /// per-CPU verdicts made before the change.
     fn write_summaries(&mut self) -> Result<(), CaptureError> {
         let mask = self
             .recorded
@@ -425,6 +420,10 @@ impl Probe {
                 .unwrap_or(u64::MAX),
             scoped: self.recorded.values().any(|(_, s)| s.scoped).into(),
             _pad: 0,
+            generation: {
+                self.generation += 1;
+                self.generation
+            },
         };
         let name = maps::FILTER_KNOBS;
         let mut map: Array<_, filter_knobs> =
@@ -556,6 +555,255 @@ impl Probe {
         known
             .insert(file_key::from(file), 1, 0)
             .map_err(map_error(name))
+    }
+}
+
+/// Verifies and attaches the process programs and the syscall programs of the attach point
+/// asked for, or of the best one this machine has. Returns where the syscall programs went.
+fn attach_programs(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    asked: Option<AttachPoint>,
+) -> Result<(AttachPoint, SyscallLinks), CaptureError> {
+    let preferred = asked.unwrap_or(AttachPoint::SyscallTracepoints);
+    let events_dir = match preferred {
+        AttachPoint::SyscallTracepoints => match attach::syscall_events_dir() {
+            Ok(dir) => Some(dir),
+            Err(why) if asked.is_none() => {
+                tracing::info!(%why, "using the raw syscall tracepoints");
+                None
+            }
+            Err(why) => {
+                return Err(CaptureError::AttachPoint {
+                    point: preferred,
+                    why,
+                })
+            }
+        },
+        AttachPoint::RawSyscalls => None,
+    };
+    let mut point = if events_dir.is_some() {
+        preferred
+    } else {
+        AttachPoint::RawSyscalls
+    };
+    let process: Vec<Loading> = PROCESS_PROGRAMS
+        .iter()
+        .map(|(program, tracepoint)| Loading::Raw {
+            program,
+            tracepoint,
+        })
+        .collect();
+    let syscalls = |point: AttachPoint| -> Vec<Loading> {
+        point
+            .programs()
+            .iter()
+            .map(|p| syscall_loading(p, events_dir.as_deref().filter(|_| point == preferred)))
+            .collect()
+    };
+    // The raw tracepoints need nothing the per-syscall ones do not: fall back from those, and
+    // only when no attach point was asked for.
+    let may_fall_back = asked.is_none() && point == AttachPoint::SyscallTracepoints;
+    let fall_back = |e: &CaptureError| {
+        tracing::warn!(error = %e, "the per-syscall tracepoints failed; using the raw syscall tracepoints");
+        AttachPoint::RawSyscalls
+    };
+    let mut plan = syscalls(point);
+    let (verified_process, verified_syscalls) = {
+        let mut both: Vec<&Loading> = process.iter().collect();
+        both.extend(plan.iter());
+        let mut results = verify(ebpf, btf, &both);
+        let syscalls = results.split_off(process.len());
+        (results, syscalls)
+    };
+    verified_process
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
+    if let Err(e) = verified_syscalls
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()
+    {
+        if !may_fall_back {
+            return Err(e);
+        }
+        point = fall_back(&e);
+        plan = syscalls(point);
+        verify(ebpf, btf, &plan.iter().collect::<Vec<_>>())
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()?;
+    }
+    // Attached once all are verified: fork and exit tracking start together with the syscalls.
+    attach(ebpf, &process)?;
+    let links = match attach(ebpf, &plan) {
+        Ok(links) => links,
+        Err(e) => {
+            if !may_fall_back || point != AttachPoint::SyscallTracepoints {
+                return Err(e);
+            }
+            // Unloading detaches what was attached of them.
+            for loading in &plan {
+                let prog: Option<&mut TracePoint> = ebpf
+                    .program_mut(loading.program())
+                    .and_then(|p| p.try_into().ok());
+                if let Some(prog) = prog {
+                    let _ = prog.unload();
+                }
+            }
+            point = fall_back(&e);
+            plan = syscalls(point);
+            verify(ebpf, btf, &plan.iter().collect::<Vec<_>>())
+                .into_iter()
+                .collect::<Result<Vec<()>, _>>()?;
+            attach(ebpf, &plan)?
+        }
+    };
+    Ok((point, links))
+}
+
+/// One program to verify and attach.
+enum Loading {
+    /// A BTF raw tracepoint.
+    Raw {
+        program: &'static str,
+        tracepoint: &'static str,
+    },
+    /// A tracepoint program, attached to each of `events` (names under `syscalls/`).
+    Syscalls {
+        program: &'static str,
+        events: Vec<String>,
+    },
+}
+
+impl Loading {
+    fn program(&self) -> &'static str {
+        match self {
+            Loading::Raw { program, .. } | Loading::Syscalls { program, .. } => program,
+        }
+    }
+}
+
+fn syscall_loading(p: &attach::SyscallProgram, events_dir: Option<&std::path::Path>) -> Loading {
+    match events_dir {
+        None => Loading::Raw {
+            program: p.program,
+            tracepoint: p.tracepoint,
+        },
+        Some(dir) => {
+            let (events, missing) = attach::present_events(dir, p);
+            if !missing.is_empty() {
+                // Syscalls newer than this kernel: nothing can make them here.
+                tracing::debug!(
+                    program = p.program,
+                    ?missing,
+                    "syscall tracepoints this kernel lacks"
+                );
+            }
+            Loading::Syscalls {
+                program: p.program,
+                events,
+            }
+        }
+    }
+}
+
+/// Verifies `plan`'s programs, each in a thread of its own: privileged loads do not share the
+/// verifier's lock, so on a node with cores to spare start-up is the largest program's
+/// verification, not the sum of all (issue 15). One result per program, in the plan's order.
+fn verify(ebpf: &mut Ebpf, btf: &Btf, plan: &[&Loading]) -> Vec<Result<(), CaptureError>> {
+    let mut programs: Vec<(&Loading, &mut Program)> = ebpf
+        .programs_mut()
+        .filter_map(|(name, prog)| Some((*plan.iter().find(|l| l.program() == name)?, prog)))
+        .collect();
+    assert_eq!(programs.len(), plan.len(), "every program is in the object");
+    programs.sort_by_key(|(l, _)| plan.iter().position(|p| p.program() == l.program()));
+    std::thread::scope(|scope| {
+        let loads: Vec<_> = programs
+            .iter_mut()
+            .map(|(loading, prog)| {
+                let loading: &Loading = loading;
+                scope.spawn(move || {
+                    let program = loading.program();
+                    let started = std::time::Instant::now();
+                    let failed = |source| CaptureError::Program { program, source };
+                    let verified = match (loading, &mut **prog) {
+                        (Loading::Raw { tracepoint, .. }, Program::BtfTracePoint(p)) => {
+                            p.load(tracepoint, btf).map_err(failed)?;
+                            p.info().ok().and_then(|i| i.verified_instruction_count())
+                        }
+                        (Loading::Syscalls { .. }, Program::TracePoint(p)) => {
+                            p.load().map_err(failed)?;
+                            p.info().ok().and_then(|i| i.verified_instruction_count())
+                        }
+                        _ => panic!("{program} is not of the type its attach point needs"),
+                    };
+                    tracing::debug!(program, elapsed = ?started.elapsed(), ?verified, "program verified");
+                    Ok::<(), CaptureError>(())
+                })
+            })
+            .collect();
+        loads
+            .into_iter()
+            .map(|load| load.join().expect("a program's load panicked"))
+            .collect()
+    })
+}
+
+/// Attaches `plan`'s verified programs, in its order. Returns the per-syscall tracepoints'
+/// links, to release them in parallel at the end (see [`Probe`]'s `Drop`).
+fn attach(ebpf: &mut Ebpf, plan: &[Loading]) -> Result<SyscallLinks, CaptureError> {
+    let mut links = SyscallLinks::default();
+    for loading in plan {
+        let program = loading.program();
+        let failed = |source| CaptureError::Program { program, source };
+        match (
+            loading,
+            ebpf.program_mut(program).expect("program is in the object"),
+        ) {
+            (Loading::Raw { .. }, Program::BtfTracePoint(p)) => {
+                p.attach().map_err(failed)?;
+            }
+            (Loading::Syscalls { events, .. }, Program::TracePoint(p)) => {
+                let started = std::time::Instant::now();
+                let mut ids = Vec::with_capacity(events.len());
+                for event in events {
+                    ids.push(p.attach("syscalls", event).map_err(failed)?);
+                }
+                links.0.push((program, ids));
+                tracing::debug!(program, tracepoints = events.len(), elapsed = ?started.elapsed(), "attached");
+            }
+            _ => unreachable!("checked at load"),
+        }
+    }
+    Ok(links)
+}
+
+/// The per-syscall tracepoint attachments of each program.
+#[derive(Default)]
+struct SyscallLinks(Vec<(&'static str, Vec<TracePointLinkId>)>);
+
+impl SyscallLinks {
+    /// Detaches them all at once. The kernel waits for a grace period as it releases each
+    /// tracepoint's last perf event (about 70 ms here, 5.5 s for the 75 one after the other);
+    /// released from parallel threads the waits overlap, in about half that.
+    fn release(self, ebpf: &mut Ebpf) {
+        let started = std::time::Instant::now();
+        let mut links = Vec::new();
+        for (program, ids) in self.0 {
+            let prog: Option<&mut TracePoint> =
+                ebpf.program_mut(program).and_then(|p| p.try_into().ok());
+            if let Some(prog) = prog {
+                links.extend(ids.into_iter().filter_map(|id| prog.take_link(id).ok()));
+            }
+        }
+        let n = links.len();
+        std::thread::scope(|scope| {
+            for link in links {
+                // A thread that cannot start leaves its link to this one.
+                let kept = std::thread::Builder::new().spawn_scoped(scope, move || drop(link));
+                drop(kept);
+            }
+        });
+        tracing::debug!(tracepoints = n, elapsed = ?started.elapsed(), "syscall tracepoints released");
     }
 }
 

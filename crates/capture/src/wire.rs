@@ -94,7 +94,7 @@ pub(crate) mod maps {
     pub(crate) const SKIPPED_FILES: &str = "skipped_files";
     /// Every map of the object, the kernel-only ones too.
     #[cfg(test)]
-    pub(crate) const ALL: [&str; 12] = [
+    pub(crate) const ALL: [&str; 13] = [
         EVENTS,
         RECORDED_CGROUPS,
         FILTER_LEVELS,
@@ -107,6 +107,7 @@ pub(crate) mod maps {
         SKIPPED_FILES,
         "mmap_writers",
         "scratch_map",
+        "filter_cache",
     ];
 }
 
@@ -287,6 +288,8 @@ pub(crate) struct filter_knobs {
     pub cap_floor: u64,
     pub scoped: u32,
     pub _pad: u32,
+    /// Bumped at every change of the recorded cgroups: the kernel's per-CPU verdicts expire.
+    pub generation: u64,
 }
 
 // SAFETY: plain integers, the padding named (checked against the object's BTF in the tests).
@@ -525,7 +528,8 @@ pub(crate) mod contract {
             layout!(filter_knobs {
                 cap_floor,
                 scoped,
-                _pad
+                _pad,
+                generation
             }),
         ])
     }

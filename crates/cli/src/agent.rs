@@ -32,6 +32,12 @@ pub struct Args {
     /// Writes larger than this are read back from the file instead of copied from the syscall.
     #[arg(long, default_value_t = 1 << 20)]
     max_write_capture: u64,
+    /// Where the syscall programs attach: `syscalls` (a tracepoint per hooked syscall, so the
+    /// node's other syscalls run no program; needs tracefs) or `raw` (the raw syscall
+    /// tracepoints, which every syscall of the node passes). Default: `syscalls` where it
+    /// works, else `raw`.
+    #[arg(long, value_name = "POINT", env = "DIFFKEEPER_ATTACH_POINT")]
+    attach_point: Option<diffkeeper_capture::AttachPoint>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -47,6 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let probe = ProbeConfig {
         ring_bytes: args.ring_size,
         max_write_capture: args.max_write_capture,
+        attach: args.attach_point,
         ..ProbeConfig::default()
     };
     let listener = crate::listen::listener(args.listen, "--listen")?;

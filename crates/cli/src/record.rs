@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use bytesize::ByteSize;
-use diffkeeper_capture::ProbeConfig;
+use diffkeeper_capture::{AttachPoint, ProbeConfig};
 use diffkeeper_recorder::{record_local, LocalOptions, PathScope};
 use diffkeeper_store::Scope;
 use std::ffi::OsString;
@@ -41,9 +41,29 @@ pub struct Args {
     /// affected files are read back from disk instead.
     #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_size)]
     ring_size: u64,
+    /// Where the syscall programs attach: `raw` (the raw syscall tracepoints, which every
+    /// syscall of the machine passes) or `syscalls` (a tracepoint per hooked syscall: the
+    /// machine's other syscalls run no program, but the kernel takes about 3 s to detach them
+    /// at the end; needs tracefs, mounted if missing). `auto`: `syscalls` where it works.
+    #[arg(long, value_name = "POINT", default_value = "raw")]
+    attach_point: AttachChoice,
     /// The command to record, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
+}
+
+/// `--attach-point`: one of [`AttachPoint`]'s names, or `auto` (None).
+#[derive(Clone)]
+struct AttachChoice(Option<AttachPoint>);
+
+impl std::str::FromStr for AttachChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(AttachChoice(None)),
+            s => s.parse().map(|p| AttachChoice(Some(p))),
+        }
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -73,6 +93,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         probe: ProbeConfig {
             ring_bytes: a.ring_size as u32,
             max_write_capture: a.max_write_capture,
+            attach: a.attach_point.0,
             ..ProbeConfig::default()
         },
         scope,

@@ -281,8 +281,19 @@ fn mirrored(out: &Path, host: &Path) -> PathBuf {
     out.join(host.strip_prefix("/").unwrap())
 }
 
+// The kernel programs run the same code at both attach points (bpf/diffkeeper.bpf.c), but
+// reach it through different contexts: each is checked against the ground truth.
 #[test]
 fn export_at_every_checkpoint_equals_the_ground_truth() {
+    every_checkpoint_equals_the_ground_truth("raw");
+}
+
+#[test]
+fn export_at_every_checkpoint_equals_the_ground_truth_with_syscall_tracepoints() {
+    every_checkpoint_equals_the_ground_truth("syscalls");
+}
+
+fn every_checkpoint_equals_the_ground_truth(attach_point: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let l = layout(tmp.path());
 
@@ -298,7 +309,7 @@ fn export_at_every_checkpoint_equals_the_ground_truth() {
         .spawn()
         .unwrap();
 
-    let out = record(&l, &[]);
+    let out = record(&l, &[&format!("--attach-point={attach_point}")]);
     let mut noise = noise;
     noise.wait().unwrap();
     assert_eq!(

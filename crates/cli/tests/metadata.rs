@@ -327,6 +327,16 @@ fn short(v: &Value) -> String {
 
 #[test]
 fn real_tools_metadata_is_exact_at_every_checkpoint() {
+    metadata_is_exact_at_every_checkpoint("raw");
+}
+
+// The metadata syscalls at the other attach point (see differential.rs).
+#[test]
+fn real_tools_metadata_is_exact_at_every_checkpoint_with_syscall_tracepoints() {
+    metadata_is_exact_at_every_checkpoint("syscalls");
+}
+
+fn metadata_is_exact_at_every_checkpoint(attach_point: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let l = layout(tmp.path());
     let started_ns = std::time::SystemTime::now()
@@ -336,7 +346,7 @@ fn real_tools_metadata_is_exact_at_every_checkpoint() {
     let out = command::record_command(
         &l.state,
         &l.work,
-        &[],
+        &[&format!("--attach-point={attach_point}")],
         &[
             "sh".as_ref(),
             l.script.as_os_str(),
