@@ -211,6 +211,14 @@ impl Run {
         }
         Ok(self)
     }
+    fn ns_per_call(&self) -> Result<f64> {
+        let s = self.stdout();
+        let v = s
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ns_per_call="))
+            .with_context(|| format!("no ns_per_call in {s:?} / {}", self.stderr()))?;
+        Ok(v.parse()?)
+    }
     fn ns_per_write(&self) -> Result<f64> {
         let s = self.stdout();
         let v = s
@@ -603,96 +611,155 @@ impl Bench {
 
     fn outside(&mut self) -> Result<()> {
         let count: u64 = if self.args.quick { 100_000 } else { 1_000_000 };
-        self.t
-            .section("1b. Processes OUTSIDE the filter while programs are attached (64 B writes)");
+        self.t.section(
+            "1b. Processes OUTSIDE the filter while programs are attached (64 B writes, getppid)",
+        );
         let dir = fresh(&self.root.join("outside"))?;
         let recdir = fresh(&self.root.join("outside-rec"))?;
-        // a: nothing attached; f: empty programs on the same tracepoints (the kernel's floor);
-        // b: a recorder attached for another cgroup.
-        let (mut a, mut f, mut b) = (vec![], vec![], vec![]);
+        // An older build (--diffkeeper) may know only the raw tracepoints.
+        let help = Command::new(&self.dk).args(["record", "--help"]).output()?;
+        let points: &[&str] = if String::from_utf8_lossy(&help.stdout).contains("--attach-point") {
+            &["raw", "syscalls"]
+        } else {
+            eprintln!("outside: this diffkeeper has no --attach-point; raw tracepoints only");
+            &["raw"]
+        };
+        // Per configuration, per workload (0: 64 B write, hooked; 1: getppid, not hooked).
+        const NONE: usize = 0;
+        let configs = ["none", "floor raw", "floor syscalls", "raw", "syscalls"];
+        let mut ns: Vec<[Vec<f64>; 2]> = configs.iter().map(|_| [vec![], vec![]]).collect();
+        let cs = count.to_string();
+        let file = dir.join("w.bin");
+        let w = self.w().to_string();
+        let write_argv = [w.as_str(), &cs, "64", file.to_str().unwrap()];
+        let getppid_argv = [w.as_str(), "--getppid", &cs];
+        let measure = |b: &Bench, ns: &mut [Vec<f64>; 2]| -> Result<()> {
+            let r = run(&mut b.plain(&dir, &write_argv), None)?.check("dk-writer")?;
+            ns[0].push(r.ns_per_write()?);
+            fs::remove_file(&file)?;
+            let r = run(&mut b.plain(&dir, &getppid_argv), None)?.check("dk-writer")?;
+            ns[1].push(r.ns_per_call()?);
+            Ok(())
+        };
         for rep in 0..self.args.micro_reps {
-            let file = dir.join("w.bin");
-            let cs = count.to_string();
-            let argv = [self.w(), &cs, "64", file.to_str().unwrap()];
-            let state = self.root.join("outside-state");
-            let _ = fs::remove_dir_all(&state);
-            let ready = recdir.join("READY");
-            let _ = fs::remove_file(&ready);
-            let script = format!(": > {} && exec sleep 600", ready.display());
-            let mut bg = self
-                .record(&state, &recdir, &["sh", "-c", &script])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()?;
-            let t0 = Instant::now();
-            while !ready.exists() {
-                if t0.elapsed() > Duration::from_secs(60) {
-                    bail!("background recorder did not start");
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            measure(self, &mut ns[NONE])?;
+            for (i, at) in [(1, floor::FloorAt::Raw), (2, floor::FloorAt::Syscalls)] {
+                let floor = floor::Floor::attach(at)?;
+                measure(self, &mut ns[i])?;
+                drop(floor);
             }
-            let rb = run(&mut self.plain(&dir, &argv), None)?.check("dk-writer")?;
-            b.push(rb.ns_per_write()?);
-            unsafe { libc::kill(bg.id() as i32, libc::SIGTERM) };
-            bg.wait()?;
-            fs::remove_dir_all(&state)?;
-            fs::remove_file(&file)?;
-            let ra = run(&mut self.plain(&dir, &argv), None)?.check("dk-writer")?;
-            a.push(ra.ns_per_write()?);
-            fs::remove_file(&file)?;
-            let floor = floor::Floor::attach()?;
-            let rf = run(&mut self.plain(&dir, &argv), None)?.check("dk-writer")?;
-            drop(floor);
-            f.push(rf.ns_per_write()?);
-            fs::remove_file(&file)?;
+            for (i, point) in [(3, "raw"), (4, "syscalls")] {
+                if !points.contains(&point) {
+                    continue;
+                }
+                // A recorder attached for another cgroup (a sleeping shell).
+                let state = self.root.join("outside-state");
+                let _ = fs::remove_dir_all(&state);
+                let ready = recdir.join("READY");
+                let _ = fs::remove_file(&ready);
+                let script = format!(": > {} && exec sleep 600", ready.display());
+                let mut bg = Command::new(&self.dk);
+                bg.arg("record")
+                    .arg(format!("--state-dir={}", state.display()))
+                    .arg(format!("--attach-point={point}"))
+                    .args(["--", "sh", "-c", &script])
+                    .current_dir(&recdir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+                if points.len() == 1 {
+                    // No flag in that build: its only attach point.
+                    bg = self.record(&state, &recdir, &["sh", "-c", &script]);
+                    bg.stdout(Stdio::null()).stderr(Stdio::piped());
+                }
+                let mut bg = bg.spawn()?;
+                let t0 = Instant::now();
+                while !ready.exists() {
+                    if t0.elapsed() > Duration::from_secs(60) {
+                        bail!("background recorder did not start");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                measure(self, &mut ns[i])?;
+                unsafe { libc::kill(bg.id() as i32, libc::SIGTERM) };
+                bg.wait()?;
+                fs::remove_dir_all(&state)?;
+            }
+            let last = |c: usize, w: usize| ns[c][w].last().copied().unwrap_or(f64::NAN);
             eprintln!(
-                "outside rep {rep}: none {:.0} ns, empty programs {:.0} ns, attached {:.0} ns",
-                a[rep], f[rep], b[rep]
+                "outside rep {rep}: write none {:.0} / floors {:.0}, {:.0} / attached {:.0}, {:.0} ns; \
+                 getppid none {:.0} / floors {:.0}, {:.0} / attached {:.0}, {:.0} ns",
+                last(0, 0), last(1, 0), last(2, 0), last(3, 0), last(4, 0),
+                last(0, 1), last(1, 1), last(2, 1), last(3, 1), last(4, 1),
             );
-            self.t
-                .sample(serde_json::json!({"bench": "outside", "none_ns": a[rep],
-                "floor_ns": f[rep], "attached_ns": b[rep]}));
+            self.t.sample(serde_json::json!({"bench": "outside",
+                "write_ns": configs.iter().zip(&ns).map(|(c, n)| (c.to_string(), n[0].last().copied())).collect::<std::collections::BTreeMap<_, _>>(),
+                "getppid_ns": configs.iter().zip(&ns).map(|(c, n)| (c.to_string(), n[1].last().copied())).collect::<std::collections::BTreeMap<_, _>>()}));
         }
         let diff =
             |x: &[f64], y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(p, q)| p - q).collect() };
         let fmt_diff = |d: Stats| format!("{:+.0} ns [{:+.0}–{:+.0}]", d.med, d.min, d.max);
-        let total = stats(&diff(&b, &a));
-        self.t.row(
-            "no programs attached",
-            &fmt_stats(stats(&a), "ns"),
-            "",
-            None,
-        );
-        self.t.row(
-            "empty programs on sys_enter/sys_exit",
-            &fmt_stats(stats(&f), "ns"),
-            "",
-            None,
-        );
-        self.t.row(
-            "DiffKeeper attached, other cgroup",
-            &fmt_stats(stats(&b), "ns"),
-            "",
-            None,
-        );
-        self.t.row(
-            "  added by the empty programs (kernel floor)",
-            &fmt_diff(stats(&diff(&f, &a))),
-            "",
-            None,
-        );
-        self.t.row(
-            "  added by DiffKeeper beyond the floor",
-            &fmt_diff(stats(&diff(&b, &f))),
-            "",
-            None,
-        );
-        self.t.row(
-            "added per syscall (median of pair diffs)",
-            &format!("{} ({:.2}x)", fmt_diff(total), ratio(&b, &a).med),
-            "<= +15 ns",
-            verdict(total.med <= 15.0),
-        );
+        for (w, what) in [
+            (0, "64 B write() (a hooked syscall)"),
+            (1, "getppid() (a syscall DiffKeeper does not hook)"),
+        ] {
+            self.t.row(what, "", "", None);
+            self.t.row(
+                "  no programs attached",
+                &fmt_stats(stats(&ns[NONE][w]), "ns"),
+                "",
+                None,
+            );
+            for (floor, attached, label) in [
+                (1, 3, "raw syscall tracepoints"),
+                (2, 4, "per-syscall tracepoints"),
+            ] {
+                self.t.row(
+                    &format!("  empty programs, {label}"),
+                    &fmt_stats(stats(&ns[floor][w]), "ns"),
+                    "",
+                    None,
+                );
+                self.t.row(
+                    "    added by them (the kernel's floor)",
+                    &fmt_diff(stats(&diff(&ns[floor][w], &ns[NONE][w]))),
+                    "",
+                    None,
+                );
+                if ns[attached][w].is_empty() {
+                    self.t.row(
+                        &format!("  DiffKeeper at {label}"),
+                        "not in this build",
+                        "",
+                        None,
+                    );
+                    continue;
+                }
+                self.t.row(
+                    &format!("  DiffKeeper at {label}, other cgroup"),
+                    &fmt_stats(stats(&ns[attached][w]), "ns"),
+                    "",
+                    None,
+                );
+                let own = stats(&diff(&ns[attached][w], &ns[floor][w]));
+                self.t.row(
+                    "    added by DiffKeeper beyond the floor",
+                    &fmt_diff(own),
+                    "<= +20 ns",
+                    verdict(own.med <= 20.0),
+                );
+                let total = stats(&diff(&ns[attached][w], &ns[NONE][w]));
+                self.t.row(
+                    "    added in all (median of pair diffs)",
+                    &format!(
+                        "{} ({:.2}x)",
+                        fmt_diff(total),
+                        ratio(&ns[attached][w], &ns[NONE][w]).med
+                    ),
+                    "",
+                    None,
+                );
+            }
+        }
         Ok(())
     }
 

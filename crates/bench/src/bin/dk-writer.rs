@@ -2,6 +2,8 @@
 //!
 //! `dk-writer COUNT SIZE FILE [--append] [--text|--vary] [--rate N]`: COUNT write(2) calls of SIZE bytes;
 //! the loop alone is timed (so a recorder's start-up is not), and `ns_per_write=…` printed.
+//! `dk-writer --getppid COUNT`: COUNT getppid(2) calls, a syscall DiffKeeper does not hook, the
+//! loop timed and `ns_per_call=…` printed: what every other syscall of a node pays.
 //! `dk-writer --config SAVES FILE`: atomic saves (write tmp, rename) of a ~4 KiB config that
 //! changes a few bytes each time. `dk-writer --tree FILES BYTES DIR`: a tree of FILES files, BYTES
 //! in total, then a `MIDDLE` marker, then a second phase rewriting a tenth of them.
@@ -18,12 +20,14 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("--config") if args.len() == 3 => config(args[1].parse()?, Path::new(&args[2])),
+        Some("--getppid") if args.len() == 2 => getppid(args[1].parse()?),
         Some("--tree") if args.len() == 4 => {
             tree(args[1].parse()?, args[2].parse()?, Path::new(&args[3]))
         }
         Some(_) if args.len() >= 3 => writes(&args),
         _ => bail!(
-            "usage: dk-writer COUNT SIZE FILE [--append] [--text|--vary] [--rate N] | --config SAVES FILE \
+            "usage: dk-writer COUNT SIZE FILE [--append] [--text|--vary] [--rate N] | --getppid COUNT \
+             | --config SAVES FILE \
              | --tree FILES BYTES DIR"
         ),
     }
@@ -70,6 +74,20 @@ fn log_block(buf: &mut [u8], line: &mut u64, rng: &mut Rng) {
     }
     buf.copy_from_slice(&s.as_bytes()[..buf.len()]);
     buf[buf.len() - 1] = b'\n';
+}
+
+fn getppid(count: u64) -> Result<()> {
+    let t = Instant::now();
+    for _ in 0..count {
+        // SAFETY: getppid takes no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "ns_per_call={:.1} calls={count} secs={secs:.6}",
+        secs * 1e9 / count as f64
+    );
+    Ok(())
 }
 
 fn writes(args: &[String]) -> Result<()> {
