@@ -26,6 +26,25 @@ enum Message {
     Batch(Vec<Event>),
     /// Every record that was in the ring when catch-up `n` was asked for has been sent.
     CaughtUp(u64),
+    /// Something outside the ring happened (see [`Nudger`]): the consumer should look.
+    Nudge,
+}
+
+/// Wakes a consumer waiting in [`RingDrain::next`] from another thread, as if its wait had
+/// timed out: for events that do not come through the ring, such as the recorded command's
+/// exit, which a consumer would otherwise notice only at its next timeout.
+#[derive(Clone)]
+pub struct Nudger {
+    wake: Arc<Wake>,
+    nudged: Arc<AtomicBool>,
+}
+
+impl Nudger {
+    /// Makes the consumer's current (or next) wait return.
+    pub fn nudge(&self) {
+        self.nudged.store(true, Ordering::Release);
+        self.wake.signal();
+    }
 }
 
 /// An eventfd the consumer signals when it asks the drain thread for something (a catch-up, the
@@ -72,6 +91,8 @@ pub struct RingDrain {
     /// The most record bytes one drain pass found waiting since [`RingDrain::take_peak_bytes`]:
     /// how full the ring got (a pass empties what waited when it began, and a little more).
     peak: Arc<AtomicU64>,
+    /// Set by a [`Nudger`]; the drain thread answers with a [`Message::Nudge`].
+    nudged: Arc<AtomicBool>,
 }
 
 impl RingDrain {
@@ -82,12 +103,13 @@ impl RingDrain {
         let asked = Arc::new(AtomicU64::new(0));
         let peak = Arc::new(AtomicU64::new(0));
         let wake = Arc::new(Wake::new()?);
+        let nudged = Arc::new(AtomicBool::new(false));
         let handle = {
             let (stop, asked, peak) = (stop.clone(), asked.clone(), peak.clone());
-            let wake = wake.clone();
+            let (wake, nudged) = (wake.clone(), nudged.clone());
             std::thread::Builder::new()
                 .name("dk-ring".into())
-                .spawn(move || drain_loop(reader, &tx, &stop, &asked, &peak, &wake))
+                .spawn(move || drain_loop(reader, &tx, &stop, &asked, &peak, &wake, &nudged))
                 .map_err(CaptureError::DrainThread)?
         };
         Ok(RingDrain {
@@ -97,7 +119,16 @@ impl RingDrain {
             wake,
             handle: Some(handle),
             peak,
+            nudged,
         })
+    }
+
+    /// A handle another thread can wake this drain's consumer with.
+    pub fn nudger(&self) -> Nudger {
+        Nudger {
+            wake: self.wake.clone(),
+            nudged: self.nudged.clone(),
+        }
     }
 
     /// The most record bytes one drain pass found in the ring since the last call.
@@ -114,7 +145,7 @@ impl RingDrain {
                 Ok(Message::Batch(events)) => return Ok(Some(events)),
                 // Left from a catch-up that already returned: nobody waits for it.
                 Ok(Message::CaughtUp(_)) => continue,
-                Err(RecvTimeoutError::Timeout) => return Ok(None),
+                Ok(Message::Nudge) | Err(RecvTimeoutError::Timeout) => return Ok(None),
                 Err(RecvTimeoutError::Disconnected) => return Err(self.failure()),
             }
         }
@@ -132,7 +163,7 @@ impl RingDrain {
             match self.rx.recv() {
                 Ok(Message::Batch(events)) => batches.push(events),
                 Ok(Message::CaughtUp(n)) if n >= wanted => return Ok(batches),
-                Ok(Message::CaughtUp(_)) => {}
+                Ok(Message::CaughtUp(_)) | Ok(Message::Nudge) => {}
                 Err(_) => return Err(self.failure()),
             }
         }
@@ -147,7 +178,7 @@ impl RingDrain {
             .iter()
             .filter_map(|m| match m {
                 Message::Batch(events) => Some(events),
-                Message::CaughtUp(_) => None,
+                Message::CaughtUp(_) | Message::Nudge => None,
             })
             .collect();
         match self.handle.take() {
@@ -189,6 +220,7 @@ fn drain_loop(
     asked: &AtomicU64,
     peak: &AtomicU64,
     wake: &Wake,
+    nudged: &AtomicBool,
 ) -> Result<(), CaptureError> {
     tracing::debug!("draining the ring buffer on its own thread");
     let mut answered = 0u64;
@@ -226,6 +258,10 @@ fn drain_loop(
         if catching_up > answered && !gone {
             gone = tx.send(Message::CaughtUp(catching_up)).is_err();
             answered = catching_up;
+        }
+        // After the batches, so the consumer that looks has what came before the nudge.
+        if nudged.swap(false, Ordering::AcqRel) && !gone {
+            gone = tx.send(Message::Nudge).is_err();
         }
         // A consumer that went away (an error there) wants nothing more.
         if last || gone {

@@ -13,7 +13,7 @@ mod probe;
 mod wire;
 
 pub use attach::{hooked_syscalls, syscall_events_dir, AttachPoint};
-pub use drain::RingDrain;
+pub use drain::{Nudger, RingDrain};
 pub use event::{Assembler, Change, DirtyReason, Event, FileKey, Origin, Owner, TimeSet};
 pub use probe::{
     CaptureError, CgroupLosses, CgroupSettings, Counters, Probe, ProbeConfig, RingReader,

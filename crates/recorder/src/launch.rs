@@ -37,9 +37,20 @@ impl Launch {
         }
         let (wait, go) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let go_fd = go.as_raw_fd();
-        // SAFETY: between fork and exec the child only calls close(2), write(2) and read(2).
+        // The recorder makes its store private with umask(077) while the spawner thread may
+        // not have forked yet: the command gets the umask the recorder was started with,
+        // whichever comes first. Read now, before any other thread runs.
+        // SAFETY: umask cannot fail; it is set back at once.
+        let umask = unsafe {
+            let mask = libc::umask(0o077);
+            libc::umask(mask);
+            mask
+        };
+        // SAFETY: between fork and exec the child only calls umask(2), close(2), write(2) and
+        // read(2).
         unsafe {
             command.pre_exec(move || {
+                libc::umask(umask);
                 // The child's copy of the write end would keep its own read from ever seeing
                 // the recorder give up.
                 libc::close(go_fd);
