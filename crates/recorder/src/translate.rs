@@ -77,6 +77,11 @@ pub struct Recorder {
     /// files it (or no live process) touched last are read back; another's are read at its own
     /// close or exit, when it is done with them.
     last_toucher: HashMap<FileKey, u32>,
+    /// The processes that may write to each file through a shared writable mapping: those
+    /// that mapped it, and those forked from one since (a fork inherits the mapping). Once
+    /// none of them maps it, the file can change only by a new mapping (which the kernel
+    /// reports) or a syscall, so it is read back one last time and not at every later exit.
+    mappers: HashMap<FileKey, HashSet<u32>>,
     /// Whether read-backs due at a close or an exit wait while the ring is overflowing (see
     /// [`Recorder::defer_heals_while_losing`]), and the ones waiting, with the process whose
     /// ids read them.
@@ -141,6 +146,7 @@ impl Recorder {
             dirty: HashMap::new(),
             read_back_at: HashMap::new(),
             last_toucher: HashMap::new(),
+            mappers: HashMap::new(),
             defer_heals: false,
             deferred: HashMap::new(),
             losing: false,
@@ -824,7 +830,12 @@ impl Recorder {
                 }
             }
             Change::Dirty { file, reason } => match file {
-                Some(file) => self.mark_dirty(file, reason),
+                Some(file) => {
+                    if let (DirtyReason::Mmap, Some(p)) = (reason, process.as_ref()) {
+                        self.mappers.entry(file).or_default().insert(p.pid);
+                    }
+                    self.mark_dirty(file, reason)
+                }
                 // io_uring: its writes bypass syscalls, so check everything at the end.
                 None => self.rescan_needed = true,
             },
@@ -854,7 +865,10 @@ impl Recorder {
                     .map(|(k, _)| *k)
                     .collect();
                 for file in mapped {
-                    self.resync(file, time, process.clone(), probe)?;
+                    let retire = self.mapping_gone(file, probe);
+                    if self.resync(file, time, process.clone(), probe)? && retire {
+                        self.retire_mapped(file, probe);
+                    }
                 }
             }
             Change::Exit { .. } => {
@@ -883,12 +897,26 @@ impl Recorder {
                     if self.defer_heals && self.losing {
                         self.deferred.entry(file).or_insert_with(|| process.clone());
                     } else {
-                        self.resync(file, time, process.clone(), probe)?;
+                        // Asked before the read-back: a mapping given up after it could
+                        // have written what the read-back missed.
+                        let retire = self.mapping_gone(file, probe);
+                        if self.resync(file, time, process.clone(), probe)? && retire {
+                            self.retire_mapped(file, probe);
+                        }
                     }
                 }
             }
             Change::NamespaceLost => self.note_cut(),
-            Change::Fork { .. } | Change::Exec => {}
+            Change::Fork { parent } => {
+                if let Some(child) = process.as_ref().map(|p| p.pid) {
+                    for pids in self.mappers.values_mut() {
+                        if pids.contains(&parent) {
+                            pids.insert(child);
+                        }
+                    }
+                }
+            }
+            Change::Exec => {}
         }
         Ok(())
     }
@@ -969,6 +997,49 @@ impl Recorder {
         // The kernel marked it for read-back at close itself (user space learns of it too late).
         self.mark_dirty(file, DirtyReason::Adopted);
         Ok(())
+    }
+
+    /// Whether no process can write to mapped-dirty `file` through a mapping any more: none of
+    /// its mappers (see `mappers`) holds a shared writable mapping now, by /proc/PID/maps.
+    /// Only where this recorder
+    /// sees the recorded processes' /proc (`record`: the same pid namespace, see
+    /// `defer_heals`), and only while no record was lost (a lost Fork or mmap record would
+    /// hide a mapper).
+    fn mapping_gone(&self, file: FileKey, probe: &Probe) -> bool {
+        if !self.defer_heals || self.dirty.get(&file) != Some(&DirtyReason::Mmap) {
+            return false;
+        }
+        let lost = probe.cgroup_losses(self.cgroup).ok().flatten();
+        if lost.is_none_or(|c| c.lost > 0) {
+            return false;
+        }
+        let Some(pids) = self.mappers.get(&file) else {
+            return false;
+        };
+        // Any shared writable mapping counts, not only this file's: /proc/PID/maps names a
+        // file by the inode user space sees, which on overlayfs is not the one the kernel side
+        // reports. A process that has none cannot write to any file through one.
+        let shared_writable = |line: &str| {
+            let perms = line.split_whitespace().nth(1).unwrap_or("").as_bytes();
+            perms.get(1) == Some(&b'w') && perms.get(3) == Some(&b's')
+        };
+        pids.iter().all(|pid| {
+            match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+                // A zombie's is empty.
+                Ok(maps) => !maps.lines().any(shared_writable),
+                // Reaped: it maps nothing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(_) => false,
+            }
+        })
+    }
+
+    /// A mapped file read back after its last mapping went: its content is final until it is
+    /// mapped or written again, which marks it anew.
+    fn retire_mapped(&mut self, file: FileKey, probe: &mut Probe) {
+        self.dirty.remove(&file);
+        self.mappers.remove(&file);
+        let _ = probe.clear_dirty(file);
     }
 
     fn mark_dirty(&mut self, file: FileKey, reason: DirtyReason) {
