@@ -582,7 +582,7 @@ fn attach_programs(
         },
         AttachPoint::RawSyscalls => None,
     };
-    let mut point = if events_dir.is_some() {
+    let point = if events_dir.is_some() {
         preferred
     } else {
         AttachPoint::RawSyscalls
@@ -594,52 +594,22 @@ fn attach_programs(
             tracepoint,
         })
         .collect();
-    let syscalls = |point: AttachPoint| -> Vec<Loading> {
-        point
-            .programs()
-            .iter()
-            .map(|p| syscall_loading(p, events_dir.as_deref().filter(|_| point == preferred)))
-            .collect()
-    };
-    // The raw tracepoints need nothing the per-syscall ones do not: fall back from those, and
-    // only when no attach point was asked for.
-    let may_fall_back = asked.is_none() && point == AttachPoint::SyscallTracepoints;
-    let fall_back = |e: &CaptureError| {
-        tracing::warn!(error = %e, "the per-syscall tracepoints failed; using the raw syscall tracepoints");
-        AttachPoint::RawSyscalls
-    };
-    let mut plan = syscalls(point);
-    let (verified_process, verified_syscalls) = {
-        let mut both: Vec<&Loading> = process.iter().collect();
-        both.extend(plan.iter());
-        let mut results = verify(ebpf, btf, &both);
-        let syscalls = results.split_off(process.len());
-        (results, syscalls)
-    };
-    verified_process
-        .into_iter()
-        .collect::<Result<Vec<()>, _>>()?;
-    if let Err(e) = verified_syscalls
-        .into_iter()
-        .collect::<Result<Vec<()>, _>>()
-    {
-        if !may_fall_back {
-            return Err(e);
-        }
-        point = fall_back(&e);
-        plan = syscalls(point);
-        verify(ebpf, btf, &plan.iter().collect::<Vec<_>>())
-            .into_iter()
-            .collect::<Result<Vec<()>, _>>()?;
-    }
+    let plan: Vec<Loading> = point
+        .programs()
+        .iter()
+        .map(|p| syscall_loading(p, events_dir.as_deref()))
+        .collect();
+    let mut results = verify(ebpf, btf, &process.iter().chain(&plan).collect::<Vec<_>>());
+    let syscalls_verified: Result<(), _> = results.split_off(process.len()).into_iter().collect();
+    results.into_iter().collect::<Result<(), _>>()?;
     // Attached once all are verified: fork and exit tracking start together with the syscalls.
     attach(ebpf, &process)?;
-    let links = match attach(ebpf, &plan) {
-        Ok(links) => links,
-        Err(e) => {
-            if !may_fall_back || point != AttachPoint::SyscallTracepoints {
-                return Err(e);
-            }
+    match syscalls_verified.and_then(|()| attach(ebpf, &plan)) {
+        Ok(links) => Ok((point, links)),
+        // The raw tracepoints need nothing the per-syscall ones do not: fall back from those,
+        // and only when no attach point was asked for.
+        Err(e) if asked.is_none() && point == AttachPoint::SyscallTracepoints => {
+            tracing::warn!(error = %e, "the per-syscall tracepoints failed; using the raw syscall tracepoints");
             // Unloading detaches what was attached of them.
             for loading in &plan {
                 let prog: Option<&mut TracePoint> = ebpf
@@ -649,15 +619,18 @@ fn attach_programs(
                     let _ = prog.unload();
                 }
             }
-            point = fall_back(&e);
-            plan = syscalls(point);
-            verify(ebpf, btf, &plan.iter().collect::<Vec<_>>())
+            let raw: Vec<Loading> = AttachPoint::RawSyscalls
+                .programs()
+                .iter()
+                .map(|p| syscall_loading(p, None))
+                .collect();
+            verify(ebpf, btf, &raw.iter().collect::<Vec<_>>())
                 .into_iter()
-                .collect::<Result<Vec<()>, _>>()?;
-            attach(ebpf, &plan)?
+                .collect::<Result<(), _>>()?;
+            Ok((AttachPoint::RawSyscalls, attach(ebpf, &raw)?))
         }
-    };
-    Ok((point, links))
+        Err(e) => Err(e),
+    }
 }
 
 /// One program to verify and attach.
