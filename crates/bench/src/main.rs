@@ -212,19 +212,19 @@ impl Run {
         Ok(self)
     }
     fn ns_per_call(&self) -> Result<f64> {
-        let s = self.stdout();
-        let v = s
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("ns_per_call="))
-            .with_context(|| format!("no ns_per_call in {s:?} / {}", self.stderr()))?;
-        Ok(v.parse()?)
+        self.printed("ns_per_call")
     }
     fn ns_per_write(&self) -> Result<f64> {
+        self.printed("ns_per_write")
+    }
+    /// The number dk-writer printed as `KEY=…`.
+    fn printed(&self, key: &str) -> Result<f64> {
         let s = self.stdout();
+        let prefix = format!("{key}=");
         let v = s
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("ns_per_write="))
-            .with_context(|| format!("no ns_per_write in {s:?} / {}", self.stderr()))?;
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+            .with_context(|| format!("no {key} in {s:?} / {}", self.stderr()))?;
         Ok(v.parse()?)
     }
     fn summary(&self) -> Result<Summary> {
@@ -398,9 +398,15 @@ fn verdict(ok: bool) -> Option<bool> {
 
 impl Bench {
     fn record(&self, state: &Path, cwd: &Path, cmd: &[&str]) -> Command {
+        self.record_with(state, cwd, &[], cmd)
+    }
+
+    /// `diffkeeper record` with `flags` of its own before the `--`.
+    fn record_with(&self, state: &Path, cwd: &Path, flags: &[String], cmd: &[&str]) -> Command {
         let mut c = Command::new(&self.dk);
         c.arg("record")
             .arg(format!("--state-dir={}", state.display()))
+            .args(flags)
             .arg("--")
             .args(cmd)
             .current_dir(cwd);
@@ -658,19 +664,14 @@ impl Bench {
                 let ready = recdir.join("READY");
                 let _ = fs::remove_file(&ready);
                 let script = format!(": > {} && exec sleep 600", ready.display());
-                let mut bg = Command::new(&self.dk);
-                bg.arg("record")
-                    .arg(format!("--state-dir={}", state.display()))
-                    .arg(format!("--attach-point={point}"))
-                    .args(["--", "sh", "-c", &script])
-                    .current_dir(&recdir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped());
-                if points.len() == 1 {
-                    // No flag in that build: its only attach point.
-                    bg = self.record(&state, &recdir, &["sh", "-c", &script]);
-                    bg.stdout(Stdio::null()).stderr(Stdio::piped());
-                }
+                // An older build without the flag has its one attach point.
+                let flags: Vec<String> = if points.len() > 1 {
+                    vec![format!("--attach-point={point}")]
+                } else {
+                    vec![]
+                };
+                let mut bg = self.record_with(&state, &recdir, &flags, &["sh", "-c", &script]);
+                bg.stdout(Stdio::null()).stderr(Stdio::piped());
                 let mut bg = bg.spawn()?;
                 let t0 = Instant::now();
                 while !ready.exists() {
