@@ -321,19 +321,7 @@ mod tests {
 
     /// Runs `script` in `cgroup` to its end.
     fn run_in(cgroup: &Path, script: &str) {
-        let procs = cgroup.join("cgroup.procs");
-        let mut cmd = std::process::Command::new("sh");
-        cmd.arg("-c").arg(script);
-        // SAFETY: opens and writes a file, nothing that needs the parent's locks.
-        unsafe {
-            cmd.pre_exec(move || {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&procs)?
-                    .write_all(b"0")
-            });
-        }
-        assert!(cmd.status().unwrap().success());
+        assert!(wait_success(spawn_in(cgroup, script, None)));
     }
 
     fn written(batches: Vec<Vec<Event>>) -> Vec<Vec<u8>> {
@@ -394,7 +382,7 @@ mod tests {
                 "echo one > {d}/a; : > {d}/waiting; while [ ! -e {d}/go ]; do :; done; \
                  echo two > {d}/b"
             );
-            let shell = spawn_in(&cgroup, &script, 1);
+            let shell = spawn_in(&cgroup, &script, Some(1));
             let waiting = dir.join("waiting");
             while !waiting.exists() {
                 std::thread::sleep(Duration::from_millis(5));
@@ -406,7 +394,7 @@ mod tests {
             assert!(wait_success(spawn_in(
                 &cgroup,
                 &format!("echo three > {d}/c"),
-                1
+                Some(1)
             )));
             let seen = written(drain.finish().unwrap());
 
@@ -421,7 +409,8 @@ mod tests {
         }
     }
 
-    fn spawn_in(cgroup: &Path, script: &str, cpu: usize) -> std::process::Child {
+    /// Starts `script` in `cgroup`, pinned to `cpu` if given.
+    fn spawn_in(cgroup: &Path, script: &str, cpu: Option<usize>) -> std::process::Child {
         let procs = cgroup.join("cgroup.procs");
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c").arg(script);
@@ -429,7 +418,9 @@ mod tests {
         // parent's locks.
         unsafe {
             cmd.pre_exec(move || {
-                pin_to(cpu)?;
+                if let Some(cpu) = cpu {
+                    pin_to(cpu)?;
+                }
                 std::fs::OpenOptions::new()
                     .write(true)
                     .open(&procs)?
