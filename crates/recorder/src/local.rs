@@ -226,16 +226,18 @@ impl Run {
             };
             (probe, store)
         });
-        let (rec, live, made_dir) = store?;
-        let mut probe = match probe {
-            Ok(probe) => probe,
-            Err(e) => {
+        // The probe's error first, as when it loaded before the store: not being root, say,
+        // is what a person must fix, whatever else failed.
+        let (mut probe, (rec, live, made_dir)) = match (probe, store) {
+            (Ok(probe), store) => (probe, store?),
+            (Err(e), Ok((rec, live, made_dir))) => {
                 // The store holds nothing of the command's yet: leave nothing behind.
                 drop(live);
                 drop(rec);
                 remove_stub(&opts.state_dir, made_dir);
                 return Err(e.into());
             }
+            (Err(e), Err(_)) => return Err(e.into()),
         };
         let settings = CgroupSettings {
             scoped: !opts.scope.is_everything(),
